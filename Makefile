@@ -1,0 +1,57 @@
+# flowkit developer entry points. `make run` and `make test` do all set-up themselves.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.flowkit-installed
+BPF_SRC := csrc/bpf/flowkit.bpf.c
+BPF_OBJ := flowkit/bpf/flowkit.bpf.o
+NATIVE_SRC := $(wildcard csrc/*.py csrc/*.h csrc/cdef/*.cdef csrc/include/*.h csrc/native/*.c)
+
+.PHONY: setup system-deps run test unit integration lint bpf native bench clean
+
+setup: $(STAMP)
+
+system-deps:
+	bash scripts/install-system-deps.sh
+
+# The venv is (re)built when packaging or native sources change.
+$(STAMP): pyproject.toml setup.py $(NATIVE_SRC) scripts/install-system-deps.sh
+	bash scripts/install-system-deps.sh
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[all,test]'
+	$(BIN)/pip install -q ./tests/plugins/flowkit-demo-exporter ./tests/plugins/flowkit-duplicate-stdout
+	touch $(STAMP)
+
+# Zero-configuration agent: every interface but lo, stdout export. Needs root (eBPF).
+run: setup
+	$(BIN)/flowkit-agent
+
+# The whole suite: unit tests, then integration tests (root; they fail rather than skip in CI).
+test: setup
+	$(BIN)/pytest tests
+
+unit: setup
+	$(BIN)/pytest tests/unit
+
+integration: setup
+	$(BIN)/pytest tests/integration
+
+lint: setup
+	$(BIN)/ruff check flowkit flowkit_plugins tests bench
+	$(BIN)/mypy
+
+# Rebuild the committed eBPF object (needs clang). The build command is also in the source header.
+bpf: $(BPF_OBJ)
+$(BPF_OBJ): $(BPF_SRC) csrc/flow.h
+	clang -O2 -g -target bpf -D__BPF__ -I csrc -c $(BPF_SRC) -o $(BPF_OBJ)
+
+# Rebuild the C extension in place (editable installs pick it up).
+native:
+	$(BIN)/python csrc/build_ffi.py
+
+bench: setup
+	$(BIN)/python -m bench.run
+
+clean:
+	rm -rf build dist *.egg-info flowkit/_native*.so flowkit/_native.c flowkit/_native.o

@@ -1,0 +1,264 @@
+"""What plugins provide: component specs (the records hooks return) and component protocols.
+
+A plugin returns specs from its hooks (see :mod:`flowkit.hookspecs`). Each spec has a ``name``
+(what users put in EXPORT, TRACER, ACCOUNTER or LISTEN_INTERFACES), a ``factory`` called with a
+:class:`ComponentContext`, and an optional pydantic ``settings_model`` whose fields become settings
+(environment variable = field name upper-cased, YAML key = field name, flag = ``--field-name``).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+import threading
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol, runtime_checkable
+
+from pydantic import BaseModel
+
+if TYPE_CHECKING:
+    from flowkit.config import AgentConfig
+    from flowkit.metrics import Metrics
+    from flowkit.model import FlowArray, FlowBatch
+
+_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]*$")
+
+
+class InvalidSpecError(ValueError):
+    """A plugin returned a malformed spec."""
+
+
+@dataclass(frozen=True)
+class ComponentSpec:
+    """Base record for everything a component hook returns.
+
+    The name is normalised (stripped, lower-cased) and must match ``[a-z0-9][a-z0-9_.-]*``.
+    """
+
+    kind: ClassVar[str] = "component"
+
+    name: str
+    factory: Callable[[ComponentContext], Any]
+    settings_model: type[BaseModel] | None = None
+    description: str = ""
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str):
+            raise InvalidSpecError(f"{self.kind} name must be a string, got {self.name!r}")
+        normalised = self.name.strip().lower()
+        if not _NAME_RE.match(normalised):
+            raise InvalidSpecError(
+                f"invalid {self.kind} name {self.name!r}: use lower-case letters, digits, '_', "
+                "'-' and '.', starting with a letter or digit"
+            )
+        object.__setattr__(self, "name", normalised)
+        if not callable(self.factory):
+            raise InvalidSpecError(f"{self.kind} {normalised!r}: factory is not callable")
+        if self.settings_model is not None and not (
+            isinstance(self.settings_model, type) and issubclass(self.settings_model, BaseModel)
+        ):
+            raise InvalidSpecError(
+                f"{self.kind} {normalised!r}: settings_model must be a pydantic BaseModel subclass"
+            )
+
+
+@dataclass(frozen=True)
+class InformerSpec(ComponentSpec):
+    """An interface informer; selected by LISTEN_INTERFACES. Factory returns an :class:`Informer`."""
+
+    kind: ClassVar[str] = "informer"
+
+
+@dataclass(frozen=True)
+class TracerSpec(ComponentSpec):
+    """A flow tracer; selected by TRACER. Factory returns a :class:`Tracer`."""
+
+    kind: ClassVar[str] = "tracer"
+
+
+@dataclass(frozen=True)
+class AccounterSpec(ComponentSpec):
+    """An accounter; selected by ACCOUNTER. Factory returns an :class:`Accounter`."""
+
+    kind: ClassVar[str] = "accounter"
+
+
+@dataclass(frozen=True)
+class ExporterSpec(ComponentSpec):
+    """A flow exporter; selected by EXPORT (comma-separated). Factory returns an :class:`Exporter`."""
+
+    kind: ClassVar[str] = "exporter"
+
+
+SPEC_TYPES: dict[str, type[ComponentSpec]] = {
+    "informer": InformerSpec,
+    "tracer": TracerSpec,
+    "accounter": AccounterSpec,
+    "exporter": ExporterSpec,
+}
+
+
+@dataclass
+class ComponentContext:
+    """Everything a factory gets.
+
+    ``settings`` is the validated instance of the spec's ``settings_model`` (``None`` when the
+    spec has none). ``tracer`` is set for accounters: the tracer they drain.
+    New attributes may be added; factories should only read what they need.
+    """
+
+    config: AgentConfig
+    settings: Any
+    metrics: Metrics
+    stop_event: threading.Event = field(default_factory=threading.Event)
+    tracer: Tracer | None = None
+
+
+@dataclass(frozen=True)
+class Interface:
+    """A network interface as informers report it."""
+
+    name: str
+    index: int
+    addresses: tuple[str, ...] = ()
+    mac: str = ""
+    netns: str | None = None
+
+    def ip_addresses(self) -> list[ipaddress.IPv4Address | ipaddress.IPv6Address]:
+        """The interface addresses as ``ipaddress`` objects (scope suffixes removed)."""
+        out = []
+        for raw in self.addresses:
+            try:
+                out.append(ipaddress.ip_address(raw.split("%", 1)[0]))
+            except ValueError:
+                continue
+        return out
+
+
+@dataclass(frozen=True)
+class InterfaceEvent:
+    """An interface appeared (``added``) or went away (``deleted``)."""
+
+    type: Literal["added", "deleted"]
+    interface: Interface
+
+
+@runtime_checkable
+class Informer(Protocol):
+    """Reports interfaces: first every existing one as ``added``, then changes."""
+
+    def events(self, stop: threading.Event) -> Iterator[InterfaceEvent]:
+        """Yield events until ``stop`` is set; must return within about a second of it."""
+        ...
+
+    def close(self) -> None:
+        """Release sockets and threads."""
+        ...
+
+
+@runtime_checkable
+class Tracer(Protocol):
+    """Observes packets on interfaces and keeps per-flow aggregates.
+
+    ``read_aggregates`` and ``read_events`` return arrays of
+    :data:`flowkit.model.RECORD_DTYPE` with CLOCK_MONOTONIC times. Tracers backed by eBPF also
+    expose ``kernel_maps`` (a :class:`KernelMaps`) so that the native accounter can drain them
+    in C; others return ``None`` there.
+    """
+
+    def start(self) -> None:
+        """Load whatever is needed; raise a clear error if it cannot."""
+        ...
+
+    def attach(self, interface: Interface) -> None:
+        """Start observing ``interface``."""
+        ...
+
+    def detach(self, interface: Interface) -> None:
+        """Stop observing ``interface`` and release everything held for it."""
+        ...
+
+    def read_aggregates(self) -> FlowArray:
+        """Take (and reset) the aggregated flows, without losing packets that arrive meanwhile."""
+        ...
+
+    def read_events(self, timeout: float) -> FlowArray:
+        """Wait up to ``timeout`` seconds for single-packet (or partial) records and return them."""
+        ...
+
+    @property
+    def kernel_maps(self) -> KernelMaps | None:
+        """File descriptors for native draining, or ``None``."""
+        ...
+
+    def close(self) -> None:
+        """Detach from every interface and release every kernel object. Idempotent."""
+        ...
+
+
+@dataclass(frozen=True)
+class KernelMaps:
+    """The kernel objects of the flowkit eBPF program, for the native accounter.
+
+    ``selector_fd`` is an ARRAY_OF_MAPS with one slot (key 0) holding the active flow map;
+    ``flow_map_fds`` are the two per-CPU hash maps the accounter alternates between;
+    ``ringbuf_fd`` carries single-packet records when the active map is full.
+    """
+
+    selector_fd: int
+    flow_map_fds: tuple[int, int]
+    ringbuf_fd: int
+    counters_fd: int
+    max_entries: int
+    ncpus: int
+
+
+@runtime_checkable
+class Accounter(Protocol):
+    """Turns tracer records into FlowBatches.
+
+    Semantics (NetObserv's): records are merged by flow key; everything is evicted every
+    CACHE_ACTIVE_TIMEOUT (:meth:`evict`), and the cache is evicted early when it holds
+    CACHE_MAX_FLOWS flows (:meth:`poll` then returns the batch).
+    """
+
+    def poll(self, timeout: float) -> FlowBatch | None:
+        """Wait up to ``timeout`` for tracer events and aggregate them; return a batch if the
+        cache filled up, else ``None``."""
+        ...
+
+    def evict(self) -> FlowBatch:
+        """Take everything the tracer aggregated plus the cache, as one batch."""
+        ...
+
+    def close(self) -> None:
+        """Release buffers."""
+        ...
+
+
+@runtime_checkable
+class Exporter(Protocol):
+    """Sends batches somewhere. Each exporter runs on its own thread behind a bounded queue.
+
+    ``export`` may block (the agent's worker thread absorbs it) but must honour ``shutdown``.
+    Errors should be retried/counted inside the exporter; an exception escaping ``export`` is
+    logged and counted by the agent, and the batch is dropped.
+    """
+
+    def export(self, batch: FlowBatch) -> None:
+        """Send one batch (valid only during the call: copy what you keep)."""
+        ...
+
+    def flush(self, timeout: float) -> bool:
+        """Push out anything buffered; return False if that did not finish in time."""
+        ...
+
+    def shutdown(self, timeout: float) -> None:
+        """Flush and release resources; interrupt retries."""
+        ...
+
+
+def plugin_settings_fields(model: type[BaseModel]) -> Mapping[str, Any]:
+    """The fields of a settings model (name -> FieldInfo), for docs and the CLI."""
+    return model.model_fields

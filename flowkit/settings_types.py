@@ -1,0 +1,112 @@
+"""Value types for settings models: Go-style durations, comma-separated lists, CIDRs.
+
+Settings arrive as strings from the environment and CLI flags and as YAML values from files; these
+annotated types accept both. Use them in plugin settings models::
+
+    class KafkaSettings(BaseModel):
+        kafka_brokers: CommaList = Field(default_factory=list, description="...")
+        kafka_timeout: Duration = Field(default=10.0, description="...")
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from typing import Annotated, Any
+
+from pydantic import BeforeValidator
+
+_DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h)")
+_UNIT_SECONDS = {
+    "ns": 1e-9,
+    "us": 1e-6,
+    "µs": 1e-6,
+    "ms": 1e-3,
+    "s": 1.0,
+    "m": 60.0,
+    "h": 3600.0,
+}
+
+
+def parse_duration(value: Any) -> float:
+    """Parse a Go-style duration (``500ms``, ``5s``, ``1m30s``) into seconds.
+
+    Plain numbers (int/float, or a numeric string) are taken as seconds.
+    """
+    if isinstance(value, bool):
+        raise ValueError("expected a duration like 500ms, 5s or 1m30s")
+    if isinstance(value, int | float):
+        seconds = float(value)
+    else:
+        text = str(value).strip()
+        try:
+            seconds = float(text)
+        except ValueError:
+            pos, seconds = 0, 0.0
+            for match in _DURATION_PART.finditer(text):
+                if match.start() != pos:
+                    break
+                seconds += float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+                pos = match.end()
+            if pos != len(text) or not text:
+                raise ValueError(
+                    f"{text!r} is not a duration; expected a duration like 500ms, 5s or 1m30s"
+                ) from None
+    if seconds < 0:
+        raise ValueError("a duration cannot be negative")
+    return seconds
+
+
+def format_duration(seconds: float) -> str:
+    """Format seconds the way :func:`parse_duration` reads them (for docs and help)."""
+    if seconds and seconds < 1:
+        return f"{seconds * 1000:g}ms"
+    if seconds >= 60 and seconds % 60 == 0:
+        return f"{seconds / 60:g}m"
+    return f"{seconds:g}s"
+
+
+def split_commas(value: Any) -> list[str]:
+    """Accept ``"a,b , c"`` or a YAML list; empty items are dropped."""
+    if value is None:
+        return []
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    if isinstance(value, list | tuple):
+        return [str(v).strip() for v in value if str(v).strip()]
+    raise ValueError("expected a comma-separated list")
+
+
+def parse_bool(value: Any) -> Any:
+    """Accept true/false/1/0/yes/no/on/off (any case) besides real booleans."""
+    if isinstance(value, str):
+        lowered = value.strip().lower()
+        if lowered in {"true", "1", "yes", "on"}:
+            return True
+        if lowered in {"false", "0", "no", "off", ""}:
+            return False
+        raise ValueError(f"{value!r} is not a boolean; use true or false")
+    return value
+
+
+def _parse_cidrs(value: Any) -> list[str]:
+    out = []
+    for item in split_commas(value):
+        try:
+            out.append(str(ipaddress.ip_network(item, strict=False)))
+        except ValueError:
+            raise ValueError(f"{item!r} is not a CIDR like 198.18.0.0/15 or fd00::/8") from None
+    return out
+
+
+Duration = Annotated[float, BeforeValidator(parse_duration)]
+"""Seconds, written as ``500ms``, ``5s``, ``1m30s`` (or a plain number of seconds)."""
+
+CommaList = Annotated[list[str], BeforeValidator(split_commas)]
+"""A list of strings, written ``a,b,c`` in the environment and flags, or as a YAML list."""
+
+Bool = Annotated[bool, BeforeValidator(parse_bool)]
+"""A boolean, written true/false (also 1/0, yes/no, on/off)."""
+
+CidrList = Annotated[list[str], BeforeValidator(_parse_cidrs)]
+"""A list of IP networks, written ``198.18.0.0/15,fd00::/8``."""
