@@ -42,6 +42,9 @@ class ComponentSpec:
     factory: Callable[[ComponentContext], Any]
     settings_model: type[BaseModel] | None = None
     description: str = ""
+    capabilities: tuple[str, ...] = ()
+    """Linux capabilities the component needs (e.g. ``("CAP_BPF", "CAP_NET_ADMIN")``); the agent
+    checks them before starting anything and names the missing ones."""
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str):
@@ -65,7 +68,7 @@ class ComponentSpec:
 
 @dataclass(frozen=True)
 class InformerSpec(ComponentSpec):
-    """An interface informer; selected by LISTEN_INTERFACES. Factory returns an :class:`Informer`."""
+    """An interface informer, selected by LISTEN_INTERFACES; the factory returns an Informer."""
 
     kind: ClassVar[str] = "informer"
 
@@ -86,7 +89,7 @@ class AccounterSpec(ComponentSpec):
 
 @dataclass(frozen=True)
 class ExporterSpec(ComponentSpec):
-    """A flow exporter; selected by EXPORT (comma-separated). Factory returns an :class:`Exporter`."""
+    """A flow exporter, selected by EXPORT (comma-separated); the factory returns an Exporter."""
 
     kind: ClassVar[str] = "exporter"
 

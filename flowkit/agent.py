@@ -1,0 +1,466 @@
+"""The agent: informer -> tracer -> accounter -> exporters, with bounded queues between them.
+
+Threads: one for the informer (attach/detach as interfaces come and go), one for accounting
+(poll the tracer, evict every CACHE_ACTIVE_TIMEOUT) and one per exporter behind a queue of
+BUFFERS_LENGTH batches. A full exporter queue drops the batch and counts it; it never blocks the
+accounting thread or the other exporters.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+from flowkit import privileges
+from flowkit.components import (
+    Accounter,
+    ComponentContext,
+    ComponentSpec,
+    Exporter,
+    Informer,
+    Interface,
+    Tracer,
+)
+from flowkit.config import AgentConfig
+from flowkit.interfaces import InterfaceFilter
+from flowkit.metrics import Metrics
+from flowkit.model import FlowBatch
+from flowkit.plugins import PluginManager
+
+log = logging.getLogger(__name__)
+
+_POLL_SLICE = 0.2  # seconds: how long the accounting thread waits for events at most
+
+
+class _SharedBatch:
+    """A batch handed to several exporters; released when the last one is done."""
+
+    __slots__ = ("_lock", "_remaining", "batch")
+
+    def __init__(self, batch: FlowBatch, consumers: int) -> None:
+        self.batch = batch
+        self._remaining = consumers
+        self._lock = threading.Lock()
+        if consumers == 0:
+            batch.release()
+
+    def done(self) -> None:
+        with self._lock:
+            self._remaining -= 1
+            last = self._remaining == 0
+        if last:
+            self.batch.release()
+
+
+class ExporterWorker:
+    """Runs one exporter on its own thread behind a bounded queue."""
+
+    _STOP = object()
+
+    def __init__(self, name: str, exporter: Exporter, capacity: int, metrics: Metrics) -> None:
+        self.name = name
+        self.exporter = exporter
+        self._queue: queue.Queue[Any] = queue.Queue(maxsize=capacity)
+        self._thread = threading.Thread(target=self._run, name=f"flowkit-export-{name}",
+                                        daemon=True)
+        self._dropped_batches = metrics.counter(
+            "dropped_batches", "Batches an exporter queue had no room for", ["exporter"]
+        ).labels(exporter=name)
+        self._dropped_flows = metrics.counter(
+            "dropped_flows", "Flows lost because an exporter queue was full", ["exporter"]
+        ).labels(exporter=name)
+        self._exported = metrics.counter(
+            "exported_flows", "Flows handed to an exporter", ["exporter"]
+        ).labels(exporter=name)
+        self._errors = metrics.counter(
+            "errors", "Errors by component and kind", ["component", "error"]
+        ).labels(component=f"exporter/{name}", error="export")
+        self._queue_size = metrics.gauge(
+            "buffer_size", "Batches waiting in a queue", ["name"]
+        ).labels(name=f"exporter/{name}")
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def offer(self, shared: _SharedBatch) -> bool:
+        """Queue a batch without blocking; drop and count it when the queue is full."""
+        try:
+            self._queue.put_nowait(shared)
+        except queue.Full:
+            self._dropped_batches.inc()
+            self._dropped_flows.inc(len(shared.batch))
+            shared.done()
+            log.warning("exporter %s is too slow: dropped a batch of %d flows", self.name,
+                        len(shared.batch))
+            return False
+        self._queue_size.set(self._queue.qsize())
+        return True
+
+    def _run(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is self._STOP:
+                return
+            shared: _SharedBatch = item
+            try:
+                self.exporter.export(shared.batch)
+                self._exported.inc(len(shared.batch))
+            except Exception:
+                self._errors.inc()
+                log.exception("exporter %s failed on a batch of %d flows", self.name,
+                              len(shared.batch))
+            finally:
+                shared.done()
+                self._queue_size.set(self._queue.qsize())
+
+    def stop(self, deadline: float) -> None:
+        """Let the queue drain, then flush and shut the exporter down by ``deadline``."""
+        try:
+            self._queue.put(self._STOP, timeout=max(0.0, deadline - time.monotonic()))
+        except queue.Full:
+            log.warning("exporter %s did not drain its queue in time", self.name)
+        self._thread.join(max(0.0, deadline - time.monotonic()))
+        remaining = max(0.1, deadline - time.monotonic())
+        try:
+            if not self.exporter.flush(remaining):
+                log.warning("exporter %s could not flush everything in time", self.name)
+        except Exception:
+            log.exception("exporter %s failed to flush", self.name)
+        try:
+            self.exporter.shutdown(max(0.1, deadline - time.monotonic()))
+        except Exception:
+            log.exception("exporter %s failed to shut down", self.name)
+
+
+class Agent:
+    """Runs the pipeline described by an :class:`~flowkit.config.AgentConfig`.
+
+    Use :meth:`run` to block until :meth:`stop` is called (from another thread or a signal
+    handler), or :meth:`start` / :meth:`stop` / :meth:`join` for finer control::
+
+        agent = flowkit.Agent(AgentConfig.load())
+        agent.start()
+        ...
+        agent.stop(); agent.join()
+    """
+
+    def __init__(
+        self,
+        config: AgentConfig | None = None,
+        *,
+        plugin_manager: PluginManager | None = None,
+        metrics: Metrics | None = None,
+    ) -> None:
+        self.plugin_manager = plugin_manager or PluginManager()
+        self.config = config or AgentConfig.load(plugin_manager=self.plugin_manager)
+        self.metrics = metrics or Metrics(self.config.metrics_prefix)
+        self.stop_requested = threading.Event()
+        self._stopped = threading.Event()
+        self._informer_stop = threading.Event()
+        self._accounting_stop = threading.Event()
+        self._filter = InterfaceFilter(
+            self.config.interfaces, self.config.exclude_interfaces, self.config.interface_ips
+        )
+        self._specs = {
+            (kind, name): self.plugin_manager.get(kind, name)
+            for kind, name in self.config.selected()
+        }
+        self._interfaces: dict[int, Interface] = {}
+        self._attached: dict[int, Interface] = {}
+        self._names: dict[int, str] = {}
+        self._lock = threading.Lock()
+        self._threads: list[threading.Thread] = []
+        self._workers: list[ExporterWorker] = []
+        self.tracer: Tracer | None = None
+        self.accounter: Accounter | None = None
+        self.informer: Informer | None = None
+        self._batch_listeners: list[Any] = []
+        self._evictions = self.metrics.counter("evictions", "Flow evictions", ["source"])
+        self._evicted_flows = self.metrics.counter(
+            "evicted_flows", "Flows evicted from the accounter", ["source"]
+        )
+        self._attach_errors = self.metrics.counter(
+            "errors", "Errors by component and kind", ["component", "error"]
+        )
+        self._started = False
+
+    # -- construction -----------------------------------------------------------------------
+    def _context(self, kind: str, spec: ComponentSpec, **extra: Any) -> ComponentContext:
+        settings = self.config.settings_for(kind, spec.name, spec.settings_model)
+        return ComponentContext(
+            config=self.config,
+            settings=settings,
+            metrics=self.metrics,
+            stop_event=self.stop_requested,
+            **extra,
+        )
+
+    def check_privileges(self) -> None:
+        """Raise :class:`~flowkit.privileges.PrivilegeError` if a component lacks capabilities."""
+        for (kind, name), spec in self._specs.items():
+            if spec.capabilities:
+                privileges.require(f"the {name} {kind}", spec.capabilities)
+
+    def start(self) -> None:
+        """Build every component and start the threads. Raises if anything cannot start."""
+        if self._started:
+            raise RuntimeError("an Agent can be started once")
+        self._started = True
+        self.check_privileges()
+        if any(spec.capabilities for spec in self._specs.values()):
+            privileges.raise_memlock_limit()
+        cfg = self.config
+        try:
+            for name in cfg.export:
+                spec = self._specs[("exporter", name)]
+                exporter = spec.factory(self._context("exporter", spec))
+                self._workers.append(
+                    ExporterWorker(name, exporter, cfg.buffers_length, self.metrics)
+                )
+            tracer_spec = self._specs[("tracer", cfg.tracer)]
+            self.tracer = tracer_spec.factory(self._context("tracer", tracer_spec))
+            self.tracer.start()
+            acc_spec = self._specs[("accounter", cfg.accounter)]
+            self.accounter = acc_spec.factory(
+                self._context("accounter", acc_spec, tracer=self.tracer)
+            )
+            inf_spec = self._specs[("informer", cfg.listen_interfaces)]
+            self.informer = inf_spec.factory(self._context("informer", inf_spec))
+        except BaseException:
+            self._close_components()
+            raise
+        names = getattr(self.tracer, "interface_names", None)
+        if callable(names):
+            self._names.update(names())
+        for worker in self._workers:
+            worker.start()
+        self._spawn("flowkit-informer", self._informer_loop)
+        self._spawn("flowkit-accounting", self._accounting_loop)
+        log.info(
+            "flowkit agent started: tracer=%s accounter=%s informer=%s exporters=%s",
+            cfg.tracer, cfg.accounter, cfg.listen_interfaces, ",".join(cfg.export),
+        )
+
+    def _spawn(self, name: str, target: Any) -> None:
+        thread = threading.Thread(target=self._guard(target), name=name, daemon=True)
+        self._threads.append(thread)
+        thread.start()
+
+    def _guard(self, target: Any) -> Any:
+        def run() -> None:
+            try:
+                target()
+            except Exception:
+                log.exception("%s failed; stopping the agent", threading.current_thread().name)
+                self.stop()
+
+        return run
+
+    # -- informer ---------------------------------------------------------------------------
+    def _informer_loop(self) -> None:
+        assert self.informer is not None
+        for event in self.informer.events(self._informer_stop):
+            if self._informer_stop.is_set():
+                break
+            iface = event.interface
+            if event.type == "added":
+                self._on_added(iface)
+            else:
+                self._on_deleted(iface)
+
+    def _on_added(self, iface: Interface) -> None:
+        assert self.tracer is not None
+        with self._lock:
+            self._interfaces[iface.index] = iface
+            self._names[iface.index] = iface.name
+            if iface.index in self._attached or not self._filter.allows(iface):
+                return
+            try:
+                self.tracer.attach(iface)
+            except Exception as exc:
+                self._attach_errors.labels(component="tracer", error="attach").inc()
+                log.warning("cannot trace interface %s (index %d): %s", iface.name, iface.index,
+                            exc)
+                return
+            self._attached[iface.index] = iface
+        log.info("tracing interface %s (index %d)", iface.name, iface.index)
+
+    def _on_deleted(self, iface: Interface) -> None:
+        assert self.tracer is not None
+        with self._lock:
+            self._interfaces.pop(iface.index, None)
+            attached = self._attached.pop(iface.index, None)
+            if attached is None:
+                return
+            try:
+                self.tracer.detach(attached)
+            except Exception as exc:
+                self._attach_errors.labels(component="tracer", error="detach").inc()
+                log.warning("detaching from %s failed: %s", attached.name, exc)
+        log.info("stopped tracing interface %s (index %d)", iface.name, iface.index)
+
+    @property
+    def attached_interfaces(self) -> list[Interface]:
+        """Interfaces currently traced."""
+        with self._lock:
+            return list(self._attached.values())
+
+    # -- accounting -------------------------------------------------------------------------
+    def _accounting_loop(self) -> None:
+        assert self.accounter is not None
+        period = self.config.cache_active_timeout
+        next_evict = time.monotonic() + period
+        while not self._accounting_stop.is_set():
+            wait = min(_POLL_SLICE, max(0.0, next_evict - time.monotonic()))
+            batch = self.accounter.poll(wait)
+            if batch is not None:
+                self._dispatch(batch, "full")
+            if time.monotonic() >= next_evict:
+                self._dispatch(self.accounter.evict(), "timer")
+                next_evict += period
+                if next_evict < time.monotonic():  # we fell behind: do not evict in a burst
+                    next_evict = time.monotonic() + period
+        # Final drain: interfaces are detached by now, so this batch holds everything left.
+        batch = self.accounter.poll(0)
+        if batch is not None:
+            self._dispatch(batch, "full")
+        self._dispatch(self.accounter.evict(), "stop")
+
+    def _dispatch(self, batch: FlowBatch, source: str) -> None:
+        n = len(batch)
+        self._evictions.labels(source=source).inc()
+        if n == 0:
+            batch.release()
+            return
+        self._evicted_flows.labels(source=source).inc(n)
+        with self._lock:
+            batch.interfaces = dict(self._names)
+        batch.agent_ip = self.config.agent_ip
+        for listener in self._batch_listeners:
+            listener(batch)
+        shared = _SharedBatch(batch, len(self._workers))
+        for worker in self._workers:
+            worker.offer(shared)
+
+    def add_batch_listener(self, listener: Any) -> None:
+        """Call ``listener(batch)`` synchronously for every batch (before exporters see it)."""
+        self._batch_listeners.append(listener)
+
+    # -- stopping ---------------------------------------------------------------------------
+    def stop(self) -> None:
+        """Request an orderly stop (thread- and signal-safe); :meth:`join` waits for it."""
+        self.stop_requested.set()
+
+    def run(self) -> None:
+        """Start, block until :meth:`stop` is called, then shut down in order."""
+        self.start()
+        try:
+            while not self.stop_requested.wait(0.5):
+                pass
+        finally:
+            self.shutdown()
+
+    def join(self, timeout: float | None = None) -> bool:
+        """Wait for :meth:`shutdown` to finish; True when it did."""
+        return self._stopped.wait(timeout)
+
+    def shutdown(self) -> None:
+        """Detach, drain the last flows, flush exporters and release everything.
+
+        Bounded by SHUTDOWN_TIMEOUT for the exporters. Idempotent.
+        """
+        if self._stopped.is_set():
+            return
+        self.stop_requested.set()
+        deadline = time.monotonic() + self.config.shutdown_timeout
+        self._informer_stop.set()
+        for thread in self._threads:
+            if thread.name == "flowkit-informer":
+                thread.join(2.0)
+        with self._lock:
+            attached = list(self._attached.values())
+            self._attached.clear()
+        for iface in attached:
+            try:
+                assert self.tracer is not None
+                self.tracer.detach(iface)
+            except Exception as exc:
+                log.warning("detaching from %s failed: %s", iface.name, exc)
+        self._accounting_stop.set()
+        for thread in self._threads:
+            if thread.name == "flowkit-accounting":
+                thread.join(max(1.0, deadline - time.monotonic()))
+        for worker in self._workers:
+            worker.stop(deadline)
+        self._close_components()
+        log.info("flowkit agent stopped: %s", self.stats())
+        self._stopped.set()
+
+    def _close_components(self) -> None:
+        for component in (self.informer, self.accounter, self.tracer):
+            if component is None:
+                continue
+            try:
+                component.close()
+            except Exception:
+                log.exception("closing %s failed", type(component).__name__)
+
+    def stats(self) -> dict[str, float]:
+        """Totals so far: evicted, exported and dropped flows (summed over exporters)."""
+        out: dict[str, float] = {}
+        for family in self.metrics.registry.collect():
+            for sample in family.samples:
+                if sample.name.endswith("_total"):
+                    key = sample.name.removeprefix(self.metrics.prefix).removesuffix("_total")
+                    out[key] = out.get(key, 0.0) + sample.value
+        return out
+
+
+def capture(
+    duration: float | None = None, *, plugin_manager: PluginManager | None = None, **settings: Any
+) -> Iterator[FlowBatch]:
+    """Run an agent in the background and yield its batches (for notebooks and scripts).
+
+    Settings are given by name (``capture(interfaces="eth0", cache_active_timeout="1s")``);
+    exporters default to none beyond this iterator. Each yielded batch owns its memory. Stops
+    after ``duration`` seconds (None: when the caller stops iterating).
+    """
+    pm = plugin_manager or PluginManager()
+    settings.setdefault("export", "stdout")
+    config = AgentConfig.load(cli=settings, environ={}, plugin_manager=pm)
+    config = config.model_copy(update={"export": []})
+    agent = Agent(config, plugin_manager=pm)
+    batches: queue.Queue[FlowBatch | None] = queue.Queue(maxsize=max(1, config.buffers_length))
+
+    def listener(batch: FlowBatch) -> None:
+        try:
+            batches.put_nowait(batch.copy())
+        except queue.Full:
+            log.warning("capture(): the caller is not keeping up, a batch was dropped")
+
+    agent.add_batch_listener(listener)
+    agent.start()
+    end = None if duration is None else time.monotonic() + duration
+    try:
+        while True:
+            timeout = 0.5 if end is None else min(0.5, end - time.monotonic())
+            if timeout <= 0:
+                break
+            try:
+                batch = batches.get(timeout=timeout)
+            except queue.Empty:
+                continue
+            if batch is not None:
+                yield batch
+        # Duration over: stop (final drain included), then hand out what is left.
+        agent.shutdown()
+        while not batches.empty():
+            leftover = batches.get_nowait()
+            if leftover is not None:
+                yield leftover
+    finally:
+        agent.shutdown()

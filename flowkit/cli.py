@@ -1,0 +1,226 @@
+"""``flowkit-agent``: run the agent, list plugins, check the host, inspect eBPF objects.
+
+Only the CLI configures logging and installs signal handlers (the library never does).
+Exit status: 0 success, 1 runtime failure (e.g. a missing capability), 2 bad configuration.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+import threading
+from collections.abc import Sequence
+from types import FrameType
+from typing import Any
+
+import orjson
+
+import flowkit
+from flowkit.config import ConfigError, SettingInfo, load_config, settings_table
+from flowkit.plugins import PluginError, PluginManager
+from flowkit.privileges import PrivilegeError
+from flowkit.settings_types import format_duration
+
+PROG = "flowkit-agent"
+COMMANDS = ("run", "plugins", "check", "inspect")
+_LEVELS = {
+    "trace": logging.DEBUG,
+    "debug": logging.DEBUG,
+    "info": logging.INFO,
+    "warn": logging.WARNING,
+    "warning": logging.WARNING,
+    "error": logging.ERROR,
+    "fatal": logging.CRITICAL,
+    "panic": logging.CRITICAL,
+}
+
+
+class _JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S"),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        if record.exc_info:
+            entry["exc"] = self.formatException(record.exc_info)
+        return orjson.dumps(entry).decode()
+
+
+def configure_logging(level: str) -> None:
+    """Human-readable logs on a terminal, JSON lines otherwise; always on standard error."""
+    handler = logging.StreamHandler(sys.stderr)
+    if sys.stderr.isatty():
+        handler.setFormatter(
+            logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s", "%H:%M:%S")
+        )
+    else:
+        handler.setFormatter(_JsonFormatter())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(_LEVELS.get(level, logging.INFO))
+
+
+def _fail(message: str, status: int) -> int:
+    print(f"{PROG}: {message}", file=sys.stderr)
+    return status
+
+
+def _default_text(info: SettingInfo) -> str:
+    field = info.field
+    if field.default_factory is not None:
+        value: Any = field.default_factory()  # type: ignore[call-arg]
+    else:
+        value = field.default
+    if value is None or value == "" or value == []:
+        return "unset"
+    if isinstance(value, list):
+        return ",".join(str(v) for v in value)
+    if isinstance(value, float) and "Duration" in str(field.metadata) + str(field.annotation):
+        return format_duration(value)
+    return str(value).lower() if isinstance(value, bool) else str(value)
+
+
+def build_run_parser(table: dict[str, SettingInfo]) -> argparse.ArgumentParser:
+    """The parser of ``flowkit-agent [run]``: one flag per setting, core and plugins."""
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description="Capture network flows with eBPF and export them. Every setting can also "
+        "be given as an environment variable (NetObserv names) or in a YAML file; precedence: "
+        "flags > environment > file > defaults.",
+        epilog="commands: run (default), plugins (list installed components as JSON), check "
+        "(preflight: privileges, kernel features), inspect OBJECT (describe an eBPF object). "
+        "Settings reference: docs/configuration.md",
+    )
+    parser.add_argument("--version", action="version", version=f"{PROG} {flowkit.__version__}")
+    parser.add_argument("--config", metavar="FILE", help="YAML file of settings")
+    core = parser.add_argument_group("agent settings")
+    plugin = parser.add_argument_group("plugin settings (used when the component is selected)")
+    for name, info in table.items():
+        group = core if info.owners[0] == "core" else plugin
+        owner = "" if info.owners[0] == "core" else f" [{', '.join(info.owners)}]"
+        kwargs: dict[str, Any] = {
+            "dest": name,
+            "default": None,
+            "metavar": "VALUE",
+            "help": f"{info.field.description or ''}{owner} (env {info.env}, default "
+            f"{_default_text(info)})".replace("%", "%%"),
+        }
+        if info.field.annotation is bool:
+            kwargs.update(nargs="?", const="true", metavar="BOOL")
+        group.add_argument(info.flag, **kwargs)
+    return parser
+
+
+def _install_signal_handlers(agent: flowkit.Agent) -> None:
+    interrupts = {"count": 0}
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        interrupts["count"] += 1
+        if interrupts["count"] > 1 and signum == signal.SIGINT:
+            os.write(2, b"flowkit-agent: second interrupt, exiting now\n")
+            os._exit(130)
+        agent.stop()
+
+    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)
+
+
+def cmd_run(argv: Sequence[str]) -> int:
+    """Run the agent until SIGTERM/SIGINT."""
+    try:
+        pm = PluginManager()
+    except PluginError as exc:
+        return _fail(str(exc), 2)
+    try:
+        table = settings_table(pm)
+    except PluginError as exc:
+        return _fail(str(exc), 2)
+    args = build_run_parser(table).parse_args(list(argv))
+    cli = {name: getattr(args, name) for name in table if getattr(args, name) is not None}
+    try:
+        config = load_config(cli=cli, config_file=args.config, plugin_manager=pm)
+    except ConfigError as exc:
+        return _fail(str(exc), 2)
+    configure_logging(config.log_level)
+    log = logging.getLogger("flowkit.cli")
+    agent = flowkit.Agent(config, plugin_manager=pm)
+    if config.metrics_enable:
+        from prometheus_client import start_http_server
+
+        start_http_server(
+            config.metrics_server_port, config.metrics_server_address or "0.0.0.0",  # noqa: S104
+            registry=agent.metrics.registry,
+        )
+    _install_signal_handlers(agent)
+    try:
+        agent.start()
+    except PrivilegeError as exc:
+        return _fail(str(exc), 1)
+    except (ConfigError, PluginError) as exc:
+        return _fail(str(exc), 2)
+    except Exception as exc:
+        log.debug("start failed", exc_info=True)
+        agent.shutdown()
+        return _fail(f"cannot start: {exc}", 1)
+    try:
+        while not agent.stop_requested.wait(0.5):
+            pass
+    finally:
+        # A hard deadline: whatever happens in the orderly stop, the process ends.
+        timer = threading.Timer(config.shutdown_timeout + 5.0, lambda: os._exit(1))
+        timer.daemon = True
+        timer.start()
+        agent.shutdown()
+        timer.cancel()
+    return 0
+
+
+def cmd_plugins(argv: Sequence[str]) -> int:
+    """Print installed plugin distributions and their components as JSON."""
+    argparse.ArgumentParser(prog=f"{PROG} plugins",
+                            description="List plugins and components as JSON").parse_args(argv)
+    try:
+        pm = PluginManager()
+        described = pm.describe()
+    except PluginError as exc:
+        return _fail(str(exc), 2)
+    sys.stdout.write(orjson.dumps(described, option=orjson.OPT_INDENT_2).decode() + "\n")
+    return 0
+
+
+def cmd_check(argv: Sequence[str]) -> int:
+    """Preflight: can this host run the configured agent?"""
+    from flowkit import preflight
+
+    return preflight.main(list(argv))
+
+
+def cmd_inspect(argv: Sequence[str]) -> int:
+    """Describe an eBPF object file (programs, maps, variables)."""
+    from flowkit.ebpf import inspect
+
+    status: int = inspect.main(list(argv))
+    return status
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``flowkit-agent``."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    command = args[0] if args and args[0] in COMMANDS else "run"
+    if args and args[0] == command:
+        args = args[1:]
+    handlers = {"run": cmd_run, "plugins": cmd_plugins, "check": cmd_check,
+                "inspect": cmd_inspect}
+    try:
+        return handlers[command](args)
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

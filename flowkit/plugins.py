@@ -1,0 +1,220 @@
+"""The plugin manager: loads ``flowkit`` entry points and resolves components by name.
+
+Core code calls the typed methods here (:meth:`PluginManager.components`,
+:meth:`PluginManager.get`), never ``pm.hook.*`` directly.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass
+from importlib.metadata import Distribution, entry_points
+from types import ModuleType
+from typing import Any
+
+import pluggy
+
+from flowkit import hookspecs
+from flowkit.components import SPEC_TYPES, ComponentSpec
+
+log = logging.getLogger(__name__)
+
+ENTRY_POINT_GROUP = "flowkit"
+DISABLE_ENV = "FLOWKIT_DISABLE_PLUGINS"
+
+KINDS = ("informer", "tracer", "accounter", "exporter")
+_HOOKS = {
+    "informer": "flowkit_informers",
+    "tracer": "flowkit_tracers",
+    "accounter": "flowkit_accounters",
+    "exporter": "flowkit_exporters",
+}
+
+# Components flowkit's own distribution must provide; a broken install is reported at start.
+REQUIRED_BUILTINS: dict[str, frozenset[str]] = {
+    "informer": frozenset({"poll"}),
+    "tracer": frozenset({"synthetic"}),
+    "accounter": frozenset({"python"}),
+    "exporter": frozenset({"stdout"}),
+}
+
+
+class PluginError(Exception):
+    """A plugin could not be loaded or provides something invalid."""
+
+
+class DuplicateComponentError(PluginError):
+    """Two plugins provide a component of the same kind under the same name."""
+
+
+class UnknownComponentError(PluginError):
+    """A configured component name is not provided by any plugin."""
+
+    def __init__(self, kind: str, name: str, available: Iterable[str]) -> None:
+        names = ", ".join(sorted(available)) or "(none)"
+        super().__init__(f"unknown {kind} {name!r}; available: {names}")
+        self.kind, self.name = kind, name
+
+
+@dataclass(frozen=True)
+class Component:
+    """A resolved component: its spec and where it came from."""
+
+    spec: ComponentSpec
+    plugin: str
+    distribution: str
+    version: str
+
+
+def _disabled_from_env() -> set[str]:
+    raw = os.environ.get(DISABLE_ENV, "")
+    return {part.strip() for part in raw.split(",") if part.strip()}
+
+
+class PluginManager:
+    """Registers plugins and resolves their components.
+
+    :param load_entrypoints: load every ``flowkit`` entry point (default); tests pass ``False``
+        and register plugins explicitly.
+    :param disabled: entry-point or distribution names to skip (default: FLOWKIT_DISABLE_PLUGINS).
+    """
+
+    def __init__(
+        self, load_entrypoints: bool = True, disabled: Iterable[str] | None = None
+    ) -> None:
+        self._pm = pluggy.PluginManager(hookspecs.PROJECT_NAME)
+        self._pm.add_hookspecs(hookspecs)
+        self._origins: dict[str, tuple[str, str]] = {}  # plugin name -> (distribution, version)
+        self.disabled = set(disabled) if disabled is not None else _disabled_from_env()
+        self._cache: dict[str, dict[str, Component]] = {}
+        if load_entrypoints:
+            self.load_entrypoints()
+            self.check_builtins()
+
+    # -- registration -----------------------------------------------------------------------
+    def load_entrypoints(self) -> None:
+        """Load and register every entry point of the ``flowkit`` group not disabled."""
+        for ep in entry_points(group=ENTRY_POINT_GROUP):
+            dist: Distribution | None = getattr(ep, "dist", None)
+            dist_name = dist.metadata["Name"] if dist is not None else "unknown"
+            dist_version = dist.version if dist is not None else ""
+            if ep.name in self.disabled or dist_name in self.disabled:
+                log.info("plugin %s (%s) disabled by %s", ep.name, dist_name, DISABLE_ENV)
+                continue
+            if self._pm.has_plugin(ep.name):
+                other = self._origins.get(ep.name, ("?", ""))[0]
+                raise PluginError(
+                    f"two distributions register the flowkit entry point {ep.name!r}: "
+                    f"{other} and {dist_name}; uninstall one of them"
+                )
+            try:
+                plugin = ep.load()
+            except Exception as exc:
+                raise PluginError(
+                    f"cannot load plugin {ep.name!r} from {dist_name}: {exc}"
+                ) from exc
+            self.register(plugin, name=ep.name, distribution=dist_name, version=dist_version)
+        self._pm.check_pending()
+
+    def register(
+        self,
+        plugin: ModuleType | object,
+        name: str | None = None,
+        distribution: str = "local",
+        version: str = "",
+    ) -> str:
+        """Register a plugin object or module; return the name it was registered under."""
+        registered = self._pm.register(plugin, name=name)
+        if registered is None:
+            raise PluginError(f"plugin {name!r} was not registered (blocked or already present)")
+        self._origins[registered] = (distribution, version)
+        self._cache.clear()
+        self._pm.check_pending()
+        return registered
+
+    def check_builtins(self) -> None:
+        """Fail clearly when flowkit's own components are missing (a broken install)."""
+        for kind, names in REQUIRED_BUILTINS.items():
+            missing = names - set(self.components(kind)) - self.disabled
+            if missing:
+                raise PluginError(
+                    f"flowkit's built-in {kind} plugin(s) {', '.join(sorted(missing))} are not "
+                    "installed: reinstall flowkit (pip install --force-reinstall flowkit)"
+                )
+
+    # -- resolution -------------------------------------------------------------------------
+    def components(self, kind: str) -> dict[str, Component]:
+        """All components of ``kind`` by name, sorted; duplicates raise with both origins."""
+        if kind not in _HOOKS:
+            raise ValueError(f"unknown component kind {kind!r}; expected one of {KINDS}")
+        cached = self._cache.get(kind)
+        if cached is not None:
+            return cached
+        spec_type = SPEC_TYPES[kind]
+        found: dict[str, Component] = {}
+        hook = getattr(self._pm.hook, _HOOKS[kind])
+        for impl in hook.get_hookimpls():
+            distribution, version = self._origins.get(impl.plugin_name, ("local", ""))
+            try:
+                result: Any = impl.function()
+            except Exception as exc:
+                raise PluginError(
+                    f"plugin {impl.plugin_name!r} ({distribution}) failed in {_HOOKS[kind]}: {exc}"
+                ) from exc
+            for spec in result or ():
+                if not isinstance(spec, spec_type):
+                    raise PluginError(
+                        f"plugin {impl.plugin_name!r} ({distribution}) returned {spec!r} from "
+                        f"{_HOOKS[kind]}; expected {spec_type.__name__} instances"
+                    )
+                previous = found.get(spec.name)
+                if previous is not None:
+                    raise DuplicateComponentError(
+                        f"{kind} {spec.name!r} is provided twice: by {previous.distribution} "
+                        f"(plugin {previous.plugin!r}) and by {distribution} (plugin "
+                        f"{impl.plugin_name!r}); uninstall one or disable it with "
+                        f"{DISABLE_ENV}=<plugin>"
+                    )
+                found[spec.name] = Component(spec, impl.plugin_name, distribution, version)
+        resolved = dict(sorted(found.items()))
+        self._cache[kind] = resolved
+        return resolved
+
+    def get(self, kind: str, name: str) -> ComponentSpec:
+        """The spec of component ``name`` of ``kind``; unknown names raise with the choices."""
+        available = self.components(kind)
+        component = available.get(name.strip().lower())
+        if component is None:
+            raise UnknownComponentError(kind, name, available)
+        return component.spec
+
+    def all_components(self) -> dict[str, dict[str, Component]]:
+        """Every component of every kind (kind -> name -> component)."""
+        return {kind: self.components(kind) for kind in KINDS}
+
+    def describe(self) -> list[dict[str, Any]]:
+        """What ``flowkit-agent plugins`` prints: per distribution, its components per kind."""
+        by_dist: dict[str, dict[str, Any]] = {}
+        for kind, comps in self.all_components().items():
+            for name, comp in comps.items():
+                entry = by_dist.setdefault(
+                    comp.distribution,
+                    {
+                        "distribution": comp.distribution,
+                        "version": comp.version,
+                        "plugins": set(),
+                        "components": {k: [] for k in KINDS},
+                    },
+                )
+                entry["plugins"].add(comp.plugin)
+                entry["components"][kind].append(
+                    {"name": name, "description": comp.spec.description}
+                )
+        out = []
+        for dist in sorted(by_dist):
+            entry = by_dist[dist]
+            entry["plugins"] = sorted(entry["plugins"])
+            out.append(entry)
+        return out
