@@ -77,4 +77,18 @@ struct fk_flow_out {
     fk_u32 sampling;
 };
 
+/* Indices of the eBPF `counters` map (per-CPU u64), read by the accounter and exposed as metrics.
+ * Every packet the eBPF program sees either lands in a flow map entry, or in the ring buffer, or
+ * is counted in exactly one of these (except FK_COUNTER_RINGBUF_RECORDS, which counts packets that
+ * did reach the ring buffer). */
+enum fk_counter {
+    FK_COUNTER_RINGBUF_RECORDS = 0, /* packets sent to the ring buffer because the map was full */
+    FK_COUNTER_RINGBUF_LOST = 1,    /* map full and ring buffer full: packet lost, counted */
+    FK_COUNTER_SAMPLED_OUT = 2,     /* packets skipped by SAMPLING */
+    FK_COUNTER_RUNT = 3,            /* frames shorter than an Ethernet header: not counted */
+    FK_COUNTER_NO_MAP = 4,          /* flow_selector slot 0 empty: packet lost, counted */
+    FK_COUNTER_UPDATE_FAILED = 5,   /* flow map update failed for another reason than full */
+    FK_COUNTER_MAX = 8,             /* size of the counters map */
+};
+
 #endif

@@ -36,7 +36,7 @@ _HOOKS = {
 REQUIRED_BUILTINS: dict[str, frozenset[str]] = {
     "informer": frozenset({"poll"}),
     "tracer": frozenset({"synthetic"}),
-    "accounter": frozenset({"python"}),
+    "accounter": frozenset({"python", "native"}),
     "exporter": frozenset({"stdout"}),
 }
 
