@@ -34,8 +34,8 @@ _HOOKS = {
 
 # Components flowkit's own distribution must provide; a broken install is reported at start.
 REQUIRED_BUILTINS: dict[str, frozenset[str]] = {
-    "informer": frozenset({"poll"}),
-    "tracer": frozenset({"synthetic"}),
+    "informer": frozenset({"poll", "watch"}),
+    "tracer": frozenset({"synthetic", "ebpf"}),
     "accounter": frozenset({"python", "native"}),
     "exporter": frozenset({"stdout"}),
 }

@@ -1,0 +1,171 @@
+"""Kernel cost per packet of flowkit's eBPF program, against an empty TC program.
+
+Two measurements (root needed; everything created is removed on exit):
+
+1. BPF_PROG_TEST_RUN: the programs run ``--repeat`` times on one 64-byte IPv4/UDP frame (the
+   flow exists after the first run, so this is the steady-state hit path); best of ``--rounds``.
+2. bpf_stats on live traffic: trafgen sends ``--packets`` frames over a veth pair between two
+   namespaces; flowkit-agent traces the receiving end; run_time_ns / run_cnt of the attached
+   programs is read with kernel.bpf_stats_enabled=1 (restored afterwards). The same is done with
+   an empty program attached as a tc filter.
+
+Usage: ``sudo .venv/bin/python bench/bench_kernel.py [--repeat N] [--rounds N] [--packets N]``.
+Prints one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import re
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests" / "integration"))
+
+from netns import AgentRun, Pair, sh  # noqa: E402
+
+from flowkit.ebpf import CollectionSpec  # noqa: E402
+
+EMPTY_PROGRAM = """
+#define SEC(n) __attribute__((section(n), used))
+struct __sk_buff { unsigned int len; };
+SEC("tc") int empty(struct __sk_buff *skb) { return -1; }
+char LICENSE[] SEC("license") = "GPL";
+"""
+
+
+def udp_frame() -> bytes:
+    """A 64-byte Ethernet/IPv4/UDP frame (without FCS)."""
+    payload = b"\0" * (64 - 14 - 20 - 8)
+    udp = struct.pack("!HHHH", 40000, 5001, 8 + len(payload), 0) + payload
+    ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(udp), 1, 0, 64, 17, 0,
+                     bytes([198, 18, 0, 1]), bytes([198, 18, 0, 2]))
+    return bytes.fromhex("02fb00000002" "02fb00000001") + b"\x08\x00" + ip + udp
+
+
+def build_empty(directory: Path) -> Path:
+    src = directory / "empty.bpf.c"
+    src.write_text(EMPTY_PROGRAM)
+    out = directory / "empty.bpf.o"
+    sh("clang", "-O2", "-target", "bpf", "-c", str(src), "-o", str(out))
+    return out
+
+
+def best_duration(program: Any, frame: bytes, repeat: int, rounds: int) -> int:
+    program.test_run(frame, 1)  # create the flow: later runs measure the hit path
+    return min(program.test_run(frame, repeat)[1] for _ in range(rounds))
+
+
+def test_run_costs(empty_obj: Path, repeat: int, rounds: int) -> dict[str, Any]:
+    frame = udp_frame()
+    out: dict[str, Any] = {"frame_bytes": len(frame), "repeat": repeat, "rounds": rounds}
+    with CollectionSpec.from_file(empty_obj).load() as empty:
+        out["empty_ns"] = best_duration(empty.programs["empty"], frame, repeat, rounds)
+    obj = ROOT / "flowkit" / "bpf" / "flowkit.bpf.o"
+    for label, precise in (("flowkit_ns", 0), ("flowkit_precise_timestamps_ns", 1)):
+        spec = CollectionSpec.from_file(obj)
+        spec.variables["precise_timestamps"].set(precise)
+        with spec.load() as coll:
+            out[label] = best_duration(coll.programs["flowkit_ingress"], frame, repeat, rounds)
+    out["flowkit_extra_ns"] = out["flowkit_ns"] - out["empty_ns"]
+    out["flowkit_precise_extra_ns"] = out["flowkit_precise_timestamps_ns"] - out["empty_ns"]
+    return out
+
+
+@contextlib.contextmanager
+def bpf_stats() -> Iterator[None]:
+    old = Path("/proc/sys/kernel/bpf_stats_enabled").read_text().strip()
+    sh("sysctl", "-qw", "kernel.bpf_stats_enabled=1")
+    try:
+        yield
+    finally:
+        sh("sysctl", "-qw", f"kernel.bpf_stats_enabled={old}")
+
+
+def prog_stats(prog_ids: set[int]) -> tuple[int, int]:
+    progs = json.loads(sh("bpftool", "-j", "prog", "show").stdout)
+    runs = [p for p in progs if p["id"] in prog_ids]
+    return sum(p.get("run_time_ns", 0) for p in runs), sum(p.get("run_cnt", 0) for p in runs)
+
+
+def agent_prog_ids(pid: int) -> set[int]:
+    ids = set()
+    for info in Path(f"/proc/{pid}/fdinfo").iterdir():
+        with contextlib.suppress(OSError):
+            if m := re.search(r"^prog_id:\s+(\d+)", info.read_text(), re.MULTILINE):
+                ids.add(int(m.group(1)))
+    return ids
+
+
+def trafgen(pair: Pair, packets: int, cfg: Path) -> None:
+    left, right = pair.left, pair.right
+    cfg.write_text(
+        f"{{ eth(da={right.mac}, sa={left.mac}), ipv4(saddr={left.ip4}, daddr={right.ip4}), "
+        "udp(sport=40000, dport=7777), fill(0x00, 18) }\n"
+    )
+    sh(*left.ns.cmd("trafgen", "--dev", left.ifname, "--conf", str(cfg), "-n", str(packets),
+                    "--cpu", "1", "-q"), timeout=600)
+
+
+def live_costs(empty_obj: Path, packets: int, workdir: Path) -> dict[str, Any]:
+    out: dict[str, Any] = {"packets": packets}
+    with bpf_stats():
+        with Pair.create("fkBk") as pair:
+            right = pair.right
+            right.ns.run("tc", "qdisc", "add", "dev", right.ifname, "clsact")
+            right.ns.run("tc", "filter", "add", "dev", right.ifname, "ingress", "bpf", "da",
+                         "obj", str(empty_obj), "sec", "tc")
+            text = right.ns.run("tc", "filter", "show", "dev", right.ifname, "ingress").stdout
+            empty_id = int(re.search(r" id (\d+)", text).group(1))  # type: ignore[union-attr]
+            trafgen(pair, packets, workdir / "live.cfg")
+            run_ns, runs = prog_stats({empty_id})
+            out["empty_ns_per_packet"] = round(run_ns / max(runs, 1), 1)
+            out["empty_runs"] = runs
+        with Pair.create("fkBk") as pair:
+            right = pair.right
+            env = {"INTERFACES": right.ifname, "DIRECTION": "ingress", "TC_ATTACH_MODE": "tcx"}
+            with AgentRun(right.ns, env, taskset="0") as agent:
+                agent.wait_traced(right.ifname)
+                ids = agent_prog_ids(agent.proc.pid)
+                before = prog_stats(ids)
+                trafgen(pair, packets, workdir / "live.cfg")
+                after = prog_stats(ids)
+                agent.stop()
+            runs = after[1] - before[1]
+            out["flowkit_ns_per_packet"] = round((after[0] - before[0]) / max(runs, 1), 1)
+            out["flowkit_runs"] = runs
+    out["flowkit_extra_ns"] = round(out["flowkit_ns_per_packet"] - out["empty_ns_per_packet"], 1)
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeat", type=int, default=20_000_000)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--packets", type=int, default=5_000_000)
+    args = parser.parse_args()
+    started = time.time()
+    with tempfile.TemporaryDirectory(prefix="fkbench") as tmp:
+        workdir = Path(tmp)
+        empty_obj = build_empty(workdir)
+        result = {
+            "kernel": subprocess.run(["uname", "-r"], capture_output=True,
+                                     text=True).stdout.strip(),
+            "test_run": test_run_costs(empty_obj, args.repeat, args.rounds),
+            "live": live_costs(empty_obj, args.packets, workdir),
+        }
+    result["seconds"] = round(time.time() - started, 1)
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,276 @@
+"""The ``ebpf`` tracer (the default TRACER): flowkit's eBPF program on real interfaces.
+
+One object (``flowkit/bpf/flowkit.bpf.o``, source ``csrc/bpf/flowkit.bpf.c``) is loaded once
+with the agent's settings written into its ``.rodata`` (SAMPLING, DIRECTION) and its flow maps
+sized by CACHE_MAX_FLOWS; its ``flowkit_ingress`` / ``flowkit_egress`` programs are then
+attached to every traced interface (see :mod:`flowkit.ebpf.attach` and ``docs/datapath.md``).
+
+The tracer exposes the kernel objects as :class:`~flowkit.components.KernelMaps`, which the
+``native`` accounter drains in C; :meth:`EbpfTracer.read_aggregates` and
+:meth:`EbpfTracer.read_events` give the same records to Python accounters.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from importlib import resources
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+from pydantic import BaseModel, Field, field_validator
+
+from flowkit import hookimpl
+from flowkit.components import ComponentContext, Interface, KernelMaps, TracerSpec
+from flowkit.settings_types import Bool
+
+if TYPE_CHECKING:
+    from flowkit.accounting import KernelDrainer, RingBufferReader
+    from flowkit.config import AgentConfig
+    from flowkit.ebpf.attach import Attacher
+    from flowkit.metrics import Metrics
+    from flowkit.model import FlowArray
+
+log = logging.getLogger(__name__)
+
+PROGRAM_INGRESS = "flowkit_ingress"
+PROGRAM_EGRESS = "flowkit_egress"
+MAP_FLOWS = ("flows_a", "flows_b")
+MAP_SELECTOR = "flow_selector"
+MAP_EVENTS = "flow_events"
+MAP_COUNTERS = "counters"
+
+
+def default_object_path() -> Path:
+    """The eBPF object shipped with flowkit."""
+    return Path(str(resources.files("flowkit") / "bpf" / "flowkit.bpf.o"))
+
+
+class EbpfTracerSettings(BaseModel):
+    """Settings of the ``ebpf`` tracer."""
+
+    tc_attach_mode: Literal["tcx", "tc", "any"] = Field(
+        default="any",
+        description="How programs are attached: tcx (BPF links, Linux >= 6.6), tc (clsact qdisc "
+        "+ direct-action filters) or any (tcx when the kernel has it, else tc).",
+    )
+    tc_filter_priority: int = Field(
+        default=1,
+        ge=1,
+        le=0xFFFF,
+        description="Priority of flowkit's tc filters in tc mode (1 runs before filters added "
+        "with tc's default priorities).",
+    )
+    ebpf_precise_timestamps: Bool = Field(
+        default=False,
+        description="Read the precise monotonic clock for every packet. By default packets of "
+        "an existing flow use the coarse clock (one scheduler tick of resolution, ~20 ns less "
+        "per packet); flow starts are always precise.",
+    )
+    ebpf_ringbuf_size: int = Field(
+        default=1 << 20,
+        ge=1 << 12,
+        description="Bytes of the ring buffer that carries packets while the flow map is full "
+        "(a power of two, at least the page size).",
+    )
+    ebpf_object: str = Field(
+        default="",
+        description="Path of the eBPF object to load (default: the one shipped with flowkit).",
+    )
+
+    @field_validator("ebpf_ringbuf_size")
+    @classmethod
+    def _power_of_two(cls, value: int) -> int:
+        if value & (value - 1):
+            raise ValueError(f"EBPF_RINGBUF_SIZE must be a power of two like 1048576, not {value}")
+        return value
+
+
+class EbpfTracer:
+    """Loads flowkit's eBPF object and attaches it to interfaces (implements ``Tracer``)."""
+
+    def __init__(
+        self,
+        settings: EbpfTracerSettings,
+        *,
+        cache_max_flows: int = 5000,
+        sampling: int = 0,
+        direction: Literal["both", "ingress", "egress"] = "both",
+        metrics: Metrics | None = None,
+    ) -> None:
+        self.settings = settings
+        self.cache_max_flows = cache_max_flows
+        self.sampling = sampling
+        self.direction = direction
+        self._metrics = metrics
+        self._collection: Any = None
+        self._attacher: Attacher | None = None
+        self._kernel_maps: KernelMaps | None = None
+        self._drainer: KernelDrainer | None = None
+        self._reader: RingBufferReader | None = None
+        self._names: dict[int, str] = {}
+        self._lock = threading.Lock()
+        self._closed = False
+
+    @classmethod
+    def from_config(
+        cls, config: AgentConfig, settings: EbpfTracerSettings, metrics: Metrics | None = None
+    ) -> EbpfTracer:
+        """A tracer for the agent's SAMPLING, DIRECTION and CACHE_MAX_FLOWS."""
+        return cls(
+            settings,
+            cache_max_flows=config.cache_max_flows,
+            sampling=config.sampling,
+            direction=config.direction,
+            metrics=metrics,
+        )
+
+    # -- lifecycle ----------------------------------------------------------------------------
+    def start(self) -> None:
+        """Load the object, create the maps and remove stale filters of a killed agent."""
+        from flowkit.ebpf import CollectionSpec
+        from flowkit.ebpf.attach import Attacher
+        from flowkit.native import lib
+
+        if self._collection is not None:
+            return
+        path = Path(self.settings.ebpf_object) if self.settings.ebpf_object else (
+            default_object_path()
+        )
+        spec = CollectionSpec.from_file(path)
+        spec.variables["sampling"].set(self.sampling if self.sampling > 1 else 0)
+        spec.variables["trace_ingress"].set(1 if self.direction in ("both", "ingress") else 0)
+        spec.variables["trace_egress"].set(1 if self.direction in ("both", "egress") else 0)
+        spec.variables["precise_timestamps"].set(1 if self.settings.ebpf_precise_timestamps else 0)
+        for name in MAP_FLOWS:
+            spec.maps[name].max_entries = self.cache_max_flows
+        spec.maps[MAP_EVENTS].max_entries = self.settings.ebpf_ringbuf_size
+        collection = spec.load()
+        try:
+            ingress = collection.programs[PROGRAM_INGRESS].fd
+            egress = collection.programs[PROGRAM_EGRESS].fd
+            attacher = Attacher(
+                ingress if self.direction in ("both", "ingress") else None,
+                egress if self.direction in ("both", "egress") else None,
+                self.settings.tc_attach_mode,
+                tc_priority=self.settings.tc_filter_priority,
+            )
+            removed = attacher.remove_stale_filters()
+            if removed:
+                log.info("removed %d stale flowkit tc filters", len(removed))
+            maps = collection.maps
+            self._kernel_maps = KernelMaps(
+                selector_fd=maps[MAP_SELECTOR].fd,
+                flow_map_fds=(maps[MAP_FLOWS[0]].fd, maps[MAP_FLOWS[1]].fd),
+                ringbuf_fd=maps[MAP_EVENTS].fd,
+                counters_fd=maps[MAP_COUNTERS].fd,
+                max_entries=self.cache_max_flows,
+                ncpus=lib.libbpf_num_possible_cpus(),
+            )
+        except BaseException:
+            collection.close()
+            raise
+        self._collection = collection
+        self._attacher = attacher
+        if self._metrics is not None:
+            self._metrics.gauge_callback(
+                "traced_interfaces", "Interfaces the eBPF programs are attached to",
+                lambda: float(len(self._names)),
+            )
+
+    def attach(self, interface: Interface) -> None:
+        """Attach the ingress and egress programs to ``interface``."""
+        attacher = self._require_started()
+        attachment = attacher.attach(interface.index, interface.name)
+        with self._lock:
+            self._names[interface.index] = interface.name
+        log.debug("attached to %s (index %d) with %s", interface.name, interface.index,
+                  attachment.mode)
+
+    def detach(self, interface: Interface) -> None:
+        """Release the links or filters of ``interface`` (fine if it is already gone)."""
+        if self._attacher is None:
+            return
+        self._attacher.detach(interface.index)
+        with self._lock:
+            self._names.pop(interface.index, None)
+
+    def interface_names(self) -> dict[int, str]:
+        """Names of the interfaces traced now, by index."""
+        with self._lock:
+            return dict(self._names)
+
+    def attachments(self) -> list[Any]:
+        """What is attached where (:class:`flowkit.ebpf.attach.Attachment` objects)."""
+        return [] if self._attacher is None else self._attacher.attached()
+
+    # -- records for Python accounters --------------------------------------------------------
+    def read_aggregates(self) -> FlowArray:
+        """Flip to the other flow map and drain the one the programs no longer write."""
+        from flowkit.accounting import KernelDrainer
+
+        maps = self._require_maps()
+        if self._drainer is None:
+            self._drainer = KernelDrainer(maps)
+        return self._drainer.drain()
+
+    def read_events(self, timeout: float) -> FlowArray:
+        """Single-packet records of the ring buffer (packets that found the flow map full)."""
+        from flowkit.accounting import RingBufferReader
+
+        maps = self._require_maps()
+        if self._reader is None:
+            self._reader = RingBufferReader(maps.ringbuf_fd)
+        return self._reader.read(timeout)
+
+    @property
+    def kernel_maps(self) -> KernelMaps | None:
+        """The kernel objects for the native accounter (``None`` before :meth:`start`)."""
+        return self._kernel_maps
+
+    def close(self) -> None:
+        """Detach from every interface, then release maps and programs. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._attacher is not None:
+            self._attacher.close()
+        for part in (self._reader, self._drainer):
+            if part is not None:
+                part.close()
+        self._reader = self._drainer = None
+        if self._collection is not None:
+            self._collection.close()
+            self._collection = None
+        self._kernel_maps = None
+        with self._lock:
+            self._names.clear()
+
+    def _require_started(self) -> Attacher:
+        if self._attacher is None:
+            raise RuntimeError("the ebpf tracer is not started (call start() first)")
+        return self._attacher
+
+    def _require_maps(self) -> KernelMaps:
+        if self._kernel_maps is None:
+            raise RuntimeError("the ebpf tracer is not started (call start() first)")
+        return self._kernel_maps
+
+
+def _make(context: ComponentContext) -> EbpfTracer:
+    settings = context.settings if context.settings is not None else EbpfTracerSettings()
+    return EbpfTracer.from_config(context.config, settings, context.metrics)
+
+
+@hookimpl
+def flowkit_tracers() -> list[TracerSpec]:
+    """The ``ebpf`` tracer."""
+    return [
+        TracerSpec(
+            name="ebpf",
+            factory=_make,
+            settings_model=EbpfTracerSettings,
+            description="eBPF programs on TCX or clsact hooks, per-CPU flow maps (default)",
+            capabilities=("CAP_BPF", "CAP_PERFMON", "CAP_NET_ADMIN"),
+        )
+    ]
