@@ -7,7 +7,7 @@ PACKAGES=(
   build-essential pkg-config python3-venv python3-dev
   libbpf-dev libelf-dev zlib1g-dev            # the C extension links libbpf
   clang llvm bpftool                           # `make bpf`, tests that compile eBPF objects
-  iproute2 iputils-ping ethtool               # namespaces, veths, tc
+  iproute2 iputils-ping ethtool libcap2-bin   # namespaces, veths, tc; capsh (privilege tests)
   netsniff-ng pmacct                           # trafgen load and the libpcap peer (benchmarks)
 )
 
