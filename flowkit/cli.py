@@ -14,7 +14,7 @@ import sys
 import threading
 from collections.abc import Sequence
 from types import FrameType
-from typing import Any
+from typing import Any, NoReturn
 
 import orjson
 
@@ -85,9 +85,16 @@ def _default_text(info: SettingInfo) -> str:
     return str(value).lower() if isinstance(value, bool) else str(value)
 
 
+class _Parser(argparse.ArgumentParser):
+    """Reports a usage error as one line (the full usage lists every setting: see --help)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: {message}; see {self.prog} --help\n")
+
+
 def build_run_parser(table: dict[str, SettingInfo]) -> argparse.ArgumentParser:
     """The parser of ``flowkit-agent [run]``: one flag per setting, core and plugins."""
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog=PROG,
         description="Capture network flows with eBPF and export them. Every setting can also "
         "be given as an environment variable (NetObserv names) or in a YAML file; precedence: "

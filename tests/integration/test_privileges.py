@@ -24,7 +24,7 @@ CAPSH = shutil.which("capsh")
 def test_missing_capabilities_are_named_and_exit_1(dropped: str, named: str) -> None:
     assert CAPSH is not None
     result = subprocess.run(
-        [CAPSH, f"--drop={dropped}", "--", "-c", f"{AGENT} --interfaces lo --exclude-interfaces ''"],
+        [CAPSH, f"--drop={dropped}", "--", "-c", f"{AGENT} --interfaces lo"],
         capture_output=True,
         text=True,
         timeout=60,
