@@ -7,7 +7,7 @@ BPF_SRC := csrc/bpf/flowkit.bpf.c
 BPF_OBJ := flowkit/bpf/flowkit.bpf.o
 NATIVE_SRC := $(wildcard csrc/*.py csrc/*.h csrc/cdef/*.cdef csrc/include/*.h csrc/native/*.c)
 
-.PHONY: setup system-deps run test unit integration lint bpf native bench clean
+.PHONY: setup system-deps run test unit integration lint bpf native bench clean docs
 
 setup: $(STAMP)
 
@@ -38,7 +38,7 @@ integration: setup
 	$(BIN)/pytest tests/integration
 
 lint: setup
-	$(BIN)/ruff check flowkit flowkit_plugins tests bench
+	$(BIN)/ruff check flowkit flowkit_plugins tests bench scripts
 	$(BIN)/mypy
 
 # Rebuild the committed eBPF object (needs clang). The build command is also in the source header.
@@ -51,7 +51,9 @@ native:
 	$(BIN)/python csrc/build_ffi.py
 
 bench: setup
-	$(BIN)/python -m bench.run
+	$(BIN)/python bench/run.py $(BENCH)
 
 clean:
 	rm -rf build dist *.egg-info flowkit/_native*.so flowkit/_native.c flowkit/_native.o
+docs: setup
+	$(BIN)/python scripts/gen-config-docs.py

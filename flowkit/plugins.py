@@ -32,12 +32,13 @@ _HOOKS = {
     "exporter": "flowkit_exporters",
 }
 
-# Components flowkit's own distribution must provide; a broken install is reported at start.
-REQUIRED_BUILTINS: dict[str, frozenset[str]] = {
-    "informer": frozenset({"poll", "watch"}),
-    "tracer": frozenset({"synthetic", "ebpf"}),
-    "accounter": frozenset({"python", "native"}),
-    "exporter": frozenset({"stdout"}),
+# Components flowkit's own distribution must provide (kind -> component -> entry point providing
+# it); a broken install is reported at start. Disabling the entry point disables the requirement.
+REQUIRED_BUILTINS: dict[str, dict[str, str]] = {
+    "informer": {"poll": "poll", "watch": "watch"},
+    "tracer": {"synthetic": "synthetic", "ebpf": "ebpf"},
+    "accounter": {"python": "python-accounter", "native": "native-accounter"},
+    "exporter": {"stdout": "stdout"},
 }
 
 
@@ -136,8 +137,11 @@ class PluginManager:
 
     def check_builtins(self) -> None:
         """Fail clearly when flowkit's own components are missing (a broken install)."""
+        if "flowkit" in self.disabled:  # the whole distribution is disabled
+            return
         for kind, names in REQUIRED_BUILTINS.items():
-            missing = names - set(self.components(kind)) - self.disabled
+            wanted = {name for name, ep in names.items() if ep not in self.disabled}
+            missing = wanted - set(self.components(kind))
             if missing:
                 raise PluginError(
                     f"flowkit's built-in {kind} plugin(s) {', '.join(sorted(missing))} are not "

@@ -1,0 +1,44 @@
+"""Run every benchmark in turn (``make bench``); each writes its JSON/text under bench/results/.
+
+Benchmarks need root (eBPF, namespaces) and a quiet machine: they measure speed, which the test
+suite never asserts. Results and the exact commands are recorded in docs/benchmarks.md.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "results"
+
+BENCHMARKS: list[tuple[str, list[str]]] = [
+    ("kernel", ["bench_kernel.py", "--repeat", "10000000", "--rounds", "5", "--packets", "3000000"]),
+    ("rate", ["bench_rate.py", "--seconds", "10"]),
+    ("accounter", ["bench_accounter.py", "--repeat", "5", "--output",
+                   str(RESULTS / "accounter.json")]),
+    ("kafka", ["bench_kafka.py", "--json-out", str(RESULTS / "kafka.json")]),
+    ("grpc", ["bench_grpc.py"]),
+]
+
+
+def main(argv: list[str]) -> int:
+    """Run the benchmarks named in ``argv`` (all when empty)."""
+    RESULTS.mkdir(exist_ok=True)
+    wanted = set(argv) or {name for name, _ in BENCHMARKS}
+    failed = 0
+    for name, args in BENCHMARKS:
+        if name not in wanted:
+            continue
+        print(f"== {name}: {' '.join(args)}", flush=True)
+        with open(RESULTS / f"{name}.txt", "w") as out:
+            proc = subprocess.run([sys.executable, str(HERE / args[0]), *args[1:]],
+                                  stdout=out, stderr=subprocess.STDOUT, check=False)
+        print((RESULTS / f"{name}.txt").read_text()[-2000:])
+        failed += proc.returncode != 0
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

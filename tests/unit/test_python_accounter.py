@@ -1,0 +1,181 @@
+"""The reference accounter: how records merge, when the cache is evicted, time conversion."""
+
+from __future__ import annotations
+
+import functools
+from collections import Counter
+
+import numpy as np
+from fk_doubles import ScriptedTracer, synthetic_records
+from hypothesis import given
+from hypothesis import strategies as st
+
+from flowkit.model import FlowArray, FlowBatch
+from flowkit_plugins.python_accounter import PythonAccounter, concat_batches, merge_value
+
+OFFSET = 1_700_000_000_000_000_000
+
+
+def record(flow: int, *, packets: int = 1, nbytes: int = 100, first: int = 1_000,
+           last: int = 2_000, flags: int | None = None, dscp: int = 0,
+           sampling: int = 0) -> FlowArray:
+    records = synthetic_records([flow], packet_bytes=nbytes, first_ns=first, last_ns=last)
+    value = records["value"]
+    value["packets"] = packets
+    value["dscp"] = dscp
+    value["sampling"] = sampling
+    if flags is not None:
+        value["flags"] = flags
+    return records
+
+
+def accounter(max_flows: int = 100, tracer: ScriptedTracer | None = None) -> PythonAccounter:
+    return PythonAccounter(tracer, max_flows, boot_offset_ns=OFFSET)
+
+
+# -- the merge rule ----------------------------------------------------------------------------
+
+
+def test_merging_sums_counters_and_widens_the_time_range() -> None:
+    merged = merge_value(None, 2, 200, 50, 60, 0x02, 0, 0)
+    merged = merge_value(merged, 3, 300, 40, 55, 0x10, 0, 0)
+    assert merged[:5] == [5, 500, 40, 60, 0x12]
+
+
+def test_a_zero_first_seen_does_not_count_as_earliest() -> None:
+    merged = merge_value(None, 1, 1, 0, 10, 0, 0, 0)
+    merged = merge_value(merged, 1, 1, 7, 9, 0, 0, 0)
+    merged = merge_value(merged, 1, 1, 0, 8, 0, 0, 0)
+    assert merged[2] == 7
+
+
+def test_dscp_comes_from_the_newest_record_and_the_incoming_one_on_ties() -> None:
+    merged = merge_value(None, 1, 1, 1, 10, 0, 8, 0)
+    assert merge_value(list(merged), 1, 1, 1, 5, 0, 16, 0)[5] == 8
+    assert merge_value(list(merged), 1, 1, 1, 10, 0, 16, 0)[5] == 16
+    assert merge_value(list(merged), 1, 1, 1, 11, 0, 24, 0)[5] == 24
+
+
+def test_sampling_is_the_largest_seen() -> None:
+    merged = merge_value(None, 1, 1, 1, 1, 0, 0, 10)
+    assert merge_value(merged, 1, 1, 1, 1, 0, 0, 5)[6] == 10
+
+
+# -- the cache ---------------------------------------------------------------------------------
+
+
+def test_records_of_one_flow_become_one_flow() -> None:
+    acc = accounter()
+    acc.add_records(np.concatenate([
+        record(0, packets=1, nbytes=100, first=5_000, last=6_000, flags=0x02),
+        record(0, packets=2, nbytes=300, first=1_000, last=9_000, flags=0x10, dscp=46),
+        record(1),
+    ]))
+    flows = {f.src_ip.packed[-1]: f for f in acc.evict()}
+    assert len(flows) == 2
+    merged = flows[1]
+    assert (merged.packets, merged.bytes, merged.flags, merged.dscp) == (3, 400, 0x12, 46)
+    assert (merged.start_ns, merged.end_ns) == (OFFSET + 1_000, OFFSET + 9_000)
+
+
+def test_evict_empties_the_cache() -> None:
+    acc = accounter()
+    acc.add_records(synthetic_records(range(3)))
+    assert len(acc.evict()) == 3
+    assert len(acc.evict()) == 0
+
+
+def test_reaching_the_flow_limit_evicts_everything_at_once() -> None:
+    acc = accounter(max_flows=4)
+    evicted = acc.add_records(synthetic_records([0, 1, 0, 2, 3, 4, 5]))
+    assert [len(b) for b in evicted] == [4]
+    assert sum(int(b.array["packets"].sum()) for b in evicted) == 5
+    assert len(acc.evict()) == 2  # flows 4 and 5 stay in the cache until then
+
+
+def test_poll_returns_a_batch_only_when_the_cache_filled_up() -> None:
+    tracer = ScriptedTracer()
+    acc = accounter(max_flows=3, tracer=tracer)
+    tracer.feed(synthetic_records([0, 1]))
+    assert acc.poll(1.0) is None
+    tracer.feed(synthetic_records([2, 3, 4, 5, 6, 7]))
+    batch = acc.poll(1.0)
+    assert batch is not None
+    assert len(batch) == 6  # two evictions of 3 flows, handed over as one batch
+    assert acc.poll(0) is None  # nothing new
+    assert len(acc.evict()) == 2
+
+
+def test_poll_without_a_tracer_returns_nothing() -> None:
+    assert accounter().poll(0) is None
+
+
+def test_evict_includes_what_the_tracer_aggregated() -> None:
+    class AggregatingTracer(ScriptedTracer):
+        def read_aggregates(self) -> FlowArray:
+            return record(5, packets=7)
+
+    acc = accounter(tracer=AggregatingTracer())
+    acc.add_records(record(5, packets=1))
+    (flow,) = list(acc.evict())
+    assert flow.packets == 8
+
+
+def test_close_drops_the_cache() -> None:
+    acc = accounter()
+    acc.add_records(synthetic_records([0]))
+    acc.close()
+    assert len(acc.evict()) == 0
+
+
+def test_the_default_boot_offset_maps_monotonic_to_unix_time() -> None:
+    import time
+
+    before = time.time_ns()
+    acc = PythonAccounter(None, 10)
+    now_monotonic = time.monotonic_ns()
+    acc.add_records(synthetic_records([0], first_ns=now_monotonic, last_ns=now_monotonic))
+    (flow,) = list(acc.evict())
+    assert before - 1_000_000_000 < flow.start_ns < time.time_ns() + 1_000_000_000
+
+
+def test_concat_batches_releases_its_inputs() -> None:
+    released: list[int] = []
+    parts = []
+    for i in range(2):
+        source = accounter()
+        source.add_records(synthetic_records(range(i + 1)))
+        evicted = source.evict()
+        parts.append(FlowBatch(evicted.array, release=functools.partial(released.append, i)))
+    joined = concat_batches(parts)
+    assert len(joined) == 3
+    assert released == [0, 1]
+
+
+# -- against a plain-Python oracle -------------------------------------------------------------
+
+
+@given(
+    st.lists(st.tuples(st.integers(0, 9), st.integers(1, 5), st.integers(1, 1500)),
+             min_size=1, max_size=200),
+    st.integers(1, 12),
+)
+def test_no_packet_is_lost_or_counted_twice(
+    stream: list[tuple[int, int, int]], max_flows: int
+) -> None:
+    acc = accounter(max_flows=max_flows)
+    records = np.concatenate([record(f, packets=p, nbytes=b) for f, p, b in stream])
+    batches = acc.add_records(records)
+    batches.append(acc.evict())
+
+    got: Counter[tuple[int, str]] = Counter()
+    for batch in batches:
+        assert len(batch) <= max_flows
+        for flow in batch:
+            got[(flow.src_ip.packed[-1], "packets")] += flow.packets
+            got[(flow.src_ip.packed[-1], "bytes")] += flow.bytes
+    expected: Counter[tuple[int, str]] = Counter()
+    for f, p, b in stream:
+        expected[(f + 1, "packets")] += p
+        expected[(f + 1, "bytes")] += b
+    assert got == expected
