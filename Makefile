@@ -20,7 +20,6 @@ $(STAMP): pyproject.toml setup.py $(NATIVE_SRC) scripts/install-system-deps.sh
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e '.[all,test]'
-	$(BIN)/pip install -q ./tests/plugins/flowkit-demo-exporter ./tests/plugins/flowkit-duplicate-stdout
 	touch $(STAMP)
 
 # Zero-configuration agent: every interface but lo, stdout export. Needs root (eBPF).
