@@ -7,7 +7,7 @@ BPF_SRC := csrc/bpf/flowkit.bpf.c
 BPF_OBJ := flowkit/bpf/flowkit.bpf.o
 NATIVE_SRC := $(wildcard csrc/*.py csrc/*.h csrc/cdef/*.cdef csrc/include/*.h csrc/native/*.c)
 
-.PHONY: setup system-deps run test unit integration lint bpf native bench clean docs
+.PHONY: setup system-deps run test unit integration lint bpf native bench clean docs proto
 
 setup: $(STAMP)
 
@@ -56,3 +56,5 @@ clean:
 	rm -rf build dist *.egg-info flowkit/_native*.so flowkit/_native.c flowkit/_native.o
 docs: setup
 	$(BIN)/python scripts/gen-config-docs.py
+proto: setup
+	PATH=$(BIN):$$PATH bash scripts/gen-proto.sh

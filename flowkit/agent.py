@@ -187,6 +187,8 @@ class Agent:
             "errors", "Errors by component and kind", ["component", "error"]
         )
         self._started = False
+        self._shutdown_lock = threading.Lock()
+        self._shutdown_owner: threading.Thread | None = None
 
     # -- construction -----------------------------------------------------------------------
     def _context(self, kind: str, spec: ComponentSpec, **extra: Any) -> ComponentContext:
@@ -365,7 +367,17 @@ class Agent:
             self.shutdown()
 
     def join(self, timeout: float | None = None) -> bool:
-        """Wait for :meth:`shutdown` to finish; True when it did."""
+        """Wait until the agent has stopped; True when it has.
+
+        After :meth:`stop`, the caller's thread performs the orderly shutdown itself unless
+        :meth:`run` (or another thread) is already doing it.
+        """
+        if self._started and self.stop_requested.wait(timeout) and not self._stopped.is_set():
+            with self._shutdown_lock:
+                if self._shutdown_owner is None:
+                    self._shutdown_owner = threading.current_thread()
+            if self._shutdown_owner is threading.current_thread():
+                self.shutdown()
         return self._stopped.wait(timeout)
 
     def shutdown(self) -> None:
@@ -373,7 +385,14 @@ class Agent:
 
         Bounded by SHUTDOWN_TIMEOUT for the exporters. Idempotent.
         """
-        if self._stopped.is_set():
+        with self._shutdown_lock:
+            if self._shutdown_owner not in (None, threading.current_thread()):
+                owner_running = True
+            else:
+                self._shutdown_owner = threading.current_thread()
+                owner_running = False
+        if owner_running or self._stopped.is_set():
+            self._stopped.wait(self.config.shutdown_timeout + 5.0)
             return
         self.stop_requested.set()
         deadline = time.monotonic() + self.config.shutdown_timeout

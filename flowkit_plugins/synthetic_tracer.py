@@ -94,11 +94,10 @@ class SyntheticTracer:
 
     MAX_RECORDS_PER_READ = 65536
 
-    def __init__(self, settings: SyntheticSettings, sampling: int = 0,
-                 stop: threading.Event | None = None) -> None:
+    def __init__(self, settings: SyntheticSettings, sampling: int = 0) -> None:
         self.settings = settings
         self._sampling = sampling
-        self._stop = stop or threading.Event()
+        self._closing = threading.Event()  # wakes a waiting read_events on close()
         self._keys = _key_table(settings.synthetic_flows)
         self._flags = np.array(
             [synthetic_flow_key(i)["flags"] for i in range(settings.synthetic_flows)],
@@ -148,7 +147,7 @@ class SyntheticTracer:
             else:
                 wait = min(timeout, 1.0 / s.synthetic_rate)
             if wait > 0:
-                self._stop.wait(wait)
+                self._closing.wait(wait)
             due = self._due()
         if due == 0 or self._closed:
             return np.zeros(0, dtype=RECORD_DTYPE)
@@ -168,10 +167,11 @@ class SyntheticTracer:
 
     def close(self) -> None:
         self._closed = True
+        self._closing.set()
 
 
 def _make(context: ComponentContext) -> SyntheticTracer:
-    return SyntheticTracer(context.settings, context.config.sampling, context.stop_event)
+    return SyntheticTracer(context.settings, context.config.sampling)
 
 
 @hookimpl

@@ -1,0 +1,526 @@
+"""The ``grpc`` exporter: flows to a ``pbflow.Collector`` (NetObserv's gRPC protocol).
+
+Every batch is encoded as ``pbflow.Records`` messages of at most ``GRPC_MESSAGE_MAX_FLOWS``
+flows and sent with the unary ``pbflow.Collector/Send`` call to ``TARGET_HOST:TARGET_PORT``
+(plain text, TLS with ``TARGET_TLS_CA_CERT_PATH``, mutual TLS adding
+``TARGET_TLS_USER_CERT_PATH`` and ``TARGET_TLS_USER_KEY_PATH``).
+
+Failure behaviour:
+
+* ``export`` never waits for the network: it encodes the batch and appends it to a buffer that a
+  sender thread drains in order. The buffer holds at most ``GRPC_BUFFER_MAX_FLOWS`` flows; flows
+  that do not fit are dropped and counted (``grpc_dropped_flows{reason="buffer_full"}``).
+* A call failing with a transient status (UNAVAILABLE, DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED,
+  ABORTED, INTERNAL, UNKNOWN, CANCELLED) is retried, oldest message first, after a jittered
+  exponential backoff between ``GRPC_RETRY_INITIAL_BACKOFF`` and ``GRPC_RETRY_MAX_BACKOFF``.
+  The channel reconnects by itself; nothing is lost while the collector is away, up to the
+  buffer bound. A message the collector finds too large is split in two and retried.
+* A call the collector rejects for good (INVALID_ARGUMENT, UNIMPLEMENTED, PERMISSION_DENIED,
+  UNAUTHENTICATED, ...) drops that message (``reason="rejected"``).
+* Problems are logged once when they start (a TLS verification failure names the CA setting),
+  then at most every 30 seconds, and recovery is logged once. No tracebacks.
+* ``shutdown`` interrupts the backoff, sends what it can before its deadline and counts the rest
+  (``reason="shutdown"``).
+
+grpcio (extra ``flowkit[grpc]``) is imported by the factory only.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import os
+import random
+import threading
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from flowkit import hookimpl
+from flowkit.components import ComponentContext, ExporterSpec
+from flowkit.settings_types import Duration
+
+if TYPE_CHECKING:
+    import grpc
+
+    from flowkit.metrics import Metrics
+    from flowkit.model import FlowBatch
+    from flowkit_plugins.pbflow.service import SendCallable
+
+log = logging.getLogger(__name__)
+
+# Minimum time between two log lines about the same kind of problem.
+_LOG_INTERVAL = 30.0
+
+_RETRYABLE = frozenset(
+    {
+        "UNAVAILABLE",
+        "DEADLINE_EXCEEDED",
+        "RESOURCE_EXHAUSTED",
+        "ABORTED",
+        "INTERNAL",
+        "UNKNOWN",
+        "CANCELLED",
+    }
+)
+_TLS_HINTS = (
+    "CERTIFICATE_VERIFY_FAILED",
+    "certificate verify failed",
+    "Handshake failed",
+    "handshake failed",
+    "SSL_ERROR",
+    "tls",
+)
+
+
+def _readable_file(value: str, setting: str) -> str:
+    if not value:
+        return value
+    try:
+        with open(value, "rb") as handle:
+            handle.read(1)
+    except OSError as exc:
+        raise ValueError(f"cannot read {setting} file {value}: {exc.strerror}") from None
+    return value
+
+
+class GrpcSettings(BaseModel):
+    """Settings of the ``grpc`` exporter (environment variable = field name upper-cased)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    target_host: str = Field(
+        min_length=1,
+        description="Host name or address of the pbflow collector (required when EXPORT "
+        "includes grpc).",
+        json_schema_extra={"env_aliases": ["FLOWS_TARGET_HOST"]},
+    )
+    target_port: int = Field(
+        ge=1,
+        le=65535,
+        description="TCP port of the pbflow collector (required when EXPORT includes grpc).",
+        json_schema_extra={"env_aliases": ["FLOWS_TARGET_PORT"]},
+    )
+    grpc_message_max_flows: int = Field(
+        default=10000,
+        ge=1,
+        description="Most flows in one gRPC message; larger batches are split.",
+    )
+    target_tls_ca_cert_path: str = Field(
+        default="",
+        description="PEM file of the CA that signed the collector's certificate; enables TLS.",
+    )
+    target_tls_user_cert_path: str = Field(
+        default="",
+        description="PEM client certificate for mutual TLS (with TARGET_TLS_USER_KEY_PATH).",
+    )
+    target_tls_user_key_path: str = Field(
+        default="",
+        description="PEM private key of TARGET_TLS_USER_CERT_PATH, for mutual TLS.",
+    )
+    grpc_timeout: Duration = Field(
+        default=10.0, gt=0, description="Deadline of one Send call (e.g. 10s)."
+    )
+    grpc_retry_initial_backoff: Duration = Field(
+        default=0.5, gt=0, description="Wait before the first retry of a failed Send (doubles)."
+    )
+    grpc_retry_max_backoff: Duration = Field(
+        default=30.0, gt=0, description="Longest wait between two retries of a failed Send."
+    )
+    grpc_buffer_max_flows: int = Field(
+        default=100_000,
+        ge=1,
+        description="Most flows kept while the collector is unreachable; more are dropped and "
+        "counted in grpc_dropped_flows.",
+    )
+
+    @field_validator("target_tls_ca_cert_path")
+    @classmethod
+    def _check_ca(cls, value: str) -> str:
+        return _readable_file(value, "TARGET_TLS_CA_CERT_PATH")
+
+    @field_validator("target_tls_user_cert_path")
+    @classmethod
+    def _check_cert(cls, value: str) -> str:
+        return _readable_file(value, "TARGET_TLS_USER_CERT_PATH")
+
+    @field_validator("target_tls_user_key_path")
+    @classmethod
+    def _check_key(cls, value: str) -> str:
+        return _readable_file(value, "TARGET_TLS_USER_KEY_PATH")
+
+    @model_validator(mode="after")
+    def _check_pairs(self) -> GrpcSettings:
+        if bool(self.target_tls_user_cert_path) != bool(self.target_tls_user_key_path):
+            raise ValueError(
+                "TARGET_TLS_USER_CERT_PATH and TARGET_TLS_USER_KEY_PATH go together: set both "
+                "for mutual TLS, or neither"
+            )
+        if self.target_tls_user_cert_path and not self.target_tls_ca_cert_path:
+            raise ValueError("mutual TLS needs TARGET_TLS_CA_CERT_PATH as well")
+        if self.grpc_retry_max_backoff < self.grpc_retry_initial_backoff:
+            raise ValueError(
+                "GRPC_RETRY_MAX_BACKOFF must not be shorter than GRPC_RETRY_INITIAL_BACKOFF"
+            )
+        return self
+
+    @property
+    def target(self) -> str:
+        """``host:port`` as gRPC expects it (IPv6 literals in brackets)."""
+        host = self.target_host
+        if ":" in host and not host.startswith("["):
+            host = f"[{host}]"
+        return f"{host}:{self.target_port}"
+
+    @property
+    def tls(self) -> bool:
+        """Whether the connection uses TLS."""
+        return bool(self.target_tls_ca_cert_path)
+
+
+class _Pending:
+    """One encoded ``Records`` message waiting to be sent."""
+
+    __slots__ = ("data", "flows")
+
+    def __init__(self, data: bytes, flows: int) -> None:
+        self.data = data
+        self.flows = flows
+
+
+class _RateLimitedLog:
+    """Logs a problem when it starts, then at most every ``interval`` seconds."""
+
+    def __init__(self, interval: float = _LOG_INTERVAL) -> None:
+        self._interval = interval
+        self._last = -interval
+        self.failing = False
+        self.suppressed = 0
+
+    def problem(self, message: str, *args: object) -> None:
+        now = time.monotonic()
+        if not self.failing or now - self._last >= self._interval:
+            extra = (
+                f" ({self.suppressed} similar failures since the last message)"
+                if self.suppressed
+                else ""
+            )
+            log.error(message + extra, *args)
+            self._last = now
+            self.suppressed = 0
+        else:
+            self.suppressed += 1
+        self.failing = True
+
+    def recovered(self, message: str, *args: object) -> None:
+        if self.failing:
+            log.info(message, *args)
+        self.failing = False
+        self.suppressed = 0
+
+
+def import_grpc() -> Any:
+    """Import grpc with its C core quiet below ERROR (unless GRPC_VERBOSITY says otherwise).
+
+    Left at its default, the core prints a line per failed TLS handshake, i.e. per retry; the
+    exporter reports those failures itself, rate-limited. The variable is read once, when grpc
+    is first imported.
+    """
+    os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
+    import grpc
+
+    return grpc
+
+
+def _channel_credentials(settings: GrpcSettings) -> grpc.ChannelCredentials:
+    import grpc
+
+    def read(path: str, setting: str) -> bytes:
+        try:
+            return Path(path).read_bytes()
+        except OSError as exc:
+            raise ValueError(f"cannot read {setting} file {path}: {exc.strerror}") from None
+
+    root = read(settings.target_tls_ca_cert_path, "TARGET_TLS_CA_CERT_PATH")
+    cert = key = None
+    if settings.target_tls_user_cert_path:
+        cert = read(settings.target_tls_user_cert_path, "TARGET_TLS_USER_CERT_PATH")
+        key = read(settings.target_tls_user_key_path, "TARGET_TLS_USER_KEY_PATH")
+    creds: grpc.ChannelCredentials = grpc.ssl_channel_credentials(
+        root_certificates=root, private_key=key, certificate_chain=cert
+    )
+    return creds
+
+
+class GrpcExporter:
+    """Sends flows to a pbflow collector from a background thread (see the module docstring)."""
+
+    def __init__(self, settings: GrpcSettings, metrics: Metrics) -> None:
+        grpc = import_grpc()
+
+        from flowkit_plugins.pbflow.service import send_method
+
+        self._grpc = grpc
+        self.settings = settings
+        # The channel's own reconnection backoff follows ours, so a collector that comes back is
+        # found at most GRPC_RETRY_MAX_BACKOFF later.
+        max_backoff_ms = max(100, int(settings.grpc_retry_max_backoff * 1000))
+        initial_ms = min(max_backoff_ms, max(100, int(settings.grpc_retry_initial_backoff * 1000)))
+        options: list[tuple[str, Any]] = [
+            ("grpc.initial_reconnect_backoff_ms", initial_ms),
+            ("grpc.min_reconnect_backoff_ms", initial_ms),
+            ("grpc.max_reconnect_backoff_ms", max_backoff_ms),
+            ("grpc.max_send_message_length", -1),
+            ("grpc.enable_retries", 0),
+        ]
+        if settings.tls:
+            self._channel = grpc.secure_channel(
+                settings.target, _channel_credentials(settings), options=options
+            )
+        else:
+            self._channel = grpc.insecure_channel(settings.target, options=options)
+        self._send: SendCallable = send_method(self._channel)
+
+        dropped = metrics.counter(
+            "grpc_dropped_flows", "Flows the grpc exporter could not deliver", ["reason"]
+        )
+        self._dropped_full = dropped.labels(reason="buffer_full")
+        self._dropped_rejected = dropped.labels(reason="rejected")
+        self._dropped_shutdown = dropped.labels(reason="shutdown")
+        self._sent_flows = metrics.counter("grpc_sent_flows", "Flows delivered to the collector")
+        self._sent_messages = metrics.counter(
+            "grpc_sent_messages", "pbflow.Records messages delivered to the collector"
+        )
+        self._send_errors = metrics.counter(
+            "grpc_send_errors", "Failed Send calls by gRPC status code", ["code"]
+        )
+        self._lock = threading.Condition()
+        self._pending: collections.deque[_Pending] = collections.deque()
+        self._buffered_flows = 0
+        metrics.gauge_callback(
+            "grpc_buffered_flows",
+            "Flows waiting to be sent to the collector",
+            lambda: float(self._buffered_flows),
+        )
+        self._in_flight = False
+        self._closing = threading.Event()  # no more exports; sender stops once the buffer is empty
+        self._abort = threading.Event()  # stop now, even with flows left
+        self._problems = _RateLimitedLog()  # the sender thread's
+        self._overflow = _RateLimitedLog()  # export()'s
+        self._thread = threading.Thread(target=self._run, name="flowkit-grpc-sender", daemon=True)
+        self._thread.start()
+        log.info(
+            "grpc exporter sending to %s (%s)",
+            settings.target,
+            "mutual TLS"
+            if settings.target_tls_user_cert_path
+            else "TLS"
+            if settings.tls
+            else "plain text",
+        )
+
+    # -- Exporter protocol ------------------------------------------------------------------
+    def export(self, batch: FlowBatch) -> None:
+        """Encode the batch and queue it for sending; never waits for the collector."""
+        from flowkit_plugins.pbflow.convert import batch_to_records
+        from flowkit_plugins.pbflow.flow_pb2 import Records
+
+        total = len(batch)
+        if total == 0 or self._closing.is_set():
+            if total:
+                self._dropped_shutdown.inc(total)
+            return
+        with self._lock:
+            room = self.settings.grpc_buffer_max_flows - self._buffered_flows
+        keep = min(total, max(0, room))
+        if keep < total:
+            self._dropped_full.inc(total - keep)
+            self._overflow.problem(
+                "grpc exporter buffer is full (GRPC_BUFFER_MAX_FLOWS=%d): dropped %d flows",
+                self.settings.grpc_buffer_max_flows,
+                total - keep,
+            )
+        else:
+            self._overflow.recovered("grpc exporter buffer has room again")
+        if keep == 0:
+            return
+        records = batch_to_records(batch)
+        del records[keep:]
+        step = self.settings.grpc_message_max_flows
+        messages = [
+            _Pending(
+                Records(entries=records[i : i + step]).SerializeToString(),
+                len(records[i : i + step]),
+            )
+            for i in range(0, keep, step)
+        ]
+        with self._lock:
+            self._pending.extend(messages)
+            self._buffered_flows += keep
+            self._lock.notify_all()
+
+    def flush(self, timeout: float) -> bool:
+        """Wait until every buffered flow was delivered (or dropped); False on timeout."""
+        deadline = time.monotonic() + timeout
+        with self._lock:
+            while self._pending or self._in_flight:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or self._abort.is_set():
+                    return False
+                self._lock.wait(min(remaining, 0.5))
+        return True
+
+    def shutdown(self, timeout: float) -> None:
+        """Send what can be sent within ``timeout``, count the rest as dropped, close."""
+        deadline = time.monotonic() + timeout
+        self._closing.set()
+        self.flush(max(0.0, deadline - time.monotonic()))
+        self._abort.set()
+        with self._lock:
+            self._lock.notify_all()
+        self._thread.join(max(0.1, deadline - time.monotonic()))
+        with self._lock:
+            left = self._buffered_flows
+            self._pending.clear()
+            self._buffered_flows = 0
+        if left:
+            self._dropped_shutdown.inc(left)
+            log.warning(
+                "grpc exporter stopped with %d flows not delivered to %s",
+                left,
+                self.settings.target,
+            )
+        self._channel.close()
+
+    # -- sender thread ----------------------------------------------------------------------
+    def _run(self) -> None:
+        attempt = 0
+        while not self._abort.is_set():
+            with self._lock:
+                while not self._pending and not self._abort.is_set():
+                    if self._closing.is_set():
+                        return
+                    self._lock.wait(0.5)
+                if self._abort.is_set():
+                    return
+                item = self._pending[0]
+                self._in_flight = True
+            try:
+                outcome = self._send_one(item)
+            finally:
+                with self._lock:
+                    self._in_flight = False
+                    self._lock.notify_all()
+            if outcome == "retry":
+                attempt += 1
+                self._abort.wait(self._backoff(attempt))
+            else:
+                attempt = 0
+
+    def _backoff(self, attempt: int) -> float:
+        s = self.settings
+        step: float = s.grpc_retry_initial_backoff * 2.0 ** min(attempt - 1, 32)
+        ceiling = min(s.grpc_retry_max_backoff, step)
+        # "Equal jitter": never less than half the step, so retries stay spread but bounded.
+        return ceiling / 2 + random.uniform(0, ceiling / 2)  # noqa: S311 - not cryptographic
+
+    def _done(self, item: _Pending) -> None:
+        with self._lock:
+            if self._pending and self._pending[0] is item:
+                self._pending.popleft()
+                self._buffered_flows -= item.flows
+            self._lock.notify_all()
+
+    def _send_one(self, item: _Pending) -> str:
+        grpc = self._grpc
+        try:
+            self._send(item.data, timeout=self.settings.grpc_timeout)
+        except grpc.RpcError as exc:
+            code = exc.code() if hasattr(exc, "code") else grpc.StatusCode.UNKNOWN
+            details = (exc.details() if hasattr(exc, "details") else "") or ""
+            name = code.name if code is not None else "UNKNOWN"
+            self._send_errors.labels(code=name).inc()
+            return self._on_error(item, name, details)
+        self._sent_flows.inc(item.flows)
+        self._sent_messages.inc()
+        self._done(item)
+        self._problems.recovered("grpc collector %s is reachable again", self.settings.target)
+        return "sent"
+
+    def _on_error(self, item: _Pending, code: str, details: str) -> str:
+        target = self.settings.target
+        if code == "RESOURCE_EXHAUSTED" and "larger than max" in details and item.flows > 1:
+            self._split_head(item)
+            log.warning(
+                "collector %s refused a message of %d flows as too large; sending it in "
+                "two halves (lower GRPC_MESSAGE_MAX_FLOWS)",
+                target,
+                item.flows,
+            )
+            return "split"
+        if code in _RETRYABLE:
+            if self.settings.tls and any(hint in details for hint in _TLS_HINTS):
+                self._problems.problem(
+                    "grpc: TLS connection to %s failed: the collector's certificate is not "
+                    "trusted by TARGET_TLS_CA_CERT_PATH=%s or the certificate does not match "
+                    "TARGET_HOST (or the collector refused our client certificate); retrying. "
+                    "gRPC said: %s",
+                    target,
+                    self.settings.target_tls_ca_cert_path,
+                    details.strip(),
+                )
+            else:
+                self._problems.problem(
+                    "grpc: cannot send to collector %s (%s: %s); keeping flows and retrying%s",
+                    target,
+                    code,
+                    details.strip(),
+                    " (TLS is on: if the collector is up, check TARGET_TLS_CA_CERT_PATH and, "
+                    "for mutual TLS, TARGET_TLS_USER_CERT_PATH / TARGET_TLS_USER_KEY_PATH)"
+                    if self.settings.tls
+                    else "",
+                )
+            return "retry"
+        self._dropped_rejected.inc(item.flows)
+        self._done(item)
+        self._problems.problem(
+            "grpc: collector %s rejected a message of %d flows (%s: %s); dropped it",
+            target,
+            item.flows,
+            code,
+            details.strip(),
+        )
+        return "dropped"
+
+    def _split_head(self, item: _Pending) -> None:
+        from flowkit_plugins.pbflow.flow_pb2 import Records
+
+        entries = list(Records.FromString(item.data).entries)
+        half = len(entries) // 2
+        first = _Pending(Records(entries=entries[:half]).SerializeToString(), half)
+        second = _Pending(Records(entries=entries[half:]).SerializeToString(), len(entries) - half)
+        with self._lock:
+            if self._pending and self._pending[0] is item:
+                self._pending.popleft()
+                self._pending.appendleft(second)
+                self._pending.appendleft(first)
+
+
+def _make_exporter(context: ComponentContext) -> GrpcExporter:
+    settings: GrpcSettings = context.settings
+    return GrpcExporter(settings, context.metrics)
+
+
+@hookimpl
+def flowkit_exporters() -> list[ExporterSpec]:
+    return [
+        ExporterSpec(
+            name="grpc",
+            factory=_make_exporter,
+            settings_model=GrpcSettings,
+            description="gRPC: pbflow.Records messages to a NetObserv-compatible collector "
+            "(TARGET_HOST:TARGET_PORT), optional TLS / mutual TLS",
+        )
+    ]

@@ -1,0 +1,65 @@
+"""gRPC glue for the ``pbflow.Collector`` service, written by hand over grpc's generic API.
+
+No ``*_pb2_grpc.py`` module is generated: these few functions are all flowkit needs, and they keep
+flowkit free of the minimum grpcio version that generated service modules enforce.
+
+* :func:`send_method` — the client side: a callable that sends one serialized ``Records``
+  message (bytes) and returns the decoded ``CollectorReply``;
+* :func:`collector_handler` — the server side: a generic handler calling ``on_records`` with each
+  decoded ``Records`` message, to pass to ``grpc.Server.add_generic_rpc_handlers``.
+
+Needs ``grpcio`` and ``protobuf`` (extra ``flowkit[grpc]``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import grpc
+
+from flowkit_plugins.pbflow import COLLECTOR_SERVICE
+from flowkit_plugins.pbflow.flow_pb2 import CollectorReply, Records
+
+SendCallable = Callable[..., CollectorReply]
+"""``send(message_bytes, timeout=seconds)``: one unary ``Send`` call (raises ``grpc.RpcError``)."""
+
+
+def _identity(data: bytes) -> bytes:
+    return data
+
+
+def send_method(channel: grpc.Channel) -> SendCallable:
+    """The ``Send`` RPC on ``channel``, taking an already serialized ``Records`` message."""
+    method: SendCallable = channel.unary_unary(
+        f"/{COLLECTOR_SERVICE}/Send",
+        request_serializer=_identity,
+        response_deserializer=CollectorReply.FromString,
+    )
+    return method
+
+
+def collector_handler(
+    on_records: Callable[[Records, grpc.ServicerContext], None],
+) -> grpc.GenericRpcHandler:
+    """A ``pbflow.Collector`` service calling ``on_records`` for every received message.
+
+    ``on_records`` may abort the call through the context (``context.abort(code, details)``);
+    returning normally answers with an empty ``CollectorReply``.
+    """
+
+    def send(request: Records, context: grpc.ServicerContext) -> CollectorReply:
+        on_records(request, context)
+        return CollectorReply()
+
+    handlers: dict[str, Any] = {
+        "Send": grpc.unary_unary_rpc_method_handler(
+            send,
+            request_deserializer=Records.FromString,
+            response_serializer=CollectorReply.SerializeToString,
+        )
+    }
+    handler: grpc.GenericRpcHandler = grpc.method_handlers_generic_handler(
+        COLLECTOR_SERVICE, handlers
+    )
+    return handler
