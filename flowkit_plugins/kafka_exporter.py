@@ -1,0 +1,558 @@
+"""The ``kafka`` exporter: one Kafka message per flow, through librdkafka (confluent-kafka).
+
+Settings keep NetObserv's names and defaults (``KAFKA_BROKERS``, ``KAFKA_TOPIC``, ...). Each flow
+becomes one message:
+
+* ``KAFKA_ENCODING=protobuf`` (default): the value is one serialized ``pbflow.Record``;
+* ``KAFKA_ENCODING=json``: the value is the flow's NetObserv JSON object
+  (:func:`flowkit.model.flow_to_json_dict`).
+
+The key is the flow's two 16-byte addresses in sorted order (32 bytes), so both directions of a
+conversation land in the same partition.
+
+Failure behaviour: the producer never raises into the pipeline. Messages wait in librdkafka's
+local queue (bounded by ``KAFKA_QUEUE_MAX_MESSAGES`` and ``KAFKA_QUEUE_MAX_BYTES``) while brokers
+are away and are delivered when they return, unless they wait longer than
+``KAFKA_MESSAGE_TIMEOUT``. When the queue is full, ``KAFKA_ASYNC=true`` drops the flow and counts
+it (``kafka_dropped_flows``); ``KAFKA_ASYNC=false`` waits for room, so the agent's bounded batch
+queue absorbs the back-pressure. Broker errors become rate-limited log lines, never tracebacks.
+
+confluent-kafka (extra ``flowkit[kafka]``) is imported by the factory only.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any, Literal
+
+import numpy as np
+import orjson
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from flowkit import hookimpl
+from flowkit.components import ComponentContext, ExporterSpec
+from flowkit.model import FlowBatch, flow_to_json_dict
+from flowkit.settings_types import Bool, CommaList, Duration
+
+if TYPE_CHECKING:
+    from prometheus_client import Counter
+
+log = logging.getLogger(__name__)
+
+_PROTOCOL_FOR = {
+    (False, False): "plaintext",
+    (True, False): "ssl",
+    (False, True): "sasl_plaintext",
+    (True, True): "sasl_ssl",
+}
+_SASL_MECHANISM = {"plain": "PLAIN", "scramSHA512": "SCRAM-SHA-512"}
+# How long the background thread blocks in poll(): bounds how late a shutdown is noticed.
+_POLL_INTERVAL = 0.2
+# Minimum time between two log lines about the same kind of problem.
+_LOG_INTERVAL = 30.0
+# Delivery-report errors of messages purged at shutdown.
+_PURGED = frozenset({"_PURGE_QUEUE", "_PURGE_INFLIGHT"})
+
+
+class KafkaSettings(BaseModel):
+    """Settings of the ``kafka`` exporter (environment variable = field name upper-cased)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    kafka_brokers: CommaList = Field(
+        default_factory=list,
+        description="Kafka bootstrap brokers, comma-separated host:port (required when EXPORT "
+        "includes kafka).",
+    )
+    kafka_topic: str = Field(
+        default="network-flows", min_length=1, description="Topic the flows are written to."
+    )
+    kafka_encoding: Literal["protobuf", "json"] = Field(
+        default="protobuf",
+        description="Message value: protobuf (one serialized pbflow.Record) or json (NetObserv "
+        "JSON object).",
+    )
+    kafka_batch_messages: int = Field(
+        default=1000,
+        ge=1,
+        le=1_000_000,
+        description="Most messages sent to a partition in one request (batch.num.messages).",
+    )
+    kafka_batch_size: int = Field(
+        default=1048576,
+        ge=1,
+        le=2_147_483_647,
+        description="Most bytes sent to a partition in one request (batch.size).",
+    )
+    kafka_async: Bool = Field(
+        default=True,
+        description="true: never block the exporter, drop (and count) flows when the local queue "
+        "is full; false: wait for room and for delivery of each batch.",
+    )
+    kafka_compression: Literal["none", "gzip", "snappy", "lz4", "zstd"] = Field(
+        default="none", description="Compression codec: none, gzip, snappy, lz4 or zstd."
+    )
+    kafka_enable_tls: Bool = Field(default=False, description="Connect to the brokers with TLS.")
+    kafka_tls_insecure_skip_verify: Bool = Field(
+        default=False, description="Do not verify the brokers' TLS certificates."
+    )
+    kafka_tls_ca_cert_path: str = Field(
+        default="", description="CA certificate (PEM) that signed the brokers' certificates."
+    )
+    kafka_tls_user_cert_path: str = Field(
+        default="", description="Client certificate (PEM) for mutual TLS."
+    )
+    kafka_tls_user_key_path: str = Field(
+        default="", description="Client private key (PEM) for mutual TLS."
+    )
+    kafka_enable_sasl: Bool = Field(default=False, description="Authenticate with SASL.")
+    kafka_sasl_type: Literal["plain", "scramSHA512"] = Field(
+        default="plain", description="SASL mechanism: plain or scramSHA512."
+    )
+    kafka_sasl_client_id_path: str = Field(
+        default="", description="File holding the SASL user name."
+    )
+    kafka_sasl_client_secret_path: str = Field(
+        default="", description="File holding the SASL password."
+    )
+    kafka_queue_max_messages: int = Field(
+        default=100_000,
+        ge=1,
+        le=2_147_483_647,
+        description="Most flows waiting in the local producer queue (queue.buffering.max."
+        "messages); beyond it flows are dropped (KAFKA_ASYNC=true) or the exporter waits.",
+    )
+    kafka_queue_max_bytes: int = Field(
+        default=128 * 1024 * 1024,
+        ge=1024,
+        description="Most bytes waiting in the local producer queue (queue.buffering.max.kbytes).",
+    )
+    kafka_message_timeout: Duration = Field(
+        default=300.0,
+        gt=0,
+        description="How long a flow may wait for a broker (also through an outage) before it "
+        "is given up and counted as a delivery failure (message.timeout.ms).",
+    )
+    kafka_linger: Duration = Field(
+        default=0.005,
+        ge=0,
+        le=900,
+        description="How long the producer waits to fill a batch before sending (linger.ms).",
+    )
+
+    @model_validator(mode="after")
+    def _check_consistency(self) -> KafkaSettings:
+        if not self.kafka_brokers:
+            raise ValueError(
+                "KAFKA_BROKERS is required when EXPORT includes kafka "
+                "(e.g. KAFKA_BROKERS=broker1:9092,broker2:9092)"
+            )
+        if self.kafka_enable_tls:
+            _check_readable("KAFKA_TLS_CA_CERT_PATH", self.kafka_tls_ca_cert_path)
+            cert, key = self.kafka_tls_user_cert_path, self.kafka_tls_user_key_path
+            if bool(cert) != bool(key):
+                raise ValueError(
+                    "KAFKA_TLS_USER_CERT_PATH and KAFKA_TLS_USER_KEY_PATH go together: set both "
+                    "for mutual TLS, or neither"
+                )
+            _check_readable("KAFKA_TLS_USER_CERT_PATH", cert)
+            _check_readable("KAFKA_TLS_USER_KEY_PATH", key)
+        if self.kafka_enable_sasl:
+            for setting, path in (
+                ("KAFKA_SASL_CLIENT_ID_PATH", self.kafka_sasl_client_id_path),
+                ("KAFKA_SASL_CLIENT_SECRET_PATH", self.kafka_sasl_client_secret_path),
+            ):
+                if not path:
+                    raise ValueError(f"{setting} is required when KAFKA_ENABLE_SASL is true")
+                if not _read_secret(setting, path):
+                    raise ValueError(f"{setting}: file {path} is empty")
+        return self
+
+    def producer_config(self) -> dict[str, Any]:
+        """The librdkafka configuration these settings stand for (callbacks not included)."""
+        config: dict[str, Any] = {
+            "bootstrap.servers": ",".join(self.kafka_brokers),
+            "client.id": "flowkit-agent",
+            "compression.type": self.kafka_compression,
+            "batch.num.messages": self.kafka_batch_messages,
+            "batch.size": self.kafka_batch_size,
+            "linger.ms": self.kafka_linger * 1000.0,
+            "queue.buffering.max.messages": self.kafka_queue_max_messages,
+            "queue.buffering.max.kbytes": max(1, -(-self.kafka_queue_max_bytes // 1024)),
+            "message.timeout.ms": max(1, round(self.kafka_message_timeout * 1000)),
+            # Successes are inferred from the queue draining; only failures call back into
+            # Python, which keeps the per-flow cost of the exporter low.
+            "delivery.report.only.error": True,
+            "log.connection.close": False,
+            "security.protocol": _PROTOCOL_FOR[(self.kafka_enable_tls, self.kafka_enable_sasl)],
+        }
+        if self.kafka_enable_tls:
+            if self.kafka_tls_ca_cert_path:
+                config["ssl.ca.location"] = self.kafka_tls_ca_cert_path
+            if self.kafka_tls_user_cert_path:
+                config["ssl.certificate.location"] = self.kafka_tls_user_cert_path
+                config["ssl.key.location"] = self.kafka_tls_user_key_path
+            if self.kafka_tls_insecure_skip_verify:
+                config["enable.ssl.certificate.verification"] = False
+                config["ssl.endpoint.identification.algorithm"] = "none"
+        if self.kafka_enable_sasl:
+            config["sasl.mechanism"] = _SASL_MECHANISM[self.kafka_sasl_type]
+            config["sasl.username"] = _read_secret(
+                "KAFKA_SASL_CLIENT_ID_PATH", self.kafka_sasl_client_id_path
+            )
+            config["sasl.password"] = _read_secret(
+                "KAFKA_SASL_CLIENT_SECRET_PATH", self.kafka_sasl_client_secret_path
+            )
+        return config
+
+
+def _check_readable(setting: str, path: str) -> None:
+    if not path:
+        return
+    try:
+        with open(path, "rb") as handle:
+            handle.read(1)
+    except OSError as exc:
+        raise ValueError(f"{setting}: cannot read {path}: {exc.strerror or exc}") from None
+
+
+def _read_secret(setting: str, path: str) -> str:
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return handle.read().strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
+        raise ValueError(f"{setting}: cannot read {path}: {reason or exc}") from None
+
+
+def message_keys(batch: FlowBatch) -> list[bytes]:
+    """The Kafka key of every flow: its two 16-byte addresses, the smaller one first.
+
+    Both directions of a conversation get the same key, hence the same partition.
+    """
+    count = len(batch)
+    if count == 0:
+        return []
+    key = batch.array["key"]
+    src = np.ascontiguousarray(key["src_ip"])
+    dst = np.ascontiguousarray(key["dst_ip"])
+    # Compare the addresses as two big-endian 64-bit halves: lexicographic byte order.
+    src_halves = src.view(">u8")
+    dst_halves = dst.view(">u8")
+    src_first = (src_halves[:, 0] < dst_halves[:, 0]) | (
+        (src_halves[:, 0] == dst_halves[:, 0]) & (src_halves[:, 1] <= dst_halves[:, 1])
+    )
+    keys = np.where(
+        src_first[:, None], np.concatenate([src, dst], axis=1), np.concatenate([dst, src], axis=1)
+    )
+    raw = np.ascontiguousarray(keys, dtype=np.uint8).tobytes()
+    return [raw[i : i + 32] for i in range(0, 32 * count, 32)]
+
+
+def encode_json(batch: FlowBatch) -> list[bytes]:
+    """Every flow of the batch as its NetObserv JSON object (UTF-8 bytes)."""
+    return [orjson.dumps(flow_to_json_dict(flow)) for flow in batch]
+
+
+def encode_protobuf(batch: FlowBatch) -> list[bytes]:
+    """Every flow of the batch as one serialized ``pbflow.Record``."""
+    from flowkit_plugins.pbflow.convert import batch_to_records
+
+    return [record.SerializeToString() for record in batch_to_records(batch)]
+
+
+ENCODERS: dict[str, Callable[[FlowBatch], list[bytes]]] = {
+    "json": encode_json,
+    "protobuf": encode_protobuf,
+}
+
+
+class _RateLimitedLog:
+    """Logs at most one line per kind every ``interval`` seconds, counting what it held back.
+
+    Also used as librdkafka's ``logger``: confluent-kafka calls ``log(level, fmt, *args)``.
+    """
+
+    def __init__(self, logger: logging.Logger, interval: float = _LOG_INTERVAL) -> None:
+        self._logger = logger
+        self._interval = interval
+        self._last: dict[str, float] = {}
+        self._held: dict[str, int] = {}
+        self._lock = threading.Lock()
+
+    def emit(self, kind: str, level: int, message: str, *args: object) -> None:
+        """Log ``message % args`` unless a ``kind`` line was logged less than interval ago."""
+        now = time.monotonic()
+        with self._lock:
+            last = self._last.get(kind)
+            if last is not None and now - last < self._interval:
+                self._held[kind] = self._held.get(kind, 0) + 1
+                return
+            self._last[kind] = now
+            held = self._held.pop(kind, 0)
+        if held:
+            message += " (%d similar messages suppressed)"
+            args = (*args, held)
+        self._logger.log(level, message, *args)
+
+    def log(self, level: int, fmt: str, *args: object) -> None:
+        """librdkafka's log lines. Errors repeat what the error callback says: debug only."""
+        if level >= logging.ERROR or not self._logger.isEnabledFor(level):
+            self._logger.debug(fmt, *args)
+            return
+        facility = str(args[0]) if args else "librdkafka"
+        self.emit(f"librdkafka-{facility}", level, "kafka: " + fmt, *args)
+
+
+class KafkaExporter:
+    """Writes every flow of every batch to a Kafka topic, one message per flow.
+
+    Counters (prefix from METRICS_PREFIX): ``kafka_produced_flows`` (accepted by the local
+    queue), ``kafka_dropped_flows`` (never queued: queue full, encoding error, or still queued at
+    shutdown), ``kafka_delivery_failures`` (queued but given up by librdkafka), the gauge
+    ``kafka_queue_flows`` and ``errors{component="exporter/kafka", error=...}`` (librdkafka error
+    names such as ``_TRANSPORT`` or ``_ALL_BROKERS_DOWN``; ``queue_full``, ``encode``, ``produce``).
+    """
+
+    CHUNK_FLOWS = 4096
+    """Flows encoded at once (bounds the transient memory of one export)."""
+
+    def __init__(self, settings: KafkaSettings, context: ComponentContext) -> None:
+        self.settings = settings
+        self._topic = settings.kafka_topic
+        self._encode = ENCODERS[settings.kafka_encoding]
+        self._stop = threading.Event()
+        self._purged = 0
+        self._log = _RateLimitedLog(log)
+        metrics = context.metrics
+        self.produced: Counter = metrics.counter(
+            "kafka_produced_flows", "Flows accepted by the Kafka producer queue"
+        )
+        self.dropped: Counter = metrics.counter(
+            "kafka_dropped_flows",
+            "Flows the Kafka exporter dropped: local queue full, encoding error, or undelivered "
+            "at shutdown",
+        )
+        self.delivery_failures: Counter = metrics.counter(
+            "kafka_delivery_failures", "Flows the Kafka producer gave up delivering"
+        )
+        self._errors: Counter = metrics.counter(
+            "errors", "Errors by component and kind", ["component", "error"]
+        )
+        config = settings.producer_config()
+        config["error_cb"] = self._on_error
+        config["on_delivery"] = self._on_delivery
+        config["logger"] = self._log
+        from confluent_kafka import Producer
+
+        self._producer: Any = Producer(config)
+        metrics.gauge_callback(
+            "kafka_queue_flows", "Flows waiting in the Kafka producer queue", self.queued
+        )
+        self._poller = threading.Thread(
+            target=self._poll_loop, name="flowkit-kafka-poll", daemon=True
+        )
+        self._poller.start()
+        log.info(
+            "kafka exporter: topic %s on %s, %s encoding, compression %s",
+            self._topic,
+            ",".join(settings.kafka_brokers),
+            settings.kafka_encoding,
+            settings.kafka_compression,
+        )
+
+    def _error(self, kind: str) -> None:
+        self._errors.labels(component="exporter/kafka", error=kind).inc()
+
+    # -- librdkafka callbacks (run on the thread that polls) --------------------------------
+    def _on_error(self, error: Any) -> None:
+        name = error.name()
+        self._error(name)
+        level = logging.ERROR if error.fatal() else logging.WARNING
+        self._log.emit(f"error-{name}", level, "kafka: %s: %s", name, error.str())
+
+    def _on_delivery(self, error: Any, message: Any) -> None:
+        if error is None:
+            return
+        if error.name() in _PURGED:
+            self._purged += 1
+            self.dropped.inc()
+            return
+        self.delivery_failures.inc()
+        name = error.name()
+        self._error(name)
+        self._log.emit(
+            f"delivery-{name}",
+            logging.WARNING,
+            "kafka: a flow could not be delivered: %s",
+            error.str(),
+        )
+
+    def _poll_loop(self) -> None:
+        # Serves delivery reports and error callbacks even when no batch comes in.
+        while not self._stop.is_set():
+            try:
+                self._producer.poll(_POLL_INTERVAL)
+            except Exception as exc:  # a callback failed; keep serving the others
+                self._log.emit("poll", logging.WARNING, "kafka: poll failed: %s", exc)
+
+    # -- Exporter protocol -----------------------------------------------------------------
+    def queued(self) -> int:
+        """What librdkafka holds: flows queued or in flight, plus callbacks not yet served."""
+        return len(self._producer)
+
+    def export(self, batch: FlowBatch) -> None:
+        """Queue one message per flow; never raises (failures are counted and logged).
+
+        Large batches are encoded and queued in chunks of :attr:`CHUNK_FLOWS`, which bounds the
+        memory the encoded messages take before librdkafka copies them.
+        """
+        count = len(batch)
+        if count == 0:
+            return
+        array = batch.array
+        for start in range(0, count, self.CHUNK_FLOWS):
+            if self._stop.is_set():
+                self.dropped.inc(count - start)
+                return
+            chunk = array[start : start + self.CHUNK_FLOWS]
+            self._export_chunk(FlowBatch(chunk, batch.interfaces, batch.agent_ip))
+        if not self.settings.kafka_async:
+            # Synchronous mode: return once the batch is delivered (or given up by librdkafka
+            # after KAFKA_MESSAGE_TIMEOUT), unless a shutdown interrupts the wait.
+            while len(self._producer) and not self._stop.is_set():
+                self._producer.flush(_POLL_INTERVAL)
+
+    def _export_chunk(self, chunk: FlowBatch) -> None:
+        try:
+            keys = message_keys(chunk)
+            values = self._encode(chunk)
+        except Exception as exc:
+            self.dropped.inc(len(chunk))
+            self._error("encode")
+            self._log.emit(
+                "encode",
+                logging.ERROR,
+                "kafka: cannot encode %d flows: %r",
+                len(chunk),
+                exc,
+            )
+            return
+        if self.settings.kafka_async:
+            self._produce_nowait(keys, values)
+        else:
+            self._produce_waiting_for_room(keys, values)
+
+    def _produce_nowait(self, keys: Sequence[bytes], values: Sequence[bytes]) -> None:
+        produce = self._producer.produce
+        topic = self._topic
+        queued = dropped = 0
+        for key, value in zip(keys, values, strict=True):
+            try:
+                produce(topic, value, key)
+                queued += 1
+            except BufferError:
+                dropped += 1
+            except Exception as exc:  # KafkaException: e.g. message larger than allowed
+                dropped += 1
+                self._produce_failed(exc)
+        self.produced.inc(queued)
+        if dropped:
+            self.dropped.inc(dropped)
+            self._error("queue_full")
+            self._log.emit(
+                "queue-full",
+                logging.WARNING,
+                "kafka: local queue full (KAFKA_QUEUE_MAX_MESSAGES=%d), dropped %d of %d flows",
+                self.settings.kafka_queue_max_messages,
+                dropped,
+                len(keys),
+            )
+
+    def _produce_waiting_for_room(self, keys: Sequence[bytes], values: Sequence[bytes]) -> None:
+        produce = self._producer.produce
+        topic = self._topic
+        for index, (key, value) in enumerate(zip(keys, values, strict=True)):
+            while True:
+                try:
+                    produce(topic, value, key)
+                    self.produced.inc()
+                    break
+                except BufferError:
+                    if self._stop.wait(0.05):
+                        self.dropped.inc(len(keys) - index)
+                        return
+                except Exception as exc:
+                    self.dropped.inc()
+                    self._produce_failed(exc)
+                    break
+
+    def _produce_failed(self, exc: Exception) -> None:
+        self._error("produce")
+        self._log.emit("produce", logging.WARNING, "kafka: cannot queue a flow: %s", exc)
+
+    def flush(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` seconds for every queued flow to be delivered."""
+        deadline = time.monotonic() + max(0.0, timeout)
+        while True:
+            left = deadline - time.monotonic()
+            remaining = int(self._producer.flush(max(0.0, min(_POLL_INTERVAL, left))))
+            if remaining == 0 or left <= 0:
+                return remaining == 0
+
+    def shutdown(self, timeout: float) -> None:
+        """Flush for up to ``timeout`` seconds, then give up what is left (counted as dropped)."""
+        if self._stop.is_set():
+            return
+        delivered = self.flush(timeout)
+        self._stop.set()
+        self._poller.join(timeout=2 * _POLL_INTERVAL + 1.0)
+        if delivered:
+            return
+        # Purged messages come back as delivery reports (_PURGE_QUEUE / _PURGE_INFLIGHT), which
+        # _on_delivery counts as dropped: one count per flow, never twice.
+        try:
+            self._producer.purge()
+            self._producer.flush(1.0)
+        except Exception as exc:
+            log.debug("kafka: purge at shutdown failed: %s", exc)
+        if self._purged:
+            log.warning(
+                "kafka: %d flows were still queued at shutdown and are lost (brokers unreachable?)",
+                self._purged,
+            )
+
+
+def _make_exporter(context: ComponentContext) -> KafkaExporter:
+    settings = context.settings
+    if not isinstance(settings, KafkaSettings):
+        settings = KafkaSettings.model_validate(settings or {})
+    return KafkaExporter(settings, context)
+
+
+@hookimpl
+def flowkit_exporters() -> list[ExporterSpec]:
+    """The ``kafka`` exporter."""
+    return [
+        ExporterSpec(
+            name="kafka",
+            factory=_make_exporter,
+            settings_model=KafkaSettings,
+            description="Kafka: one message per flow (protobuf pbflow.Record or NetObserv JSON), "
+            "keyed by the flow's address pair.",
+        )
+    ]
+
+
+__all__ = [
+    "ENCODERS",
+    "KafkaExporter",
+    "KafkaSettings",
+    "encode_json",
+    "encode_protobuf",
+    "flowkit_exporters",
+    "message_keys",
+]
