@@ -14,7 +14,8 @@ HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
 
 BENCHMARKS: list[tuple[str, list[str]]] = [
-    ("kernel", ["bench_kernel.py", "--repeat", "10000000", "--rounds", "5", "--packets", "3000000"]),
+    ("kernel", ["bench_kernel.py", "--repeat", "10000000", "--rounds", "5",
+                "--packets", "3000000"]),
     ("rate", ["bench_rate.py", "--seconds", "10"]),
     ("accounter", ["bench_accounter.py", "--repeat", "5", "--output",
                    str(RESULTS / "accounter.json")]),
