@@ -19,6 +19,7 @@ BENCHMARKS: list[tuple[str, list[str]]] = [
     ("rate", ["bench_rate.py", "--seconds", "10"]),
     ("accounter", ["bench_accounter.py", "--repeat", "5", "--output",
                    str(RESULTS / "accounter.json")]),
+    ("encoding", ["bench_encoding.py", "--flows", "100000", "--repeat", "3"]),
     ("kafka", ["bench_kafka.py", "--json-out", str(RESULTS / "kafka.json")]),
     ("grpc", ["bench_grpc.py"]),
 ]

@@ -324,8 +324,7 @@ class GrpcExporter:
     # -- Exporter protocol ------------------------------------------------------------------
     def export(self, batch: FlowBatch) -> None:
         """Encode the batch and queue it for sending; never waits for the collector."""
-        from flowkit_plugins.pbflow.convert import batch_to_records
-        from flowkit_plugins.pbflow.flow_pb2 import Records
+        from flowkit.encoding import encode_records_messages
 
         total = len(batch)
         if total == 0 or self._closing.is_set():
@@ -346,15 +345,12 @@ class GrpcExporter:
             self._overflow.recovered("grpc exporter buffer has room again")
         if keep == 0:
             return
-        records = batch_to_records(batch)
-        del records[keep:]
-        step = self.settings.grpc_message_max_flows
+        # The C encoder writes each serialized pbflow.Records straight from the batch's memory.
         messages = [
-            _Pending(
-                Records(entries=records[i : i + step]).SerializeToString(),
-                len(records[i : i + step]),
+            _Pending(data, flows)
+            for data, flows in encode_records_messages(
+                batch, self.settings.grpc_message_max_flows, stop=keep
             )
-            for i in range(0, keep, step)
         ]
         with self._lock:
             self._pending.extend(messages)

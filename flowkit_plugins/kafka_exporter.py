@@ -29,12 +29,11 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
-import orjson
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from flowkit import hookimpl
 from flowkit.components import ComponentContext, ExporterSpec
-from flowkit.model import FlowBatch, flow_to_json_dict
+from flowkit.model import FlowBatch
 from flowkit.settings_types import Bool, CommaList, Duration
 
 if TYPE_CHECKING:
@@ -253,15 +252,17 @@ def message_keys(batch: FlowBatch) -> list[bytes]:
 
 
 def encode_json(batch: FlowBatch) -> list[bytes]:
-    """Every flow of the batch as its NetObserv JSON object (UTF-8 bytes)."""
-    return [orjson.dumps(flow_to_json_dict(flow)) for flow in batch]
+    """Every flow of the batch as its NetObserv JSON object (UTF-8 bytes), encoded in C."""
+    from flowkit.encoding import encode_json_each
+
+    return encode_json_each(batch)
 
 
 def encode_protobuf(batch: FlowBatch) -> list[bytes]:
-    """Every flow of the batch as one serialized ``pbflow.Record``."""
-    from flowkit_plugins.pbflow.convert import batch_to_records
+    """Every flow of the batch as one serialized ``pbflow.Record``, encoded in C."""
+    from flowkit.encoding import encode_records
 
-    return [record.SerializeToString() for record in batch_to_records(batch)]
+    return encode_records(batch).split()
 
 
 ENCODERS: dict[str, Callable[[FlowBatch], list[bytes]]] = {
