@@ -19,23 +19,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import time
 from typing import Any
 
+from measure import cpu_seconds, flow_rates, peak_rss_mib
+
 from flowkit.metrics import Metrics
 from flowkit.testing import synthetic_flows
-
-
-def _cpu() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
-
-
-def _peak_rss_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def serve() -> None:
@@ -98,25 +90,19 @@ def bench_exporter(flows: int, batch_size: int) -> dict[str, Any]:
         )
         exporter = GrpcExporter(settings, Metrics())
         batches = flows // batch_size
-        wall0, cpu0 = time.perf_counter(), _cpu()
+        wall0, cpu0 = time.perf_counter(), cpu_seconds()
         for _ in range(batches):
             exporter.export(batch)
         assert exporter.flush(600)
         collector.wait_packets(batches * batch_size)
-        wall, cpu = time.perf_counter() - wall0, _cpu() - cpu0
+        wall, cpu = time.perf_counter() - wall0, cpu_seconds() - cpu0
         exporter.shutdown(5)
     finally:
         collector.close()
     total = batches * batch_size
     return {
         "benchmark": "grpc_exporter",
-        "flows": total,
-        "batch_flows": batch_size,
-        "wall_s": round(wall, 3),
-        "cpu_s": round(cpu, 3),
-        "flows_per_s": round(total / wall),
-        "flows_per_cpu_s": round(total / cpu),
-        "peak_rss_mib": round(_peak_rss_mib(), 1),
+        **flow_rates(total, batch_size, wall, cpu),
     }
 
 
@@ -146,10 +132,10 @@ def bench_agent(packets: int, flows: int, accounter: str) -> dict[str, Any]:
         }
         config = load_config(environ=env, plugin_manager=pm)
         agent = flowkit.Agent(config, plugin_manager=pm)
-        wall0, cpu0 = time.perf_counter(), _cpu()
+        wall0, cpu0 = time.perf_counter(), cpu_seconds()
         agent.start()
         exported, _ = collector.wait_packets(packets)
-        wall, cpu = time.perf_counter() - wall0, _cpu() - cpu0
+        wall, cpu = time.perf_counter() - wall0, cpu_seconds() - cpu0
         agent.shutdown()
     finally:
         collector.close()
@@ -163,7 +149,7 @@ def bench_agent(packets: int, flows: int, accounter: str) -> dict[str, Any]:
         "cpu_s": round(cpu, 3),
         "packets_per_cpu_s": round(packets / cpu),
         "flow_records_per_cpu_s": round(exported / cpu),
-        "peak_rss_mib": round(_peak_rss_mib(), 1),
+        "peak_rss_mib": round(peak_rss_mib(), 1),
     }
 
 

@@ -11,17 +11,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import time
 from typing import Any
 
+from measure import cpu_seconds, flow_rates
+
 from flowkit.testing import synthetic_flows
 from flowkit_plugins.stdout_exporter import StdoutExporter
-
-
-def _cpu() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
 
 
 def bench_json(flows: int, batch_size: int) -> dict[str, Any]:
@@ -29,21 +25,15 @@ def bench_json(flows: int, batch_size: int) -> dict[str, Any]:
     batches = flows // batch_size
     with open("/dev/null", "wb") as sink:
         exporter = StdoutExporter(stream=sink)
-        wall0, cpu0 = time.perf_counter(), _cpu()
+        wall0, cpu0 = time.perf_counter(), cpu_seconds()
         for _ in range(batches):
             exporter.export(batch)
         exporter.flush(5)
-        wall, cpu = time.perf_counter() - wall0, _cpu() - cpu0
+        wall, cpu = time.perf_counter() - wall0, cpu_seconds() - cpu0
     total = batches * batch_size
     return {
         "benchmark": "stdout_json_exporter",
-        "flows": total,
-        "batch_flows": batch_size,
-        "wall_s": round(wall, 3),
-        "cpu_s": round(cpu, 3),
-        "flows_per_s": round(total / wall),
-        "flows_per_cpu_s": round(total / cpu),
-        "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        **flow_rates(total, batch_size, wall, cpu),
     }
 
 

@@ -22,25 +22,19 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
+from measure import cpu_seconds, flow_rates, peak_rss_mib
+
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests" / "integration"))
 
 TOPIC = "flowkit-bench"
 
 
-def _cpu() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
-
-
-def _peak_rss_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def count_messages(bootstrap: str, topic: str, expected: int, timeout: float = 300.0) -> int:
@@ -98,7 +92,7 @@ def bench_exporter(
     exporter = KafkaExporter(
         settings, ComponentContext(config=AgentConfig(), settings=settings, metrics=metrics)
     )
-    wall0, cpu0 = time.perf_counter(), _cpu()
+    wall0, cpu0 = time.perf_counter(), cpu_seconds()
     for _ in range(batches):
         # Pace like a producer that must not lose flows: wait for room in the local queue.
         while exporter.queued() > queue_max - batch_size:
@@ -106,7 +100,7 @@ def bench_exporter(
         exporter.export(batch)
     if not exporter.flush(600):
         raise RuntimeError("flush did not finish")
-    wall, cpu = time.perf_counter() - wall0, _cpu() - cpu0
+    wall, cpu = time.perf_counter() - wall0, cpu_seconds() - cpu0
     exporter.shutdown(5)
     total = batches * batch_size
     if metrics.value("kafka_dropped_flows_total") or metrics.value("kafka_delivery_failures_total"):
@@ -115,13 +109,7 @@ def bench_exporter(
         "benchmark": "kafka_exporter",
         "encoding": encoding,
         "compression": compression,
-        "flows": total,
-        "batch_flows": batch_size,
-        "wall_s": round(wall, 3),
-        "cpu_s": round(cpu, 3),
-        "flows_per_s": round(total / wall),
-        "flows_per_cpu_s": round(total / cpu),
-        "peak_rss_mib": round(_peak_rss_mib(), 1),
+        **flow_rates(total, batch_size, wall, cpu),
     }
 
 
@@ -163,14 +151,14 @@ def bench_agent(
     }
     config = load_config(environ=env, plugin_manager=pm)
     agent = flowkit.Agent(config, plugin_manager=pm)
-    wall0, cpu0 = time.perf_counter(), _cpu()
+    wall0, cpu0 = time.perf_counter(), cpu_seconds()
     agent.start()
     tracer: Any = agent.tracer
     while tracer.produced < packets:
         time.sleep(0.05)
     agent.stop()
     agent.shutdown()
-    wall, cpu = time.perf_counter() - wall0, _cpu() - cpu0
+    wall, cpu = time.perf_counter() - wall0, cpu_seconds() - cpu0
     produced = int(agent.metrics.value("kafka_produced_flows_total"))
     dropped = agent.metrics.value("kafka_dropped_flows_total") + agent.metrics.value(
         "dropped_flows_total", exporter="kafka"
@@ -191,7 +179,7 @@ def bench_agent(
         "packets_per_cpu_s": round(packets / cpu),
         "flow_records_per_s": round(produced / wall),
         "flow_records_per_cpu_s": round(produced / cpu),
-        "peak_rss_mib": round(_peak_rss_mib(), 1),
+        "peak_rss_mib": round(peak_rss_mib(), 1),
     }
 
 
