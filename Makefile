@@ -43,7 +43,7 @@ lint: setup
 # Rebuild the committed eBPF object (needs clang). The build command is also in the source header.
 bpf: $(BPF_OBJ)
 $(BPF_OBJ): $(BPF_SRC) csrc/flow.h
-	clang -O2 -g -target bpf -D__BPF__ -I csrc -c $(BPF_SRC) -o $(BPF_OBJ)
+	clang -O2 -g -target bpf -fdebug-compilation-dir=. -D__BPF__ -I csrc -c $(BPF_SRC) -o $(BPF_OBJ)
 
 # Rebuild the C extension in place (editable installs pick it up).
 native:

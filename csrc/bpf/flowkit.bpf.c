@@ -1,7 +1,7 @@
 /* flowkit: the eBPF datapath. Every packet seen on a traced interface updates one flow entry.
  *
  * Build (from the repository root; `make bpf` runs exactly this):
- *     clang -O2 -g -target bpf -D__BPF__ -I csrc -c csrc/bpf/flowkit.bpf.c -o flowkit/bpf/flowkit.bpf.o
+ *     clang -O2 -g -target bpf -fdebug-compilation-dir=. -D__BPF__ -I csrc -c csrc/bpf/flowkit.bpf.c -o flowkit/bpf/flowkit.bpf.o
  *
  * Programs: `flowkit_ingress` and `flowkit_egress` (SEC("tc"): TCX links or clsact
  * direct-action filters). Both return TC_ACT_UNSPEC / TCX_NEXT (-1): flowkit only observes, the
