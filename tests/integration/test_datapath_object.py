@@ -39,7 +39,10 @@ def build_command() -> list[str]:
 
 def test_the_source_header_gives_the_makefile_command() -> None:
     makefile = (ROOT / "Makefile").read_text()
-    expected = "clang -O2 -g -target bpf -fdebug-compilation-dir=. -D__BPF__ -I csrc -c $(BPF_SRC) -o $(BPF_OBJ)"
+    expected = (
+        "clang -O2 -g -target bpf -fdebug-compilation-dir=. -D__BPF__ -I csrc -c $(BPF_SRC) "
+        "-o $(BPF_OBJ)"
+    )
     assert expected in makefile
     assert " ".join(build_command()) == expected.replace("$(BPF_SRC)", str(
         SOURCE.relative_to(ROOT))).replace("$(BPF_OBJ)", str(OBJECT.relative_to(ROOT)))
