@@ -18,10 +18,12 @@
  *
  * Settings live in .rodata and are rewritten by name before the object is loaded.
  *
- * Cost: the hot path is one bpf_skb_load_bytes of a fixed header window, an inlined
- * array-of-maps lookup, one hash lookup and one coarse clock read (bpf_ktime_get_ns only when a
- * flow starts, see `precise_timestamps`). Frames whose headers are not
- * inside the window (VLAN tag, IPv4 options, IPv6 extension headers) take one extra load.
+ * Cost: the hot path reads the headers in place (direct packet access, 16- and 32-bit loads),
+ * then does an inlined array-of-maps lookup, one hash lookup and one coarse clock read
+ * (bpf_ktime_get_ns only when a flow starts, see `precise_timestamps`). Frames whose headers are
+ * not in the linear area, and VLAN-tagged frames, are copied to the stack first with one
+ * bpf_skb_load_bytes of a fixed header window; IPv4 options and IPv6 extension headers take one
+ * extra load each.
  *
  * The UAPI headers are not included on purpose: <linux/types.h> needs <asm/types.h>, which is
  * not on the include path of `-target bpf` on Debian. The few UAPI definitions used are below;
@@ -58,7 +60,7 @@ enum {
 #define E2BIG 7
 #define TC_ACT_UNSPEC (-1) /* == TCX_NEXT: continue with the next filter / program */
 
-/* Only the leading fields of struct __sk_buff are used; their offsets are ABI. */
+/* The leading fields of struct __sk_buff, up to data_end; their offsets are ABI. */
 struct __sk_buff {
     __u32 len;
     __u32 pkt_type;
@@ -71,6 +73,12 @@ struct __sk_buff {
     __u32 priority;
     __u32 ingress_ifindex;
     __u32 ifindex;
+    __u32 tc_index;
+    __u32 cb[5];
+    __u32 hash;
+    __u32 tc_classid;
+    __u32 data;
+    __u32 data_end;
 };
 
 #define ETH_HLEN 14
@@ -143,12 +151,13 @@ struct {
 
 /* ---- parsing ---- */
 
-/* The header window read with one bpf_skb_load_bytes: Ethernet, then room for an IPv6 header
- * and the first 14 bytes of TCP (enough for the flags); IPv4 fits with room to spare. */
+/* The header window: Ethernet, then room for an IPv6 header and the first 14 bytes of TCP
+ * (enough for the flags); IPv4 fits with room to spare. */
 #define L3_OFF ETH_HLEN
 #define L3_WINDOW 54
 #define WINDOW (ETH_HLEN + L3_WINDOW)
 #define L4_WANT 14 /* ports (all), TCP flags at byte 13, ICMP type/code at bytes 0-1 */
+#define IPV4_WANT (20 + L4_WANT) /* an IPv4 header without options, then L4_WANT bytes */
 #define MAX_IPV6_EXT 6
 
 struct fk_parse {
@@ -164,9 +173,53 @@ static __always_inline void count(__u32 index)
         *value += 1;
 }
 
+/* Header fields are read with 16- and 32-bit loads, not byte by byte. Reading the packet
+ * unaligned is fine (the verifier allows it wherever the CPU does); the stack copy of the window
+ * is placed so that these loads are aligned there too, as the verifier requires for the stack
+ * (see parse_copied). */
+typedef __u16 __attribute__((may_alias)) fk_alias16;
+typedef __u32 __attribute__((may_alias)) fk_alias32;
+
+static __always_inline __u16 ld16(const __u8 *p)
+{
+    return *(const fk_alias16 *)p;
+}
+
+static __always_inline __u32 ld32(const __u8 *p)
+{
+    return *(const fk_alias32 *)p;
+}
+
+static __always_inline void st16(__u8 *p, __u16 v)
+{
+    *(fk_alias16 *)p = v;
+}
+
+static __always_inline void st32(__u8 *p, __u32 v)
+{
+    *(fk_alias32 *)p = v;
+}
+
 static __always_inline __u16 be16(const __u8 *p)
 {
-    return ((__u16)p[0] << 8) | p[1];
+    return __builtin_bswap16(ld16(p));
+}
+
+/* Destination MAC as 2 + 4 bytes, source MAC as 4 + 2: aligned in the key and in the copy. */
+static __always_inline void copy_macs(struct fk_parse *p, const __u8 *eth)
+{
+    st16(p->key.dst_mac, ld16(eth));
+    st32(p->key.dst_mac + 2, ld32(eth + 2));
+    st32(p->key.src_mac, ld32(eth + 6));
+    st16(p->key.src_mac + 4, ld16(eth + 10));
+}
+
+static __always_inline void copy_ipv6_addr(__u8 *dst, const __u8 *src)
+{
+    st32(dst, ld32(src));
+    st32(dst + 4, ld32(src + 4));
+    st32(dst + 8, ld32(src + 8));
+    st32(dst + 12, ld32(src + 12));
 }
 
 /* Read at most `want` bytes at packet offset `off` into `dst`; returns the number read. */
@@ -222,19 +275,15 @@ static __always_inline void parse_l4(struct fk_parse *p, const __u8 *l4, __u32 a
 }
 
 /* IPv4 at `ip` (the window holds `avail` bytes of it). */
-static __always_inline void parse_ipv4(struct __sk_buff *skb, struct fk_parse *p, __u8 *ip,
+static __always_inline void parse_ipv4(struct __sk_buff *skb, struct fk_parse *p, const __u8 *ip,
                                        __u32 avail, __u32 ip_off)
 {
     if (avail < 20)
         return;
-    __u8 *k = p->key.src_ip;
-    k[10] = 0xff;
-    k[11] = 0xff;
-    __builtin_memcpy(k + 12, ip + 12, 4);
-    k = p->key.dst_ip;
-    k[10] = 0xff;
-    k[11] = 0xff;
-    __builtin_memcpy(k + 12, ip + 16, 4);
+    st16(p->key.src_ip + 10, 0xffff);
+    st32(p->key.src_ip + 12, ld32(ip + 12));
+    st16(p->key.dst_ip + 10, 0xffff);
+    st32(p->key.dst_ip + 12, ld32(ip + 16));
     p->key.proto = ip[9];
     p->dscp = ip[1] >> 2;
     /* Non-first fragments carry no L4 header. */
@@ -245,7 +294,7 @@ static __always_inline void parse_ipv4(struct __sk_buff *skb, struct fk_parse *p
         parse_l4(p, ip + 20, avail - 20);
     } else if (ihl > 20) {
         /* IP options push the L4 header out of the window: load it on its own. */
-        __u8 l4[L4_WANT];
+        __u8 l4[L4_WANT] __attribute__((aligned(4)));
         __u32 n = load_upto(skb, ip_off + ihl, l4, L4_WANT);
         parse_l4(p, l4, n);
     }
@@ -253,13 +302,13 @@ static __always_inline void parse_ipv4(struct __sk_buff *skb, struct fk_parse *p
 
 /* IPv6 at `ip`; extension headers (hop-by-hop, routing, fragment, destination options) are
  * skipped with one small load each, at most MAX_IPV6_EXT of them. */
-static __always_inline void parse_ipv6(struct __sk_buff *skb, struct fk_parse *p, __u8 *ip,
+static __always_inline void parse_ipv6(struct __sk_buff *skb, struct fk_parse *p, const __u8 *ip,
                                        __u32 avail, __u32 ip_off)
 {
     if (avail < 40)
         return;
-    __builtin_memcpy(p->key.src_ip, ip + 8, 16);
-    __builtin_memcpy(p->key.dst_ip, ip + 24, 16);
+    copy_ipv6_addr(p->key.src_ip, ip + 8);
+    copy_ipv6_addr(p->key.dst_ip, ip + 24);
     p->dscp = (((ip[0] & 0x0f) << 4) | (ip[1] >> 4)) >> 2;
     __u8 next = ip[6];
     if (next != IPPROTO_HOPOPTS && next != IPPROTO_ROUTING && next != IPPROTO_FRAGMENT &&
@@ -269,7 +318,7 @@ static __always_inline void parse_ipv6(struct __sk_buff *skb, struct fk_parse *p
         return;
     }
     __u32 off = ip_off + 40;
-    __u8 ext[L4_WANT];
+    __u8 ext[L4_WANT] __attribute__((aligned(4)));
 #pragma unroll
     for (int i = 0; i < MAX_IPV6_EXT; i++) {
         if (load_upto(skb, off, ext, 8) < 8) {
@@ -294,6 +343,70 @@ static __always_inline void parse_ipv6(struct __sk_buff *skb, struct fk_parse *p
     p->key.proto = next;
     __u32 n = load_upto(skb, off, ext, L4_WANT);
     parse_l4(p, ext, n);
+}
+
+/* ---- the frame ---- */
+
+/* Untagged IPv4 and IPv6 frames whose window is in the linear area are parsed in place (direct
+ * packet access: no helper call, no copy). Returns 0, having written nothing, for any other
+ * frame; parse_copied then reads the same fields the same way. */
+static __always_inline int parse_linear(struct __sk_buff *skb, struct fk_parse *p)
+{
+    const __u8 *data = (const __u8 *)(long)skb->data;
+    const __u8 *end = (const __u8 *)(long)skb->data_end;
+    /* 48 bytes: shorter than any Ethernet frame on the wire. */
+    if (data + L3_OFF + IPV4_WANT > end)
+        return 0;
+    __u16 etype = be16(data + 12);
+    if (etype == ETH_P_IP) {
+        copy_macs(p, data);
+        p->key.eth_protocol = etype;
+        parse_ipv4(skb, p, data + L3_OFF, IPV4_WANT, L3_OFF);
+        return 1;
+    }
+    if (etype == ETH_P_IPV6 && data + WINDOW <= end) {
+        copy_macs(p, data);
+        p->key.eth_protocol = etype;
+        parse_ipv6(skb, p, data + L3_OFF, L3_WINDOW, L3_OFF);
+        return 1;
+    }
+    return 0;
+}
+
+/* Any frame: the window is copied to the stack with bpf_skb_load_bytes (frames sent through
+ * AF_PACKET, by trafgen for instance, carry only the Ethernet header in the linear area).
+ * Returns 0 for a frame shorter than an Ethernet header. */
+static __always_inline int parse_copied(struct __sk_buff *skb, struct fk_parse *p)
+{
+    /* The frame starts 2 bytes into an 8-aligned buffer, so that its network header is
+     * 8-aligned and every ld16/ld32 of the parser is aligned. */
+    __u8 copy[2 + WINDOW] __attribute__((aligned(8)));
+    __u8 *buf = copy + 2;
+    __u32 n = load_upto(skb, 0, buf, WINDOW);
+    if (n < ETH_HLEN)
+        return 0;
+    copy_macs(p, buf);
+
+    __u16 etype = be16(buf + 12);
+    __u8 *l3 = buf + L3_OFF;
+    __u32 l3_off = L3_OFF;
+    __u32 avail = n - L3_OFF;
+    if (etype == ETH_P_8021Q || etype == ETH_P_8021AD) {
+        /* One VLAN tag: the network header starts 4 bytes later; reload the window there. */
+        if (avail < 4) {
+            etype = 0;
+        } else {
+            etype = be16(buf + 16);
+            l3_off = L3_OFF + 4;
+            avail = load_upto(skb, l3_off, l3, L3_WINDOW);
+        }
+    }
+    p->key.eth_protocol = etype;
+    if (etype == ETH_P_IP)
+        parse_ipv4(skb, p, l3, avail, l3_off);
+    else if (etype == ETH_P_IPV6)
+        parse_ipv6(skb, p, l3, avail, l3_off);
+    return 1;
 }
 
 /* ---- accounting ---- */
@@ -326,39 +439,14 @@ static __always_inline int account(struct __sk_buff *skb, __u8 direction)
         return TC_ACT_UNSPEC;
     }
 
-    __u8 buf[WINDOW];
-    __u32 n = load_upto(skb, 0, buf, WINDOW);
-    if (n < ETH_HLEN) {
-        count(FK_COUNTER_RUNT);
-        return TC_ACT_UNSPEC;
-    }
-
     struct fk_parse p __attribute__((aligned(8)));
     __builtin_memset(&p, 0, sizeof(p));
     p.key.if_index = skb->ifindex;
     p.key.direction = direction;
-    __builtin_memcpy(p.key.dst_mac, buf, 6);
-    __builtin_memcpy(p.key.src_mac, buf + 6, 6);
-
-    __u16 etype = be16(buf + 12);
-    __u8 *l3 = buf + L3_OFF;
-    __u32 l3_off = L3_OFF;
-    __u32 avail = n - L3_OFF;
-    if (etype == ETH_P_8021Q || etype == ETH_P_8021AD) {
-        /* One VLAN tag: the network header starts 4 bytes later; reload the window there. */
-        if (avail < 4) {
-            etype = 0;
-        } else {
-            etype = be16(buf + 16);
-            l3_off = L3_OFF + 4;
-            avail = load_upto(skb, l3_off, l3, L3_WINDOW);
-        }
+    if (!parse_linear(skb, &p) && !parse_copied(skb, &p)) {
+        count(FK_COUNTER_RUNT);
+        return TC_ACT_UNSPEC;
     }
-    p.key.eth_protocol = etype;
-    if (etype == ETH_P_IP)
-        parse_ipv4(skb, &p, l3, avail, l3_off);
-    else if (etype == ETH_P_IPV6)
-        parse_ipv6(skb, &p, l3, avail, l3_off);
 
     __u64 len = skb->len;
     __u32 zero = 0;
