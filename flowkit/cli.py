@@ -96,6 +96,8 @@ def build_run_parser(table: dict[str, SettingInfo]) -> argparse.ArgumentParser:
     """The parser of ``flowkit-agent [run]``: one flag per setting, core and plugins."""
     parser = _Parser(
         prog=PROG,
+        usage=f"{PROG} [--config FILE] [--SETTING VALUE ...]\n"
+        f"       {PROG} {{plugins,check,inspect}} ...",
         description="Capture network flows with eBPF and export them. Every setting can also "
         "be given as an environment variable (NetObserv names) or in a YAML file; precedence: "
         "flags > environment > file > defaults.",
