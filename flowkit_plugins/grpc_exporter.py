@@ -40,6 +40,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from flowkit import hookimpl
 from flowkit.components import ComponentContext, ExporterSpec
+from flowkit.ratelimit import RateLimitedLog
 from flowkit.settings_types import Duration
 
 if TYPE_CHECKING:
@@ -52,7 +53,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 # Minimum time between two log lines about the same kind of problem.
-_LOG_INTERVAL = 30.0
 
 _RETRYABLE = frozenset(
     {
@@ -190,37 +190,6 @@ class _Pending:
         self.flows = flows
 
 
-class _RateLimitedLog:
-    """Logs a problem when it starts, then at most every ``interval`` seconds."""
-
-    def __init__(self, interval: float = _LOG_INTERVAL) -> None:
-        self._interval = interval
-        self._last = -interval
-        self.failing = False
-        self.suppressed = 0
-
-    def problem(self, message: str, *args: object) -> None:
-        now = time.monotonic()
-        if not self.failing or now - self._last >= self._interval:
-            extra = (
-                f" ({self.suppressed} similar failures since the last message)"
-                if self.suppressed
-                else ""
-            )
-            log.error(message + extra, *args)
-            self._last = now
-            self.suppressed = 0
-        else:
-            self.suppressed += 1
-        self.failing = True
-
-    def recovered(self, message: str, *args: object) -> None:
-        if self.failing:
-            log.info(message, *args)
-        self.failing = False
-        self.suppressed = 0
-
-
 def import_grpc() -> Any:
     """Import grpc with its C core quiet below ERROR (unless GRPC_VERBOSITY says otherwise).
 
@@ -307,8 +276,7 @@ class GrpcExporter:
         self._in_flight = False
         self._closing = threading.Event()  # no more exports; sender stops once the buffer is empty
         self._abort = threading.Event()  # stop now, even with flows left
-        self._problems = _RateLimitedLog()  # the sender thread's
-        self._overflow = _RateLimitedLog()  # export()'s
+        self._problems = RateLimitedLog(log)
         self._thread = threading.Thread(target=self._run, name="flowkit-grpc-sender", daemon=True)
         self._thread.start()
         log.info(
@@ -336,13 +304,17 @@ class GrpcExporter:
         keep = min(total, max(0, room))
         if keep < total:
             self._dropped_full.inc(total - keep)
-            self._overflow.problem(
+            self._problems.emit(
+                "overflow",
+                logging.ERROR,
                 "grpc exporter buffer is full (GRPC_BUFFER_MAX_FLOWS=%d): dropped %d flows",
                 self.settings.grpc_buffer_max_flows,
                 total - keep,
             )
         else:
-            self._overflow.recovered("grpc exporter buffer has room again")
+            self._problems.recovered(
+                "overflow", logging.INFO, "grpc exporter buffer has room again"
+            )
         if keep == 0:
             return
         # The C encoder writes each serialized pbflow.Records straight from the batch's memory.
@@ -442,7 +414,9 @@ class GrpcExporter:
         self._sent_flows.inc(item.flows)
         self._sent_messages.inc()
         self._done(item)
-        self._problems.recovered("grpc collector %s is reachable again", self.settings.target)
+        self._problems.recovered(
+            "send", logging.INFO, "grpc collector %s is reachable again", self.settings.target
+        )
         return "sent"
 
     def _on_error(self, item: _Pending, code: str, details: str) -> str:
@@ -458,7 +432,9 @@ class GrpcExporter:
             return "split"
         if code in _RETRYABLE:
             if self.settings.tls and any(hint in details for hint in _TLS_HINTS):
-                self._problems.problem(
+                self._problems.emit(
+                    "send",
+                    logging.ERROR,
                     "grpc: TLS connection to %s failed: the collector's certificate is not "
                     "trusted by TARGET_TLS_CA_CERT_PATH=%s or the certificate does not match "
                     "TARGET_HOST (or the collector refused our client certificate); retrying. "
@@ -468,7 +444,9 @@ class GrpcExporter:
                     details.strip(),
                 )
             else:
-                self._problems.problem(
+                self._problems.emit(
+                    "send",
+                    logging.ERROR,
                     "grpc: cannot send to collector %s (%s: %s); keeping flows and retrying%s",
                     target,
                     code,
@@ -481,7 +459,9 @@ class GrpcExporter:
             return "retry"
         self._dropped_rejected.inc(item.flows)
         self._done(item)
-        self._problems.problem(
+        self._problems.emit(
+            "send",
+            logging.ERROR,
             "grpc: collector %s rejected a message of %d flows (%s: %s); dropped it",
             target,
             item.flows,

@@ -34,6 +34,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from flowkit import hookimpl
 from flowkit.components import ComponentContext, ExporterSpec
 from flowkit.model import FlowBatch
+from flowkit.ratelimit import RateLimitedLog
 from flowkit.settings_types import Bool, CommaList, Duration
 
 if TYPE_CHECKING:
@@ -51,7 +52,6 @@ _SASL_MECHANISM = {"plain": "PLAIN", "scramSHA512": "SCRAM-SHA-512"}
 # How long the background thread blocks in poll(): bounds how late a shutdown is noticed.
 _POLL_INTERVAL = 0.2
 # Minimum time between two log lines about the same kind of problem.
-_LOG_INTERVAL = 30.0
 # Delivery-report errors of messages purged at shutdown.
 _PURGED = frozenset({"_PURGE_QUEUE", "_PURGE_INFLIGHT"})
 
@@ -271,33 +271,9 @@ ENCODERS: dict[str, Callable[[FlowBatch], list[bytes]]] = {
 }
 
 
-class _RateLimitedLog:
-    """Logs at most one line per kind every ``interval`` seconds, counting what it held back.
-
-    Also used as librdkafka's ``logger``: confluent-kafka calls ``log(level, fmt, *args)``.
-    """
-
-    def __init__(self, logger: logging.Logger, interval: float = _LOG_INTERVAL) -> None:
-        self._logger = logger
-        self._interval = interval
-        self._last: dict[str, float] = {}
-        self._held: dict[str, int] = {}
-        self._lock = threading.Lock()
-
-    def emit(self, kind: str, level: int, message: str, *args: object) -> None:
-        """Log ``message % args`` unless a ``kind`` line was logged less than interval ago."""
-        now = time.monotonic()
-        with self._lock:
-            last = self._last.get(kind)
-            if last is not None and now - last < self._interval:
-                self._held[kind] = self._held.get(kind, 0) + 1
-                return
-            self._last[kind] = now
-            held = self._held.pop(kind, 0)
-        if held:
-            message += " (%d similar messages suppressed)"
-            args = (*args, held)
-        self._logger.log(level, message, *args)
+class _RateLimitedLog(RateLimitedLog):
+    """flowkit's rate-limited log, also used as librdkafka's ``logger``: confluent-kafka calls
+    ``log(level, fmt, *args)``."""
 
     def log(self, level: int, fmt: str, *args: object) -> None:
         """librdkafka's log lines. Errors repeat what the error callback says: debug only."""
