@@ -1,4 +1,4 @@
-"""Value types for settings models: Go-style durations, comma-separated lists, CIDRs.
+"""Value types for settings models: Go-style durations, byte sizes, comma-separated lists, CIDRs.
 
 Settings arrive as strings from the environment and CLI flags and as YAML values from files; these
 annotated types accept both. Use them in plugin settings models::
@@ -66,6 +66,32 @@ def format_duration(seconds: float) -> str:
     return f"{seconds:g}s"
 
 
+_BYTE_SIZE = re.compile(r"(\d+)\s*([kmgt]i?b?|b)?", re.IGNORECASE)
+_BYTE_UNITS = {"": 1, "b": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+
+
+def parse_byte_size(value: Any) -> int:
+    """Parse a size in bytes: ``1048576``, ``64KiB``, ``512MiB``, ``2GiB`` (also ``k``/``M``/``G``).
+
+    Units are binary (``k`` = ``KiB`` = 1024 bytes), as in ``ulimit`` and Kubernetes' ``Ki``.
+    """
+    if isinstance(value, bool):
+        raise ValueError("expected a size like 1048576, 64KiB, 512MiB or 2GiB")
+    if isinstance(value, int):
+        size = value
+    else:
+        match = _BYTE_SIZE.fullmatch(str(value).strip())
+        if match is None:
+            raise ValueError(
+                f"{value!r} is not a size; expected a size like 1048576, 64KiB, 512MiB or 2GiB"
+            )
+        unit = (match.group(2) or "").lower()[:1] if match.group(2) not in ("b", "B") else "b"
+        size = int(match.group(1)) * _BYTE_UNITS[unit]
+    if size < 0:
+        raise ValueError("a size cannot be negative")
+    return size
+
+
 def split_commas(value: Any) -> list[str]:
     """Accept ``"a,b , c"`` or a YAML list; empty items are dropped."""
     if value is None:
@@ -101,6 +127,9 @@ def _parse_cidrs(value: Any) -> list[str]:
 
 Duration = Annotated[float, BeforeValidator(parse_duration)]
 """Seconds, written as ``500ms``, ``5s``, ``1m30s`` (or a plain number of seconds)."""
+
+ByteSize = Annotated[int, BeforeValidator(parse_byte_size)]
+"""A number of bytes, written ``1048576``, ``64KiB``, ``512MiB`` or ``2GiB`` (binary units)."""
 
 CommaList = Annotated[list[str], BeforeValidator(split_commas)]
 """A list of strings, written ``a,b,c`` in the environment and flags, or as a YAML list."""
