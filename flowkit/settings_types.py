@@ -92,6 +92,14 @@ def parse_byte_size(value: Any) -> int:
     return size
 
 
+def format_byte_size(size: int) -> str:
+    """Format bytes the way :func:`parse_byte_size` reads them (for docs and help)."""
+    for unit, factor in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if size and size % factor == 0:
+            return f"{size // factor}{unit}"
+    return str(size)
+
+
 def split_commas(value: Any) -> list[str]:
     """Accept ``"a,b , c"`` or a YAML list; empty items are dropped."""
     if value is None:

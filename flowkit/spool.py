@@ -63,6 +63,7 @@ __all__ = [
     "check_spool_settings",
     "decode_batch",
     "encode_batch",
+    "open_spool",
     "read_spool",
 ]
 
@@ -158,6 +159,36 @@ def check_spool_settings(
             f"{max_setting}={max_bytes} is more than the file system of {existing} has free "
             f"({free + used} bytes including the spool already there): lower it"
         )
+
+
+def open_spool(
+    setting_prefix: str,
+    directory: str,
+    max_bytes: int,
+    segment_bytes: int,
+    fsync: FsyncPolicy,
+    *,
+    name: str,
+    metrics: Metrics | None = None,
+    on_drop: Callable[[str, int], None] | None = None,
+) -> Spool | None:
+    """The spool an exporter's ``<PREFIX>_SPOOL_*`` settings ask for (None without a directory).
+
+    Raises RuntimeError with one line naming the setting when the directory cannot be used
+    (created, locked, read).
+    """
+    if not directory:
+        return None
+    config = SpoolConfig(Path(directory), max_bytes, segment_bytes, fsync)
+    try:
+        return Spool(config, name=name, metrics=metrics, on_drop=on_drop)
+    except SpoolBusyError as exc:
+        raise RuntimeError(f"{setting_prefix}_SPOOL_DIR: {exc}") from None
+    except OSError as exc:
+        raise RuntimeError(
+            f"{setting_prefix}_SPOOL_DIR={directory}: {exc.strerror or exc}"
+            + (f": {exc.filename}" if exc.filename else "")
+        ) from None
 
 
 def _directory_bytes(path: Path) -> int:

@@ -22,6 +22,14 @@ Failure behaviour:
 * ``shutdown`` interrupts the backoff, sends what it can before its deadline and counts the rest
   (``reason="shutdown"``).
 
+With ``GRPC_SPOOL_DIR`` set, the exporter keeps what it cannot deliver on disk instead
+(:mod:`flowkit.spool`): on the first retryable failure the memory buffer is written to the spool,
+and later batches are appended there while the collector is away; once a call succeeds again the
+spool is replayed oldest first and each record deleted when the collector accepted it, then
+batches go through memory again. A spool left by an earlier run is replayed first. At shutdown,
+what is undelivered is written to the spool (kept for the next start) instead of being dropped.
+Over ``GRPC_SPOOL_MAX_BYTES`` the oldest segments are dropped (``reason="spool_full"``).
+
 grpcio (extra ``flowkit[grpc]``) is imported by the factory only.
 """
 
@@ -34,14 +42,15 @@ import random
 import threading
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from flowkit import hookimpl
 from flowkit.components import ComponentContext, ExporterSpec
 from flowkit.ratelimit import RateLimitedLog
-from flowkit.settings_types import Duration
+from flowkit.settings_types import ByteSize, Duration
+from flowkit.spool import Spool, SpoolRecord, check_spool_settings, open_spool
 
 if TYPE_CHECKING:
     import grpc
@@ -132,8 +141,31 @@ class GrpcSettings(BaseModel):
     grpc_buffer_max_flows: int = Field(
         default=100_000,
         ge=1,
-        description="Most flows kept while the collector is unreachable; more are dropped and "
-        "counted in grpc_dropped_flows.",
+        description="Most flows kept in memory while the collector is unreachable; more are "
+        "dropped and counted in grpc_dropped_flows (with GRPC_SPOOL_DIR: written to the spool).",
+    )
+    grpc_spool_dir: str = Field(
+        default="",
+        description="Absolute path of a directory for an on-disk spool: while the collector is "
+        "unreachable, messages are written there and replayed in order once it is back, also "
+        "after a restart. Empty: no spool.",
+    )
+    grpc_spool_max_bytes: ByteSize = Field(
+        default=1 << 30,
+        ge=0,
+        description="Most bytes the spool takes on disk (e.g. 512MiB); beyond it the oldest "
+        "segments are dropped and counted (reason spool_full).",
+    )
+    grpc_spool_segment_bytes: ByteSize = Field(
+        default=16 << 20,
+        ge=0,
+        description="Size at which the spool starts a new segment file (the unit the budget "
+        "drops).",
+    )
+    grpc_spool_fsync: Literal["always", "segment", "never"] = Field(
+        default="segment",
+        description="When spooled data is forced to disk: always (every record), segment (when a "
+        "segment is complete and at stop) or never (left to the kernel).",
     )
 
     @field_validator("target_tls_ca_cert_path")
@@ -164,6 +196,9 @@ class GrpcSettings(BaseModel):
             raise ValueError(
                 "GRPC_RETRY_MAX_BACKOFF must not be shorter than GRPC_RETRY_INITIAL_BACKOFF"
             )
+        check_spool_settings(
+            "GRPC", self.grpc_spool_dir, self.grpc_spool_max_bytes, self.grpc_spool_segment_bytes
+        )
         return self
 
     @property
@@ -268,6 +303,20 @@ class GrpcExporter:
         self._lock = threading.Condition()
         self._pending: collections.deque[_Pending] = collections.deque()
         self._buffered_flows = 0
+        self._dropped = dropped
+        self._spool: Spool | None = open_spool(
+            "GRPC",
+            settings.grpc_spool_dir,
+            settings.grpc_spool_max_bytes,
+            settings.grpc_spool_segment_bytes,
+            settings.grpc_spool_fsync,
+            name="grpc",
+            metrics=metrics,
+            on_drop=lambda reason, flows: dropped.labels(reason=reason).inc(flows),
+        )
+        # True while the spool holds messages that must go before anything new: new batches are
+        # then appended to the spool, not to the memory buffer.
+        self._spooling = self._spool is not None and not self._spool.empty()
         metrics.gauge_callback(
             "grpc_buffered_flows",
             "Flows waiting to be sent to the collector",
@@ -295,9 +344,16 @@ class GrpcExporter:
         from flowkit.encoding import encode_records_messages
 
         total = len(batch)
-        if total == 0 or self._closing.is_set():
-            if total:
-                self._dropped_shutdown.inc(total)
+        if total == 0:
+            return
+        if self._spool is not None and not self._abort.is_set():
+            with self._lock:
+                room = self.settings.grpc_buffer_max_flows - self._buffered_flows
+                if self._spooling or room < total or self._closing.is_set():
+                    self._to_spool(batch)
+                    return
+        if self._closing.is_set():
+            self._dropped_shutdown.inc(total)
             return
         with self._lock:
             room = self.settings.grpc_buffer_max_flows - self._buffered_flows
@@ -329,11 +385,55 @@ class GrpcExporter:
             self._buffered_flows += keep
             self._lock.notify_all()
 
+    def _to_spool(self, batch: FlowBatch) -> None:
+        """Append the batch's messages to the spool (caller holds the lock)."""
+        from flowkit.encoding import encode_records_messages
+
+        assert self._spool is not None
+        if not self._spooling:
+            self._spooling = True
+            log.warning(
+                "grpc exporter: writing flows to the spool %s until collector %s takes them",
+                self.settings.grpc_spool_dir,
+                self.settings.target,
+            )
+        for data, flows in encode_records_messages(batch, self.settings.grpc_message_max_flows):
+            self._spool.append(data, flows)
+        self._lock.notify_all()
+
+    def _spill(self) -> None:
+        """Move the memory buffer into the spool, oldest first (caller holds the lock)."""
+        assert self._spool is not None
+        if not self._pending:
+            return
+        if not self._spooling:
+            self._spooling = True
+            log.warning(
+                "grpc exporter: collector %s unreachable; writing flows to the spool %s",
+                self.settings.target,
+                self.settings.grpc_spool_dir,
+            )
+        while self._pending:
+            item = self._pending.popleft()
+            self._buffered_flows -= item.flows
+            self._spool.append(item.data, item.flows)
+
+    def spooled_flows(self) -> int:
+        """Flows waiting in the disk spool (0 without one)."""
+        return 0 if self._spool is None else self._spool.flows
+
+    def recovered_flows(self) -> int:
+        """Flows found in the disk spool at start, left by an earlier run (0 without a spool)."""
+        return 0 if self._spool is None else self._spool.recovered_flows
+
+    def _spool_waiting(self) -> bool:
+        return self._spooling and self._spool is not None and not self._spool.empty()
+
     def flush(self, timeout: float) -> bool:
         """Wait until every buffered flow was delivered (or dropped); False on timeout."""
         deadline = time.monotonic() + timeout
         with self._lock:
-            while self._pending or self._in_flight:
+            while self._pending or self._in_flight or self._spool_waiting():
                 remaining = deadline - time.monotonic()
                 if remaining <= 0 or self._abort.is_set():
                     return False
@@ -350,9 +450,21 @@ class GrpcExporter:
             self._lock.notify_all()
         self._thread.join(max(0.1, deadline - time.monotonic()))
         with self._lock:
+            if self._spool is not None and not self._in_flight:
+                self._spill()
             left = self._buffered_flows
             self._pending.clear()
             self._buffered_flows = 0
+        if self._spool is not None:
+            kept = self._spool.flows
+            self._spool.close()
+            if kept:
+                log.warning(
+                    "grpc exporter stopped with %d flows kept in the spool %s; they are sent "
+                    "at the next start",
+                    kept,
+                    self.settings.grpc_spool_dir,
+                )
         if left:
             self._dropped_shutdown.inc(left)
             log.warning(
@@ -366,17 +478,34 @@ class GrpcExporter:
     def _run(self) -> None:
         attempt = 0
         while not self._abort.is_set():
+            record: SpoolRecord | None = None
             with self._lock:
-                while not self._pending and not self._abort.is_set():
+                while not self._abort.is_set():
+                    if self._pending:
+                        break
+                    if self._spooling and self._spool is not None:
+                        record = self._spool.peek()
+                        if record is not None:
+                            break
+                        self._spooling = False  # replayed everything: back to memory
+                        log.info("grpc exporter: spool replayed, sending from memory again")
+                        self._lock.notify_all()
                     if self._closing.is_set():
                         return
                     self._lock.wait(0.5)
                 if self._abort.is_set():
                     return
-                item = self._pending[0]
+                item = self._pending[0] if record is None else None
                 self._in_flight = True
             try:
-                outcome = self._send_one(item)
+                if record is not None:
+                    outcome = self._send_spooled(record)
+                else:
+                    assert item is not None
+                    outcome = self._send_one(item)
+                    if outcome == "retry" and self._spool is not None:
+                        with self._lock:
+                            self._spill()
             finally:
                 with self._lock:
                     self._in_flight = False
@@ -386,6 +515,25 @@ class GrpcExporter:
                 self._abort.wait(self._backoff(attempt))
             else:
                 attempt = 0
+
+    def _send_spooled(self, record: SpoolRecord) -> str:
+        """Send one spooled message; acknowledge it unless it is to be retried."""
+        assert self._spool is not None
+        spool = self._spool
+        item = _Pending(record.payload, record.flows)
+        spool.begin(record)
+        outcome = self._send_one(item, spooled=True)
+        if outcome == "retry":
+            spool.release(record)
+            return outcome
+        if outcome == "split":
+            # The halves go first through memory (they are older than the rest of the spool).
+            with self._lock:
+                self._pending.appendleft(item)
+                self._buffered_flows += item.flows
+                self._split_head(item)
+        spool.ack(record)
+        return outcome
 
     def _backoff(self, attempt: int) -> float:
         s = self.settings
@@ -401,7 +549,7 @@ class GrpcExporter:
                 self._buffered_flows -= item.flows
             self._lock.notify_all()
 
-    def _send_one(self, item: _Pending) -> str:
+    def _send_one(self, item: _Pending, spooled: bool = False) -> str:
         grpc = self._grpc
         try:
             self._send(item.data, timeout=self.settings.grpc_timeout)
@@ -410,19 +558,21 @@ class GrpcExporter:
             details = (exc.details() if hasattr(exc, "details") else "") or ""
             name = code.name if code is not None else "UNKNOWN"
             self._send_errors.labels(code=name).inc()
-            return self._on_error(item, name, details)
+            return self._on_error(item, name, details, spooled)
         self._sent_flows.inc(item.flows)
         self._sent_messages.inc()
-        self._done(item)
+        if not spooled:
+            self._done(item)
         self._problems.recovered(
             "send", logging.INFO, "grpc collector %s is reachable again", self.settings.target
         )
         return "sent"
 
-    def _on_error(self, item: _Pending, code: str, details: str) -> str:
+    def _on_error(self, item: _Pending, code: str, details: str, spooled: bool = False) -> str:
         target = self.settings.target
         if code == "RESOURCE_EXHAUSTED" and "larger than max" in details and item.flows > 1:
-            self._split_head(item)
+            if not spooled:
+                self._split_head(item)
             log.warning(
                 "collector %s refused a message of %d flows as too large; sending it in "
                 "two halves (lower GRPC_MESSAGE_MAX_FLOWS)",
@@ -458,7 +608,8 @@ class GrpcExporter:
                 )
             return "retry"
         self._dropped_rejected.inc(item.flows)
-        self._done(item)
+        if not spooled:
+            self._done(item)
         self._problems.emit(
             "send",
             logging.ERROR,

@@ -37,8 +37,10 @@ if str(ROOT) not in sys.path:  # run from a checkout without installing
 from flowkit.config import SettingInfo, settings_table  # noqa: E402
 from flowkit.plugins import ENTRY_POINT_GROUP, PluginManager  # noqa: E402
 from flowkit.settings_types import (  # noqa: E402
+    format_byte_size,
     format_duration,
     parse_bool,
+    parse_byte_size,
     parse_duration,
     split_commas,
 )
@@ -75,6 +77,8 @@ Values:
 
 - **durations** are written like Go durations: `500ms`, `5s`, `1m30s`, `2h` (a plain number
   means seconds);
+- **sizes** are bytes, with an optional binary unit: `1048576`, `64KiB`, `512MiB`, `2GiB`
+  (`k`, `M`, `G` mean the same);
 - **lists** are comma-separated (`eth0,eth1`); interface entries written `/regex/` are regular
   expressions searched anywhere in the name;
 - **booleans** are `true` or `false` (also `1`/`0`, `yes`/`no`, `on`/`off`).
@@ -122,6 +126,8 @@ def accepted_values(field: FieldInfo) -> str:
     suffix = f" ({bounds})" if bounds else ""
     if parse_duration.__name__ in validators:
         return "duration" + suffix
+    if parse_byte_size.__name__ in validators:
+        return "size" + suffix
     if "_parse_cidrs" in validators:
         return "comma-separated CIDRs"
     if split_commas.__name__ in validators:
@@ -158,6 +164,8 @@ def default_text(field: FieldInfo) -> str:
         return "`" + ",".join(str(v) for v in value) + "`"
     if parse_duration.__name__ in _validators(field):
         return f"`{format_duration(float(value))}`"
+    if parse_byte_size.__name__ in _validators(field):
+        return f"`{format_byte_size(int(value))}`"
     if isinstance(value, float):
         return f"`{value:g}`"
     return f"`{value}`"

@@ -469,3 +469,93 @@ def test_rejected_message_is_dropped_and_counted(servers: Any, harness: Any) -> 
         assert h.metrics.value("grpc_sent_flows_total") == 6
     finally:
         server.stop(None)
+
+
+# -- disk spool (GRPC_SPOOL_DIR) --------------------------------------------------------------
+
+
+def test_spool_outage_beyond_the_memory_bound_loses_nothing_and_keeps_order(
+    servers: Any, harness: Any, tmp_path: Path
+) -> None:
+    port = free_port()
+    server, received = servers(port=port)
+    spool_dir = tmp_path / "spool"
+    h = harness(
+        target_port=port,
+        grpc_buffer_max_flows=100,
+        grpc_message_max_flows=10,
+        grpc_spool_dir=str(spool_dir),
+    )
+    flows = [make_flow(i) for i in range(400)]
+    before, during, after = flows[:50], flows[50:350], flows[350:]
+    h.exporter.export(FlowBatch.from_flows(before, agent_ip=AGENT_IP))
+    assert h.exporter.flush(30)
+    assert len(received.wait_for(50)) == 50
+    server.stop(None)
+
+    # Collector down: 300 flows against a memory bound of 100; the spool takes them all.
+    for start in range(0, 300, 60):
+        h.exporter.export(FlowBatch.from_flows(during[start : start + 60], agent_ip=AGENT_IP))
+    assert wait_until(lambda: h.metrics.value("spool_flows", exporter="grpc") == 300)
+    assert h.metrics.value("grpc_buffered_flows") == 0
+    assert list(spool_dir.glob("*.seg"))
+
+    _, back = servers(port=port)
+    assert h.exporter.flush(60)
+    h.exporter.export(FlowBatch.from_flows(after, agent_ip=AGENT_IP))
+    assert h.exporter.flush(60)
+    expected = during + after
+    assert back.wait_for(len(expected)) == [as_received(f) for f in expected]
+    assert received.flows == [as_received(f) for f in before]
+    assert h.metrics.value("grpc_sent_flows_total") == 400
+    assert h.metrics.value("spool_written_flows_total", exporter="grpc") == 300
+    assert h.metrics.value("spool_replayed_flows_total", exporter="grpc") == 300
+    for reason in ("buffer_full", "shutdown", "spool_full", "rejected"):
+        assert h.dropped(reason) == 0
+    assert list(spool_dir.glob("*.seg")) == []
+
+
+def test_spool_keeps_flows_at_shutdown_and_the_next_exporter_sends_them_first(
+    servers: Any, harness: Any, tmp_path: Path
+) -> None:
+    port = free_port()
+    spool_dir = tmp_path / "spool"
+    flows = [make_flow(i) for i in range(30)]
+    first = harness(target_port=port, grpc_spool_dir=str(spool_dir))
+    first.exporter.export(FlowBatch.from_flows(flows[:20], agent_ip=AGENT_IP))
+    assert wait_until(lambda: first.metrics.value("spool_flows", exporter="grpc") == 20)
+    first.exporter.shutdown(0.5)
+    assert first.dropped("shutdown") == 0
+
+    _, received = servers(port=port)
+    second = harness(target_port=port, grpc_spool_dir=str(spool_dir))
+    assert second.exporter.recovered_flows() == 20
+    second.exporter.export(FlowBatch.from_flows(flows[20:], agent_ip=AGENT_IP))
+    assert second.exporter.flush(60)
+    assert received.wait_for(30) == [as_received(f) for f in flows]
+    assert second.exporter.spooled_flows() == 0
+    assert list(spool_dir.glob("*.seg")) == []
+
+
+def test_spool_budget_drops_the_oldest_and_counts_them(
+    servers: Any, harness: Any, tmp_path: Path
+) -> None:
+    port = free_port()
+    h = harness(
+        target_port=port,
+        grpc_spool_dir=str(tmp_path / "spool"),
+        grpc_spool_max_bytes="128KiB",
+        grpc_spool_segment_bytes="64KiB",
+        grpc_message_max_flows=100,
+    )
+    flows = [make_flow(i % 1000) for i in range(3000)]  # ~250 KiB encoded: twice the budget
+    for start in range(0, 3000, 100):
+        h.exporter.export(FlowBatch.from_flows(flows[start : start + 100], agent_ip=AGENT_IP))
+    assert wait_until(lambda: h.metrics.value("spool_written_flows_total", exporter="grpc") > 0)
+    dropped = h.dropped("spool_full")
+    assert dropped > 0
+    _, received = servers(port=port)
+    assert h.exporter.flush(60)
+    got = received.wait_for(int(3000 - dropped))
+    # The newest flows are kept, contiguous and in order; the oldest were dropped and counted.
+    assert got == [as_received(f) for f in flows[int(dropped) :]]
