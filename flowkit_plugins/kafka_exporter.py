@@ -17,12 +17,20 @@ are away and are delivered when they return, unless they wait longer than
 it (``kafka_dropped_flows``); ``KAFKA_ASYNC=false`` waits for room, so the agent's bounded batch
 queue absorbs the back-pressure. Broker errors become rate-limited log lines, never tracebacks.
 
+With ``KAFKA_SPOOL_DIR`` set, flows are kept on disk instead while no broker takes them
+(:mod:`flowkit.spool`): when librdkafka reports every broker down (or gives a flow up), the
+messages still waiting in its queue are taken back into the spool and later batches are appended
+there; once a broker answers again the spool is replayed oldest first, each record deleted only
+when librdkafka confirmed the delivery of all its messages (a message it gives up goes back to
+the spool). At shutdown, what librdkafka still holds is written to the spool for the next start.
+
 confluent-kafka (extra ``flowkit[kafka]``) is imported by the factory only.
 """
 
 from __future__ import annotations
 
 import logging
+import struct
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -35,7 +43,8 @@ from flowkit import hookimpl
 from flowkit.components import ComponentContext, ExporterSpec
 from flowkit.model import FlowBatch
 from flowkit.ratelimit import RateLimitedLog
-from flowkit.settings_types import Bool, CommaList, Duration
+from flowkit.settings_types import Bool, ByteSize, CommaList, Duration
+from flowkit.spool import Spool, check_spool_settings, decode_batch, encode_batch, open_spool
 
 if TYPE_CHECKING:
     from prometheus_client import Counter
@@ -142,6 +151,30 @@ class KafkaSettings(BaseModel):
         description="How long the producer waits to fill a batch before sending (linger.ms).",
     )
 
+    kafka_spool_dir: str = Field(
+        default="",
+        description="Absolute path of a directory for an on-disk spool: while no broker takes "
+        "flows, they are written there and replayed in order once one is back, also after a "
+        "restart. Empty: no spool.",
+    )
+    kafka_spool_max_bytes: ByteSize = Field(
+        default=1 << 30,
+        ge=0,
+        description="Most bytes the spool takes on disk (e.g. 512MiB); beyond it the oldest "
+        "segments are dropped and counted (reason spool_full).",
+    )
+    kafka_spool_segment_bytes: ByteSize = Field(
+        default=16 << 20,
+        ge=0,
+        description="Size at which the spool starts a new segment file (the unit the budget "
+        "drops).",
+    )
+    kafka_spool_fsync: Literal["always", "segment", "never"] = Field(
+        default="segment",
+        description="When spooled data is forced to disk: always (every record), segment (when a "
+        "segment is complete and at stop) or never (left to the kernel).",
+    )
+
     @model_validator(mode="after")
     def _check_consistency(self) -> KafkaSettings:
         if not self.kafka_brokers:
@@ -168,6 +201,12 @@ class KafkaSettings(BaseModel):
                     raise ValueError(f"{setting} is required when KAFKA_ENABLE_SASL is true")
                 if not _read_secret(setting, path):
                     raise ValueError(f"{setting}: file {path} is empty")
+        check_spool_settings(
+            "KAFKA",
+            self.kafka_spool_dir,
+            self.kafka_spool_max_bytes,
+            self.kafka_spool_segment_bytes,
+        )
         return self
 
     def producer_config(self) -> dict[str, Any]:
@@ -265,6 +304,46 @@ def encode_protobuf(batch: FlowBatch) -> list[bytes]:
     return encode_records(batch).split()
 
 
+_BATCH_RECORD = b"B"  # spool record: a raw FlowBatch (encoded when it is replayed)
+_MESSAGES_RECORD = b"M"  # spool record: Kafka messages librdkafka handed back undelivered
+_NO_KEY = 0xFFFFFFFF
+_SPOOL_MESSAGES_PER_RECORD = 4096
+
+
+def pack_messages(messages: Sequence[tuple[bytes | None, bytes]]) -> bytes:
+    """Kafka messages as one spool payload: ``M`` then ``<u32 key length|0xFFFFFFFF><key>
+    <u32 value length><value>`` per message."""
+    parts = [_MESSAGES_RECORD]
+    for key, value in messages:
+        if key is None:
+            parts.append(struct.pack("<I", _NO_KEY))
+        else:
+            parts += [struct.pack("<I", len(key)), key]
+        parts += [struct.pack("<I", len(value)), value]
+    return b"".join(parts)
+
+
+def unpack_messages(payload: bytes) -> list[tuple[bytes | None, bytes]]:
+    """The messages of a :func:`pack_messages` payload."""
+    out: list[tuple[bytes | None, bytes]] = []
+    view = memoryview(payload)
+    pos = 1
+    while pos < len(view):
+        (klen,) = struct.unpack_from("<I", view, pos)
+        pos += 4
+        key = None
+        if klen != _NO_KEY:
+            key = bytes(view[pos : pos + klen])
+            pos += klen
+        (vlen,) = struct.unpack_from("<I", view, pos)
+        pos += 4
+        out.append((key, bytes(view[pos : pos + vlen])))
+        pos += vlen
+    if pos != len(view):
+        raise ValueError("spooled Kafka messages are truncated")
+    return out
+
+
 ENCODERS: dict[str, Callable[[FlowBatch], list[bytes]]] = {
     "json": encode_json,
     "protobuf": encode_protobuf,
@@ -329,10 +408,35 @@ class KafkaExporter:
         metrics.gauge_callback(
             "kafka_queue_flows", "Flows waiting in the Kafka producer queue", self.queued
         )
+        # Disk spool: see the module docstring. _spooling means "batches go to the spool";
+        # _undelivered collects what librdkafka hands back, written to the spool after each poll.
+        self._spool: Spool | None = open_spool(
+            "KAFKA",
+            settings.kafka_spool_dir,
+            settings.kafka_spool_max_bytes,
+            settings.kafka_spool_segment_bytes,
+            settings.kafka_spool_fsync,
+            name="kafka",
+            metrics=metrics,
+            on_drop=lambda _reason, flows: self.dropped.inc(flows),
+        )
+        self._spool_lock = threading.Condition()
+        self._export_lock = threading.Lock()
+        self._spooling = self._spool is not None and not self._spool.empty()
+        self._spool_closed = False
+        self._brokers_down = threading.Event()
+        self._undelivered: list[tuple[bytes | None, bytes]] = []
+        self._undelivered_lock = threading.Lock()
         self._poller = threading.Thread(
             target=self._poll_loop, name="flowkit-kafka-poll", daemon=True
         )
         self._poller.start()
+        self._replayer: threading.Thread | None = None
+        if self._spool is not None:
+            self._replayer = threading.Thread(
+                target=self._replay_loop, name="flowkit-kafka-spool", daemon=True
+            )
+            self._replayer.start()
         log.info(
             "kafka exporter: topic %s on %s, %s encoding, compression %s",
             self._topic,
@@ -348,11 +452,21 @@ class KafkaExporter:
     def _on_error(self, error: Any) -> None:
         name = error.name()
         self._error(name)
+        if name == "_ALL_BROKERS_DOWN" and self._spool is not None:
+            self._brokers_down.set()
         level = logging.ERROR if error.fatal() else logging.WARNING
         self._log.emit(f"error-{name}", level, "kafka: %s: %s", name, error.str())
 
     def _on_delivery(self, error: Any, message: Any) -> None:
         if error is None:
+            return
+        if self._spool is not None:
+            # Not lost: back to the spool (written by the thread that polled, see _take_back).
+            with self._undelivered_lock:
+                self._undelivered.append((message.key(), message.value() or b""))
+            if error.name() not in _PURGED:
+                self._error(error.name())
+                self._brokers_down.set()
             return
         if error.name() in _PURGED:
             self._purged += 1
@@ -375,6 +489,138 @@ class KafkaExporter:
                 self._producer.poll(_POLL_INTERVAL)
             except Exception as exc:  # a callback failed; keep serving the others
                 self._log.emit("poll", logging.WARNING, "kafka: poll failed: %s", exc)
+            if self._spool is not None:
+                if self._brokers_down.is_set():
+                    self._start_spooling()
+                self._take_back()
+
+    # -- disk spool ---------------------------------------------------------------------------
+    def spooled_flows(self) -> int:
+        """Flows waiting in the disk spool (0 without one)."""
+        return 0 if self._spool is None else self._spool.flows
+
+    def recovered_flows(self) -> int:
+        """Flows found in the disk spool at start, left by an earlier run (0 without a spool)."""
+        return 0 if self._spool is None else self._spool.recovered_flows
+
+    def _start_spooling(self) -> None:
+        """Brokers are down: batches go to the spool, and so does librdkafka's queue."""
+        # Never wait for an export in progress (it may need this thread's polls); try again at
+        # the next poll instead.
+        if not self._export_lock.acquire(blocking=False):
+            return
+        try:
+            self._brokers_down.clear()
+            with self._spool_lock:
+                if self._spooling:
+                    return
+                self._spooling = True
+            log.warning(
+                "kafka: no broker takes flows; writing them to the spool %s until one does",
+                self.settings.kafka_spool_dir,
+            )
+            # Queued (not in-flight) messages come back as _PURGE_QUEUE delivery reports, which
+            # _on_delivery hands to the spool.
+            self._producer.purge(in_queue=True, in_flight=False, blocking=False)
+        finally:
+            self._export_lock.release()
+
+    def _take_back(self) -> None:
+        """Write the messages librdkafka handed back into the spool."""
+        with self._undelivered_lock:
+            messages, self._undelivered = self._undelivered, []
+        if not messages or self._spool is None:
+            return
+        with self._spool_lock:
+            self._spooling = True
+            for start in range(0, len(messages), _SPOOL_MESSAGES_PER_RECORD):
+                chunk = messages[start : start + _SPOOL_MESSAGES_PER_RECORD]
+                self._spool.append(pack_messages(chunk), len(chunk))
+            self._spool_lock.notify_all()
+
+    def _replay_loop(self) -> None:
+        """Replay the spool, oldest record first, while a broker takes flows."""
+        spool = self._spool
+        assert spool is not None
+        probe_wait = 0.5
+        reachable = False
+        while not self._stop.is_set():
+            with self._spool_lock:
+                if not self._spooling:
+                    self._spool_lock.wait(_POLL_INTERVAL)
+                    continue
+            if len(self._producer) or self._brokers_down.is_set():
+                # librdkafka still holds older messages: they go first (or back to the spool).
+                reachable = False
+                self._stop.wait(_POLL_INTERVAL)
+                continue
+            record = spool.peek()
+            if record is None:
+                with self._export_lock, self._spool_lock:
+                    if spool.empty() and not self._undelivered:
+                        self._spooling = False
+                        log.info("kafka: spool replayed; producing directly again")
+                continue
+            if not reachable:
+                reachable = self._broker_reachable(probe_wait)
+                if not reachable:
+                    probe_wait = min(probe_wait * 2, 10.0)
+                    self._stop.wait(probe_wait)
+                    continue
+                probe_wait = 0.5
+            spool.begin(record)
+            if self._replay(record.payload, record.flows):
+                spool.ack(record)
+            else:
+                spool.release(record)
+                reachable = False
+
+    def _broker_reachable(self, timeout: float) -> bool:
+        try:
+            self._producer.list_topics(timeout=timeout)
+        except Exception:
+            return False
+        return True
+
+    def _replay(self, payload: bytes, flows: int) -> bool:
+        """Produce one spooled record and wait until librdkafka delivered or handed back all
+        of it; False if it could not be produced (the record stays in the spool)."""
+        try:
+            if payload[:1] == _BATCH_RECORD:
+                batch = decode_batch(payload[1:])
+                keys, values = message_keys(batch), self._encode(batch)
+                messages: list[tuple[bytes | None, bytes]] = list(zip(keys, values, strict=True))
+            else:
+                messages = unpack_messages(payload)
+        except ValueError as exc:
+            self.dropped.inc(flows)
+            self._log.emit(
+                "spool-decode", logging.ERROR, "kafka: dropped a spooled record of %d flows: %s",
+                flows, exc,
+            )
+            return True
+        produce = self._producer.produce
+        for index, (key, value) in enumerate(messages):
+            while True:
+                try:
+                    produce(self._topic, value, key)
+                    break
+                except BufferError:
+                    if self._stop.wait(0.05):
+                        # Stopping: put what was not produced back; shutdown takes the rest.
+                        with self._undelivered_lock:
+                            self._undelivered.extend(messages[index:])
+                        self.produced.inc(index)
+                        return True
+                except Exception as exc:  # this message can never be produced (too large...)
+                    self.dropped.inc()
+                    self._produce_failed(exc)
+                    break
+        self.produced.inc(len(messages))
+        # Acknowledged only once librdkafka is done with it: failures come back to the spool.
+        while len(self._producer) and not self._stop.is_set():
+            self._producer.flush(_POLL_INTERVAL)
+        return True
 
     # -- Exporter protocol -----------------------------------------------------------------
     def queued(self) -> int:
@@ -390,6 +636,22 @@ class KafkaExporter:
         count = len(batch)
         if count == 0:
             return
+        if self._spool is not None:
+            with self._export_lock:
+                with self._spool_lock:
+                    if self._spool_closed:
+                        self.dropped.inc(count)
+                        return
+                    if self._spooling or self._stop.is_set():
+                        self._spool.append(_BATCH_RECORD + encode_batch(batch), count)
+                        self._spool_lock.notify_all()
+                        return
+                self._export_direct(batch)
+            return
+        self._export_direct(batch)
+
+    def _export_direct(self, batch: FlowBatch) -> None:
+        count = len(batch)
         array = batch.array
         for start in range(0, count, self.CHUNK_FLOWS):
             if self._stop.is_set():
@@ -399,8 +661,11 @@ class KafkaExporter:
             self._export_chunk(FlowBatch(chunk, batch.interfaces, batch.agent_ip))
         if not self.settings.kafka_async:
             # Synchronous mode: return once the batch is delivered (or given up by librdkafka
-            # after KAFKA_MESSAGE_TIMEOUT), unless a shutdown interrupts the wait.
+            # after KAFKA_MESSAGE_TIMEOUT), unless a shutdown interrupts the wait, or, with a
+            # spool, the brokers are down (the queue then moves to the spool).
             while len(self._producer) and not self._stop.is_set():
+                if self._spool is not None and self._brokers_down.is_set():
+                    break
                 self._producer.flush(_POLL_INTERVAL)
 
     def _export_chunk(self, chunk: FlowBatch) -> None:
@@ -418,10 +683,31 @@ class KafkaExporter:
                 exc,
             )
             return
-        if self.settings.kafka_async:
+        if self._spool is not None:
+            self._produce_or_spool(keys, values)
+        elif self.settings.kafka_async:
             self._produce_nowait(keys, values)
         else:
             self._produce_waiting_for_room(keys, values)
+
+    def _produce_or_spool(self, keys: Sequence[bytes], values: Sequence[bytes]) -> None:
+        """With a spool, a full local queue sends the rest to the spool (never waits, never
+        drops)."""
+        produce = self._producer.produce
+        topic = self._topic
+        for index, (key, value) in enumerate(zip(keys, values, strict=True)):
+            try:
+                produce(topic, value, key)
+            except BufferError:
+                self.produced.inc(index)
+                with self._undelivered_lock:
+                    self._undelivered.extend(zip(keys[index:], values[index:], strict=True))
+                self._take_back()
+                return
+            except Exception as exc:
+                self.dropped.inc()
+                self._produce_failed(exc)
+        self.produced.inc(len(keys))
 
     def _produce_nowait(self, keys: Sequence[bytes], values: Sequence[bytes]) -> None:
         produce = self._producer.produce
@@ -472,11 +758,13 @@ class KafkaExporter:
         self._log.emit("produce", logging.WARNING, "kafka: cannot queue a flow: %s", exc)
 
     def flush(self, timeout: float) -> bool:
-        """Wait up to ``timeout`` seconds for every queued flow to be delivered."""
+        """Wait up to ``timeout`` seconds for every queued (and spooled) flow to be delivered."""
         deadline = time.monotonic() + max(0.0, timeout)
         while True:
             left = deadline - time.monotonic()
             remaining = int(self._producer.flush(max(0.0, min(_POLL_INTERVAL, left))))
+            if remaining == 0 and self._spool is not None and self._spooling:
+                remaining = self._spool.flows  # the spool is being replayed: wait for it too
             if remaining == 0 or left <= 0:
                 return remaining == 0
 
@@ -487,6 +775,11 @@ class KafkaExporter:
         delivered = self.flush(timeout)
         self._stop.set()
         self._poller.join(timeout=2 * _POLL_INTERVAL + 1.0)
+        if self._replayer is not None:
+            self._replayer.join(timeout=2 * _POLL_INTERVAL + 1.0)
+        if self._spool is not None:
+            self._close_spool(delivered)
+            return
         if delivered:
             return
         # Purged messages come back as delivery reports (_PURGE_QUEUE / _PURGE_INFLIGHT), which
@@ -500,6 +793,28 @@ class KafkaExporter:
             log.warning(
                 "kafka: %d flows were still queued at shutdown and are lost (brokers unreachable?)",
                 self._purged,
+            )
+
+
+    def _close_spool(self, delivered: bool) -> None:
+        """Shutdown with a spool: what librdkafka still holds goes to the spool, kept."""
+        assert self._spool is not None
+        if not delivered:
+            try:
+                self._producer.purge()
+                self._producer.flush(1.0)
+            except Exception as exc:
+                log.debug("kafka: purge at shutdown failed: %s", exc)
+        self._take_back()
+        kept = self._spool.flows
+        with self._spool_lock:
+            self._spool_closed = True
+            self._spool.close()
+        if kept:
+            log.warning(
+                "kafka: %d flows kept in the spool %s; they are sent at the next start",
+                kept,
+                self.settings.kafka_spool_dir,
             )
 
 
@@ -532,4 +847,6 @@ __all__ = [
     "encode_protobuf",
     "flowkit_exporters",
     "message_keys",
+    "pack_messages",
+    "unpack_messages",
 ]

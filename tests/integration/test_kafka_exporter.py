@@ -359,3 +359,85 @@ def test_shutdown_interrupts_a_synchronous_export_waiting_for_a_dead_broker(harn
     assert h.value("kafka_produced_flows_total") == 10
     # 15 never queued + 10 still queued at shutdown: every flow is accounted for as dropped.
     assert h.value("kafka_dropped_flows_total") == 25
+
+
+# -- disk spool (KAFKA_SPOOL_DIR) -------------------------------------------------------------
+
+
+def _wait(condition: Any, timeout: float = 60.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
+def test_spool_takes_an_outage_beyond_the_queue_bound_and_loses_nothing(
+    kafka_broker, harness, tmp_path
+):
+    kafka_broker.create_topic(TOPIC)
+    spool_dir = tmp_path / "spool"
+    h = harness(
+        kafka_brokers=kafka_broker.bootstrap,
+        kafka_topic=TOPIC,
+        kafka_encoding="json",
+        kafka_queue_max_messages=50,
+        kafka_spool_dir=str(spool_dir),
+    )
+    before = [make_flow(i) for i in range(0, 100)]
+    during = [make_flow(i) for i in range(100, 400)]
+    after = [make_flow(i) for i in range(400, 450)]
+    h.exporter.export(make_batch(before))
+    assert h.exporter.flush(30)
+    assert len(kafka_broker.consume(TOPIC, len(before))) == len(before)
+
+    kafka_broker.stop()
+    for start in range(0, len(during), 100):
+        h.exporter.export(make_batch(during[start : start + 100]))
+    # librdkafka's queue (50) overflows into the spool, then hands its queue back to the spool
+    # once it reports every broker down.
+    assert _wait(lambda: h.metrics.value("spool_flows", exporter="kafka") >= 250), h.counters()
+    assert list(spool_dir.glob("*.seg"))
+
+    kafka_broker.start()  # memory storage: the topic now holds during + after only
+    assert h.exporter.flush(60), h.counters()
+    h.exporter.export(make_batch(after))
+    assert h.exporter.flush(60), h.counters()
+    messages = kafka_broker.consume(TOPIC, len(during) + len(after))
+    expected = {orjson.dumps(flow_to_json_dict(f)) for f in during + after}
+    assert len(messages) == len(expected), h.counters()
+    assert {m.value for m in messages} == expected
+    assert h.value("kafka_dropped_flows_total") == 0
+    assert h.metrics.value("spool_flows", exporter="kafka") == 0
+    assert list(spool_dir.glob("*.seg")) == []
+
+
+def test_spool_keeps_what_the_broker_never_took_for_the_next_exporter(
+    kafka_broker, harness, tmp_path
+):
+    kafka_broker.create_topic(TOPIC)
+    spool_dir = tmp_path / "spool"
+    kafka_broker.stop()
+    flows = [make_flow(i) for i in range(60)]
+    first = harness(
+        kafka_brokers=kafka_broker.bootstrap, kafka_topic=TOPIC, kafka_encoding="json",
+        kafka_spool_dir=str(spool_dir),
+    )
+    first.exporter.export(make_batch(flows[:40]))
+    first.exporter.shutdown(0.5)
+    assert first.value("kafka_dropped_flows_total") == 0
+    assert first.exporter.spooled_flows() == 40
+
+    kafka_broker.start()
+    second = harness(
+        kafka_brokers=kafka_broker.bootstrap, kafka_topic=TOPIC, kafka_encoding="json",
+        kafka_spool_dir=str(spool_dir),
+    )
+    assert second.exporter.recovered_flows() == 40
+    second.exporter.export(make_batch(flows[40:]))
+    assert second.exporter.flush(60), second.counters()
+    messages = kafka_broker.consume(TOPIC, len(flows))
+    assert len(messages) == len(flows)
+    assert {m.value for m in messages} == {orjson.dumps(flow_to_json_dict(f)) for f in flows}
+    assert list(spool_dir.glob("*.seg")) == []
