@@ -32,7 +32,7 @@ from flowkit.testing import synthetic_flows
 
 def serve() -> None:
     """Collector process: counts flows and packets, prints running totals one per line."""
-    from flowkit_plugins.grpc_collector import CollectorServer
+    from flowkit.collector import CollectorServer
 
     totals = [0, 0]
 

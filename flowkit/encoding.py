@@ -7,7 +7,7 @@ call with the GIL released, and are byte-for-byte identical to flowkit's Python 
 
 * JSON: ``orjson.dumps(flow_to_json_dict(flow))`` (:func:`flowkit.model.flow_to_json_dict`);
 * protobuf: ``flow_to_record(flow).SerializeToString()``
-  (:func:`flowkit_plugins.pbflow.convert.flow_to_record`), and ``pbflow.Records`` messages.
+  (:func:`flowkit.pbflow.convert.flow_to_record`), and ``pbflow.Records`` messages.
 
 The ``reference_*`` functions compute the same results with those Python encoders; they are the
 specification the C code is tested against, and a fallback for debugging. Interface names come
@@ -233,15 +233,15 @@ def reference_json_each(batch: FlowBatch) -> list[bytes]:
 
 def reference_records(batch: FlowBatch) -> list[bytes]:
     """``encode_records(batch).split()`` computed with protobuf (needs ``flowkit[grpc]``)."""
-    from flowkit_plugins.pbflow.convert import flow_to_record
+    from flowkit.pbflow.convert import flow_to_record
 
     return [flow_to_record(f).SerializeToString() for f in batch]
 
 
 def reference_records_message(batch: FlowBatch, start: int = 0, stop: int | None = None) -> bytes:
     """:func:`encode_records_message` computed with protobuf (needs ``flowkit[grpc]``)."""
-    from flowkit_plugins.pbflow.convert import flow_to_record
-    from flowkit_plugins.pbflow.flow_pb2 import Records
+    from flowkit.pbflow.convert import flow_to_record
+    from flowkit.pbflow.flow_pb2 import Records
 
     view = FlowBatch(batch.array[start:stop], batch.interfaces, batch.agent_ip)
     message: bytes = Records(entries=[flow_to_record(f) for f in view]).SerializeToString()

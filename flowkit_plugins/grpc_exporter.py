@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import collections
 import logging
-import os
 import random
 import threading
 import time
@@ -48,6 +47,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from flowkit import hookimpl
 from flowkit.components import ComponentContext, ExporterSpec
+from flowkit.pbflow import import_grpc
 from flowkit.ratelimit import RateLimitedLog
 from flowkit.settings_types import ByteSize, Duration
 from flowkit.spool import Spool, SpoolRecord, check_spool_settings, open_spool
@@ -57,7 +57,7 @@ if TYPE_CHECKING:
 
     from flowkit.metrics import Metrics
     from flowkit.model import FlowBatch
-    from flowkit_plugins.pbflow.service import SendCallable
+    from flowkit.pbflow.service import SendCallable
 
 log = logging.getLogger(__name__)
 
@@ -225,19 +225,6 @@ class _Pending:
         self.flows = flows
 
 
-def import_grpc() -> Any:
-    """Import grpc with its C core quiet below ERROR (unless GRPC_VERBOSITY says otherwise).
-
-    Left at its default, the core prints a line per failed TLS handshake, i.e. per retry; the
-    exporter reports those failures itself, rate-limited. The variable is read once, when grpc
-    is first imported.
-    """
-    os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
-    import grpc
-
-    return grpc
-
-
 def _channel_credentials(settings: GrpcSettings) -> grpc.ChannelCredentials:
     import grpc
 
@@ -264,7 +251,7 @@ class GrpcExporter:
     def __init__(self, settings: GrpcSettings, metrics: Metrics) -> None:
         grpc = import_grpc()
 
-        from flowkit_plugins.pbflow.service import send_method
+        from flowkit.pbflow.service import send_method
 
         self._grpc = grpc
         self.settings = settings
@@ -622,7 +609,7 @@ class GrpcExporter:
         return "dropped"
 
     def _split_head(self, item: _Pending) -> None:
-        from flowkit_plugins.pbflow.flow_pb2 import Records
+        from flowkit.pbflow.flow_pb2 import Records
 
         entries = list(Records.FromString(item.data).entries)
         half = len(entries) // 2

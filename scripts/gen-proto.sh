@@ -1,10 +1,10 @@
 #!/bin/sh
-# Regenerate flowkit_plugins/pbflow/flow_pb2.py (+ .pyi type stubs) from flow.proto.
+# Regenerate flowkit/pbflow/flow_pb2.py (+ .pyi type stubs) from flow.proto.
 #
 # The generated module is committed, so installing flowkit never needs protoc. Run this after
 # editing flow.proto, from anywhere:   scripts/gen-proto.sh
 # Needs grpcio-tools (in the `test` extra):   pip install grpcio-tools
-# The gRPC client/server glue is hand-written (flowkit_plugins/pbflow/service.py), so no
+# The gRPC client/server glue is hand-written (flowkit/pbflow/service.py), so no
 # *_pb2_grpc.py module is generated: that keeps flowkit free of a minimum grpcio version.
 #
 # The generated module declares the protobuf version it was generated with and refuses to import
@@ -17,5 +17,5 @@ PYTHON="${PYTHON:-.venv/bin/python}"
     --proto_path=. \
     --python_out=. \
     --pyi_out=. \
-    flowkit_plugins/pbflow/flow.proto
-echo "generated flowkit_plugins/pbflow/flow_pb2.py and flow_pb2.pyi"
+    flowkit/pbflow/flow.proto
+echo "generated flowkit/pbflow/flow_pb2.py and flow_pb2.pyi"

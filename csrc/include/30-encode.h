@@ -3,7 +3,7 @@
  * Turn a FlowBatch (an array of struct fk_flow_out) into NetObserv JSON lines or serialized
  * pbflow.Record / pbflow.Records messages in one C call, writing into a caller-provided buffer.
  * The output is byte-identical to flowkit's Python encodings (flowkit.model.flow_to_json_dict +
- * orjson, flowkit_plugins.pbflow.convert.flow_to_record + SerializeToString); the unit tests check
+ * orjson, flowkit.pbflow.convert.flow_to_record + SerializeToString); the unit tests check
  * that property on random batches. Functions returning int64_t return -errno on failure
  * (-ENOSPC: the buffer is smaller than the fk_encoder_*_bound() the caller was told to use). */
 #ifndef FLOWKIT_ENCODE_H

@@ -1,7 +1,7 @@
 /* flowkit fast flow encoders: NetObserv JSON and pbflow protobuf straight from struct fk_flow_out.
  *
  * The Python encoders (flowkit.model.flow_to_json_dict + orjson, and
- * flowkit_plugins.pbflow.convert.flow_to_record + SerializeToString) are the specification; this
+ * flowkit.pbflow.convert.flow_to_record + SerializeToString) are the specification; this
  * file reproduces their bytes exactly and tests/unit/test_encoding.py checks it on random
  * batches. Points that matter for byte identity:
  *

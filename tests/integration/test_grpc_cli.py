@@ -21,7 +21,7 @@ import pytest
 
 pytest.importorskip("grpc")
 
-from flowkit_plugins.synthetic_tracer import synthetic_flow_key
+from flowkit.synthetic import synthetic_flow_key
 
 try:
     from .test_grpc_exporter import Pki, Received, free_port, make_pki, wait_until
@@ -34,7 +34,7 @@ except ImportError:
         wait_until,
     )
 
-from flowkit_plugins.grpc_collector import CollectorServer
+from flowkit.collector import CollectorServer
 
 pytestmark = pytest.mark.integration
 

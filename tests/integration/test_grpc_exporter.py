@@ -35,9 +35,9 @@ from flowkit.model import (
 pytest.importorskip("grpc")
 pytest.importorskip("cryptography")
 
-from flowkit_plugins.grpc_collector import CollectorServer, ServerTls
+from flowkit.collector import CollectorServer, ServerTls
+from flowkit.pbflow.convert import record_to_flow
 from flowkit_plugins.grpc_exporter import GrpcExporter, GrpcSettings
-from flowkit_plugins.pbflow.convert import record_to_flow
 
 pytestmark = pytest.mark.integration
 

@@ -25,7 +25,7 @@ from flowkit.model import ip_to_16
 
 pytest.importorskip("confluent_kafka")
 
-from flowkit_plugins.synthetic_tracer import synthetic_flow_key
+from flowkit.synthetic import synthetic_flow_key
 
 try:
     from .kafka_broker import Message, TansuBroker
@@ -134,7 +134,7 @@ def decode(message: Message, encoding: str) -> dict[str, Any]:
     if encoding == "json":
         parsed: dict[str, Any] = orjson.loads(message.value)
         return parsed
-    from flowkit_plugins.pbflow.convert import Record, record_to_json_dict
+    from flowkit.pbflow.convert import Record, record_to_json_dict
 
     return record_to_json_dict(Record.FromString(message.value))
 

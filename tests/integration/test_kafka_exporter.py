@@ -157,7 +157,7 @@ def test_json_messages_carry_every_field_and_the_address_pair_key(kafka_broker, 
 
 
 def test_protobuf_messages_decode_to_the_exported_flows(kafka_broker, harness):
-    from flowkit_plugins.pbflow.convert import Record, record_to_flow
+    from flowkit.pbflow.convert import Record, record_to_flow
 
     kafka_broker.create_topic(TOPIC)
     flows = [make_flow(i) for i in range(20)] + [icmp_flow(i) for i in range(3)]

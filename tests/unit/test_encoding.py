@@ -21,7 +21,7 @@ from flowkit import encoding
 from flowkit.model import FLOW_DTYPE, Flow, FlowBatch, ip_from_16, ip_to_16
 from flowkit.native import ffi, lib
 
-pb = pytest.importorskip("flowkit_plugins.pbflow.convert")
+pb = pytest.importorskip("flowkit.pbflow.convert")
 
 U8, U16, U32, U64 = 2**8 - 1, 2**16 - 1, 2**32 - 1, 2**64 - 1
 V4_MAPPED = b"\x00" * 10 + b"\xff\xff"

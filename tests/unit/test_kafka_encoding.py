@@ -100,7 +100,7 @@ def test_json_value_is_the_netobserv_object():
 
 
 def test_protobuf_value_is_one_record_per_flow():
-    convert = pytest.importorskip("flowkit_plugins.pbflow.convert")
+    convert = pytest.importorskip("flowkit.pbflow.convert")
     flows = [flow("198.18.0.1", "198.18.0.2"), flow("fd00::1", "fd00::2", dscp=0)]
     values = encode_protobuf(FlowBatch.from_flows(flows))
 

@@ -25,8 +25,8 @@ pytest.importorskip("google.protobuf")
 
 from google.protobuf.descriptor import FieldDescriptor
 
-from flowkit_plugins.pbflow import flow_pb2
-from flowkit_plugins.pbflow.convert import (
+from flowkit.pbflow import flow_pb2
+from flowkit.pbflow.convert import (
     IP,
     Record,
     Records,

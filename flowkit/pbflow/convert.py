@@ -22,7 +22,7 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 from flowkit.model import ETH_P_IPV6, Flow, FlowBatch, ip_to_16, mac_to_int
-from flowkit_plugins.pbflow.flow_pb2 import IP, Record, Records
+from flowkit.pbflow.flow_pb2 import IP, Record, Records
 
 __all__ = [
     "IP",

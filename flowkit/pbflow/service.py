@@ -18,8 +18,8 @@ from typing import Any
 
 import grpc
 
-from flowkit_plugins.pbflow import COLLECTOR_SERVICE
-from flowkit_plugins.pbflow.flow_pb2 import CollectorReply, Records
+from flowkit.pbflow import COLLECTOR_SERVICE
+from flowkit.pbflow.flow_pb2 import CollectorReply, Records
 
 SendCallable = Callable[..., CollectorReply]
 """``send(message_bytes, timeout=seconds)``: one unary ``Send`` call (raises ``grpc.RpcError``)."""

@@ -35,7 +35,7 @@ from typing import IO, TYPE_CHECKING, Any
 if TYPE_CHECKING:
     import grpc
 
-    from flowkit_plugins.pbflow.flow_pb2 import Records
+    from flowkit.pbflow.flow_pb2 import Records
 
 log = logging.getLogger("flowkit.collector")
 
@@ -77,8 +77,8 @@ class CollectorServer:
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
         workers: int = 4,
     ) -> None:
-        from flowkit_plugins.grpc_exporter import import_grpc
-        from flowkit_plugins.pbflow.service import collector_handler
+        from flowkit.pbflow import import_grpc
+        from flowkit.pbflow.service import collector_handler
 
         grpc = import_grpc()
 
@@ -147,7 +147,7 @@ class JsonLinesPrinter:
     def __call__(self, message: Records, context: Any = None) -> None:
         import orjson
 
-        from flowkit_plugins.pbflow.convert import record_to_json_dict
+        from flowkit.pbflow.convert import record_to_json_dict
 
         lines = b"".join(
             orjson.dumps(record_to_json_dict(record)) + b"\n" for record in message.entries
@@ -222,7 +222,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         except OSError as exc:
             parser.exit(2, f"flowkit-collector: cannot read {exc.filename}: {exc.strerror}\n")
     try:
-        from flowkit_plugins.grpc_exporter import import_grpc
+        from flowkit.pbflow import import_grpc
 
         import_grpc()
     except ImportError:
