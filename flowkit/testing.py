@@ -21,6 +21,7 @@ import pytest
 
 from flowkit.model import EGRESS, ETH_P_IP, IPPROTO_TCP, Flow, FlowBatch
 from flowkit.plugins import PluginManager
+from flowkit.synthetic import synthetic_flow_key
 
 __all__ = ["make_flow", "synthetic_flows"]
 
@@ -59,8 +60,6 @@ def make_flow(**overrides: Any) -> Flow:
 
 def synthetic_flows(n_flows: int = 8, packets: int = 1, packet_bytes: int = 100) -> FlowBatch:
     """A batch holding the first ``n_flows`` flows of the synthetic tracer."""
-    from flowkit_plugins.synthetic_tracer import synthetic_flow_key
-
     now = time.time_ns()
     flows = []
     for i in range(n_flows):

@@ -2,39 +2,36 @@
 
 For tests, demos, benchmarks and plugin authors. Record ``n`` (counting from 0) is one packet of
 ``SYNTHETIC_PACKET_BYTES`` bytes of flow ``n % SYNTHETIC_FLOWS``; flow ``i`` is described by
-:func:`synthetic_flow_key`. With SYNTHETIC_MAX_RECORDS set, exactly that many packets are
-produced, so a test knows every count in advance.
+:func:`flowkit.synthetic.synthetic_flow_key`. With SYNTHETIC_MAX_RECORDS set, exactly that many
+packets are produced, so a test knows every count in advance.
 """
 
 from __future__ import annotations
 
-import ipaddress
 import threading
 import time
 from collections.abc import Mapping
-from typing import cast
 
 import numpy as np
 from pydantic import BaseModel, Field
 
 from flowkit import hookimpl
 from flowkit.components import ComponentContext, Interface, KernelMaps, TracerSpec
-from flowkit.model import (
-    EGRESS,
-    ETH_P_IP,
-    INGRESS,
-    IPPROTO_ICMP,
-    IPPROTO_TCP,
-    IPPROTO_UDP,
-    RECORD_DTYPE,
-    FlowArray,
-    ip_to_16,
+from flowkit.model import RECORD_DTYPE, FlowArray
+from flowkit.synthetic import (
+    SYNTHETIC_IFINDEX,
+    SYNTHETIC_IFNAME,
+    synthetic_flow_key,
+    synthetic_key_table,
 )
 
-SYNTHETIC_IFINDEX = 1_000_000
-SYNTHETIC_IFNAME = "synthetic0"
-_PROTOCOLS = (IPPROTO_TCP, IPPROTO_UDP, IPPROTO_ICMP)
-TCP_SYN_ACK = 0x12
+__all__ = [
+    "SYNTHETIC_IFINDEX",
+    "SYNTHETIC_IFNAME",
+    "SyntheticSettings",
+    "SyntheticTracer",
+    "synthetic_flow_key",
+]
 
 
 class SyntheticSettings(BaseModel):
@@ -53,42 +50,6 @@ class SyntheticSettings(BaseModel):
     )
 
 
-def synthetic_flow_key(i: int) -> dict[str, object]:
-    """The identity of synthetic flow ``i`` (what tests compare exported flows against)."""
-    proto = _PROTOCOLS[i % len(_PROTOCOLS)]
-    return {
-        "if_index": SYNTHETIC_IFINDEX,
-        "interface": SYNTHETIC_IFNAME,
-        "direction": EGRESS if i % 2 == 0 else INGRESS,
-        "eth_protocol": ETH_P_IP,
-        "src_mac": bytes([0x02, 0, 0, 0, (i >> 8) & 0xFF, i & 0xFF]),
-        "dst_mac": bytes([0x02, 0, 0, 1, (i >> 8) & 0xFF, i & 0xFF]),
-        "src_ip": ipaddress.IPv4Address(0xC6120000 + i + 1),  # 198.18.0.0/16
-        "dst_ip": ipaddress.IPv4Address(0xC6130000 + i + 1),  # 198.19.0.0/16
-        "src_port": 0 if proto == IPPROTO_ICMP else 10000 + i % 50000,
-        "dst_port": {IPPROTO_TCP: 443, IPPROTO_UDP: 53, IPPROTO_ICMP: 0}[proto],
-        "proto": proto,
-        "icmp_type": 8 if proto == IPPROTO_ICMP else 0,
-        "icmp_code": 0,
-        "flags": TCP_SYN_ACK if proto == IPPROTO_TCP else 0,
-    }
-
-
-def _key_table(flows: int) -> FlowArray:
-    keys = np.zeros(flows, dtype=RECORD_DTYPE["key"])
-    for i in range(flows):
-        k = synthetic_flow_key(i)
-        row = keys[i]
-        for name in ("if_index", "direction", "eth_protocol", "src_port", "dst_port", "proto",
-                     "icmp_type", "icmp_code"):
-            row[name] = k[name]
-        row["src_mac"] = np.frombuffer(cast(bytes, k["src_mac"]), dtype="u1")
-        row["dst_mac"] = np.frombuffer(cast(bytes, k["dst_mac"]), dtype="u1")
-        row["src_ip"] = np.frombuffer(ip_to_16(cast(str, k["src_ip"])), dtype="u1")
-        row["dst_ip"] = np.frombuffer(ip_to_16(cast(str, k["dst_ip"])), dtype="u1")
-    return keys
-
-
 class SyntheticTracer:
     """Generates records on demand, paced by ``synthetic_rate``."""
 
@@ -98,7 +59,7 @@ class SyntheticTracer:
         self.settings = settings
         self._sampling = sampling
         self._closing = threading.Event()  # wakes a waiting read_events on close()
-        self._keys = _key_table(settings.synthetic_flows)
+        self._keys = synthetic_key_table(settings.synthetic_flows)
         self._flags = np.array(
             [synthetic_flow_key(i)["flags"] for i in range(settings.synthetic_flows)],
             dtype="<u2",

@@ -22,7 +22,7 @@ from fk_cli_helpers import SYNTHETIC, AgentProcess, agent_command, clean_env, ru
 import flowkit
 from flowkit.config import settings_table
 from flowkit.plugins import PluginManager
-from flowkit_plugins.synthetic_tracer import SYNTHETIC_IFNAME, synthetic_flow_key
+from flowkit.synthetic import SYNTHETIC_IFNAME, synthetic_flow_key
 
 pytestmark = pytest.mark.integration
 

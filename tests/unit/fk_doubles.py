@@ -24,8 +24,8 @@ from flowkit.components import (
     TracerSpec,
 )
 from flowkit.model import RECORD_DTYPE, FlowArray, FlowBatch, ip_to_16
+from flowkit.synthetic import SYNTHETIC_IFINDEX, synthetic_flow_key
 from flowkit_plugins import poll_informer, python_accounter, stdout_exporter, synthetic_tracer
-from flowkit_plugins.synthetic_tracer import SYNTHETIC_IFINDEX, synthetic_flow_key
 
 BUILTIN_MODULES = {
     "poll": poll_informer,

@@ -17,7 +17,7 @@ from flowkit.components import Interface, InterfaceEvent
 from flowkit.config import AgentConfig
 from flowkit.model import FlowBatch
 from flowkit.plugins import PluginManager
-from flowkit_plugins.synthetic_tracer import SYNTHETIC_IFNAME, synthetic_flow_key
+from flowkit.synthetic import SYNTHETIC_IFNAME, synthetic_flow_key
 
 FOREVER = "1h"  # an eviction period no test reaches: only explicit events evict
 

@@ -272,7 +272,7 @@ def test_records_become_flows_with_wall_clock_times() -> None:
 
 
 def test_synthetic_flows_match_the_synthetic_tracer_keys() -> None:
-    from flowkit_plugins.synthetic_tracer import synthetic_flow_key
+    from flowkit.synthetic import synthetic_flow_key
 
     for i, flow in enumerate(synthetic_flows(6, packets=3, packet_bytes=10)):
         key = synthetic_flow_key(i)
