@@ -30,10 +30,11 @@ from typing import Any, cast
 
 import numpy as np
 
-from flowkit.accounting import FlowTable, KernelDrainer, NativeAccounter
+from flowkit.accounting import FlowTable, KernelDrainer
 from flowkit.components import KernelMaps, Tracer
 from flowkit.model import RECORD_DTYPE, VALUE_DTYPE, FlowArray
 from flowkit.native import NativeError, ffi, lib
+from flowkit_plugins.native_accounter import NativeAccounter
 from flowkit_plugins.python_accounter import PythonAccounter
 
 BPF_MAP_TYPE_PERCPU_HASH = 5

@@ -1,17 +1,14 @@
-"""The native accounter: flow aggregation in C (``csrc/native``), driven from Python.
-
-Three building blocks wrap the C functions of :mod:`flowkit.native`:
+"""The C building blocks of flow accounting (``csrc/native``), wrapped for Python.
 
 - :class:`FlowTable`, the C flow table (merges records, evicts them as :class:`FlowBatch`);
 - :class:`KernelDrainer`, which flips the eBPF program's ``flow_selector`` between its two
   per-CPU flow maps and drains the map the kernel no longer writes to (lossless);
-- :class:`RingBufferReader`, which consumes the ``flow_events`` ring buffer in C.
+- :class:`RingBufferReader`, which consumes the ``flow_events`` ring buffer in C;
+- :class:`FlowBufferPool` and :class:`FlowOutput`, the pooled C buffers evicted flows are
+  written into and handed out from as :class:`FlowBatch` views.
 
-:class:`NativeAccounter` combines them into the ``native`` accounter. It has exactly the
-semantics of the pure-Python reference accounter (``flowkit_plugins.python_accounter``): records
-are merged by key (packets and bytes summed, ``first_ns`` the smallest non-zero, ``last_ns`` the
-largest, flags OR-ed, DSCP from the newest record, sampling the largest); ``poll`` evicts
-whenever the cache reaches CACHE_MAX_FLOWS flows; ``evict`` takes everything.
+The ``native`` accounter component (``flowkit_plugins/native_accounter.py``) combines them; the
+``ebpf`` tracer uses the drainer and the reader for its ``read_aggregates`` / ``read_events``.
 
 Every C call releases the GIL (cffi API mode), and the hot loops (per-packet callbacks, per-CPU
 merges, time conversion) never call back into Python.
@@ -26,8 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from flowkit.components import KernelMaps, Tracer
-from flowkit.metrics import Metrics
+from flowkit.components import KernelMaps
 from flowkit.model import FLOW_DTYPE, RECORD_DTYPE, FlowArray, FlowBatch
 from flowkit.native import NativeError, check, ffi, lib
 
@@ -35,9 +31,10 @@ __all__ = [
     "DRAIN_MODES",
     "KERNEL_COUNTERS",
     "DrainerStats",
+    "FlowBufferPool",
+    "FlowOutput",
     "FlowTable",
     "KernelDrainer",
-    "NativeAccounter",
     "RingBufferReader",
     "boot_offset_ns",
     "read_kernel_counters",
@@ -80,7 +77,7 @@ def _records_pointer(records: FlowArray) -> Any:
     return ffi.from_buffer("struct fk_flow_record[]", np.ascontiguousarray(records))
 
 
-class _FlowBufferPool:
+class FlowBufferPool:
     """Reusable C arrays of ``struct fk_flow_out`` behind FlowBatches.
 
     A batch keeps its buffer until released; then the buffer returns here, so that steady-state
@@ -121,12 +118,12 @@ class _FlowBufferPool:
             self._free.clear()
 
 
-class _Output:
+class FlowOutput:
     """Flows being written into one pooled buffer by successive C calls."""
 
     __slots__ = ("boot_offset_ns", "buffer", "capacity", "length", "pool")
 
-    def __init__(self, pool: _FlowBufferPool, capacity: int, boot_offset_ns: int) -> None:
+    def __init__(self, pool: FlowBufferPool, capacity: int, boot_offset_ns: int) -> None:
         self.pool = pool
         self.boot_offset_ns = boot_offset_ns
         self.capacity, self.buffer = pool.acquire(capacity)
@@ -183,7 +180,7 @@ class FlowTable:
         )
         return check(consumed, "fk_table_add_records")
 
-    def add_records_evicting(self, records: FlowArray, limit: int, output: _Output) -> int:
+    def add_records_evicting(self, records: FlowArray, limit: int, output: FlowOutput) -> int:
         """Merge records in order, evicting the whole table into ``output`` each time it holds
         ``limit`` flows. ``output`` must have room for ``len(self) + len(records)`` more flows.
         Returns the number of evictions."""
@@ -195,7 +192,7 @@ class FlowTable:
         )
         return check(evictions, "fk_table_add_records_evicting")
 
-    def absorb(self, source: FlowTable, limit: int, output: _Output) -> int:
+    def absorb(self, source: FlowTable, limit: int, output: FlowOutput) -> int:
         """Like :meth:`add_records_evicting` with the flows of ``source`` (which is emptied)."""
         evictions = lib.fk_table_absorb(
             self.cdata, source.cdata, limit, output.buffer, output.capacity,
@@ -203,7 +200,7 @@ class FlowTable:
         )
         return check(evictions, "fk_table_absorb")
 
-    def evict_into(self, output: _Output) -> int:
+    def evict_into(self, output: FlowOutput) -> int:
         """Append every flow (unix times) to ``output`` and empty the table; returns the count."""
         start = output.count
         written = check(
@@ -366,7 +363,7 @@ class RingBufferReader:
             )
             return self._buffer[:n].copy()
 
-    def poll_into(self, table: FlowTable, limit: int, output: _Output, timeout: float) -> int:
+    def poll_into(self, table: FlowTable, limit: int, output: FlowOutput, timeout: float) -> int:
         """Merge records into ``table``, evicting into ``output`` whenever it holds ``limit``
         flows; returns the records consumed. The caller serialises calls."""
         with self._lock:
@@ -406,230 +403,3 @@ def read_kernel_counters(kernel_maps: KernelMaps) -> dict[str, int]:
         value = lib.fk_counter_sum(kernel_maps.counters_fd, index, kernel_maps.ncpus)
         out[name] = check(value, "bpf_map_lookup_elem", f"counters[{index}]")
     return out
-
-
-class NativeAccounter:
-    """The ``native`` accounter: the reference semantics, computed in C.
-
-    With a tracer that exposes :attr:`~flowkit.components.Tracer.kernel_maps`, the kernel is
-    drained directly in C (:class:`KernelDrainer`) and the ring buffer consumed in C
-    (:class:`RingBufferReader`); otherwise the tracer's ``read_events`` / ``read_aggregates``
-    arrays are merged in C.
-
-    Batches returned by :meth:`poll` and :meth:`evict` are views over pooled C buffers: release
-    them (the agent does once every exporter is done) so that the buffers are reused.
-
-    ``boot_offset_ns`` fixes the monotonic-to-unix offset; by default it is measured at every
-    eviction, so that wall-clock adjustments are followed.
-    """
-
-    RINGBUF_BATCHES_PER_POLL = 4
-    """How many full caches one :meth:`poll` may evict from ring-buffer records."""
-
-    def __init__(
-        self,
-        tracer: Tracer | None,
-        max_flows: int,
-        boot_offset_ns: int | None = None,
-        metrics: Metrics | None = None,
-        use_kernel_maps: bool = True,
-    ) -> None:
-        if max_flows <= 0:
-            raise ValueError("max_flows (CACHE_MAX_FLOWS) must be positive")
-        self._tracer = tracer
-        self._max_flows = max_flows
-        self._fixed_offset = boot_offset_ns
-        self._use_kernel_maps = use_kernel_maps
-        self._table = FlowTable(max_flows)
-        self._pool = _FlowBufferPool(max_flows)
-        self._drainer: KernelDrainer | None = None
-        self._reader: RingBufferReader | None = None
-        self._stage: FlowTable | None = None
-        self._kernel_maps: KernelMaps | None = None
-        self._lock = threading.Lock()
-        self._no_events = threading.Event()  # never set: poll()'s wait without a ring buffer
-        self._closed = False
-        self.evicted_flows = 0
-        """Flows handed out in batches so far."""
-        self.evictions = 0
-        """Batches handed out so far (including early evictions)."""
-        self._last_kernel_counters: dict[str, int] = dict.fromkeys(KERNEL_COUNTERS, 0)
-        self._attach_kernel()
-        if metrics is not None:
-            self._register_metrics(metrics)
-
-    # -- kernel objects ---------------------------------------------------------------------
-    def _attach_kernel(self) -> KernelMaps | None:
-        """Build the drainer and reader once the tracer has kernel maps (it may load late)."""
-        if self._kernel_maps is not None or not self._use_kernel_maps or self._tracer is None:
-            return self._kernel_maps
-        maps = self._tracer.kernel_maps
-        if maps is None:
-            return None
-        self._drainer = KernelDrainer(maps)
-        # A negative fd means "no ring buffer" (hand-made maps in tests and benchmarks).
-        self._reader = RingBufferReader(maps.ringbuf_fd) if maps.ringbuf_fd >= 0 else None
-        self._stage = FlowTable(maps.max_entries)
-        self._kernel_maps = maps
-        return maps
-
-    @property
-    def uses_kernel_maps(self) -> bool:
-        """Whether this accounter drains the kernel itself."""
-        return self._attach_kernel() is not None
-
-    def _offset(self) -> int:
-        return boot_offset_ns() if self._fixed_offset is None else self._fixed_offset
-
-    def _output(self, capacity: int) -> _Output:
-        return _Output(self._pool, capacity, self._offset())
-
-    def _finish(self, output: _Output) -> FlowBatch:
-        self.evicted_flows += output.count
-        self.evictions += 1
-        return output.batch()
-
-    # -- Accounter protocol -----------------------------------------------------------------
-    def add_records(self, records: FlowArray) -> FlowBatch | None:
-        """Merge records (:data:`RECORD_DTYPE`) in order; when the cache reaches
-        CACHE_MAX_FLOWS flows it is evicted, and the evicted flows are returned as one batch
-        (``None`` when nothing was evicted)."""
-        with self._lock:
-            return self._add_records(records)
-
-    def _add_records(self, records: FlowArray) -> FlowBatch | None:
-        table, limit = self._live_table(), self._max_flows
-        consumed = table.add_records(records, limit)
-        if len(table) < limit:
-            return None
-        # Full: evict, then merge the rest (which may fill the cache again, maybe repeatedly).
-        rest = records[consumed:]
-        output = self._output(len(table) + len(rest))
-        table.evict_into(output)
-        table.add_records_evicting(rest, limit, output)
-        return self._finish(output)
-
-    def poll(self, timeout: float) -> FlowBatch | None:
-        """Wait up to ``timeout`` seconds for single-packet records and merge them; returns the
-        evicted flows if the cache filled up, else ``None``."""
-        if self._tracer is None:
-            return None
-        if self._attach_kernel() is None:
-            records = self._tracer.read_events(timeout)
-            return self.add_records(records) if len(records) else None
-        if self._reader is None:
-            self._no_events.wait(timeout)
-            return None
-        with self._lock:
-            reader, table = self._reader, self._live_table()
-            if reader is None:  # closed meanwhile
-                return None
-            output = self._output(self._max_flows * self.RINGBUF_BATCHES_PER_POLL)
-            reader.poll_into(table, self._max_flows, output, timeout)
-            if output.count == 0:
-                output.discard()
-                return None
-            return self._finish(output)
-
-    def evict(self) -> FlowBatch:
-        """Merge everything the tracer aggregated and evict all flows as one batch."""
-        if self._attach_kernel() is None:
-            aggregates = (
-                self._tracer.read_aggregates()
-                if self._tracer is not None
-                else np.zeros(0, dtype=RECORD_DTYPE)
-            )
-            with self._lock:
-                table = self._live_table()
-                output = self._output(len(table) + len(aggregates))
-                table.add_records_evicting(aggregates, self._max_flows, output)
-                table.evict_into(output)
-                return self._finish(output)
-        with self._lock:
-            drainer, stage, table = self._drainer, self._stage, self._live_table()
-            if drainer is None or stage is None:  # pragma: no cover - set with kernel maps
-                raise RuntimeError("native accounter: kernel drainer missing")
-            drainer.drain_into(stage)
-            output = self._output(len(table) + len(stage))
-            if len(table) == 0:
-                # Nothing to merge with (the usual case). The drained keys are distinct, so
-                # early evictions would only split the same flows: evict them directly.
-                stage.evict_into(output)
-            else:
-                table.absorb(stage, self._max_flows, output)
-                table.evict_into(output)
-            return self._finish(output)
-
-    def close(self) -> None:
-        """Free the C objects and the buffer pool. Batches already handed out stay valid."""
-        with self._lock:
-            self._closed = True
-            for closable in (self._reader, self._drainer, self._stage, self._table):
-                if closable is not None:
-                    closable.close()
-            self._pool.clear()
-
-    def _live_table(self) -> FlowTable:
-        if self._closed:
-            raise ValueError("this NativeAccounter is closed")
-        return self._table
-
-    # -- metrics ----------------------------------------------------------------------------
-    def __len__(self) -> int:
-        """Flows currently cached."""
-        return len(self._table)
-
-    def drainer_stats(self) -> DrainerStats | None:
-        """Kernel drain counters, or ``None`` without kernel maps (or once closed)."""
-        drainer = self._drainer
-        if drainer is None:
-            return None
-        try:
-            return drainer.stats()
-        except ValueError:  # closed meanwhile
-            return None
-
-    def ringbuf_records(self) -> int:
-        """Ring-buffer records consumed so far (0 without kernel maps or once closed)."""
-        reader = self._reader
-        if reader is None:
-            return 0
-        try:
-            return reader.records()
-        except ValueError:  # closed meanwhile
-            return 0
-
-    def kernel_counters(self) -> dict[str, int]:
-        """The eBPF program's counters (last known values once the maps are gone)."""
-        maps = self._kernel_maps
-        if maps is not None and maps.counters_fd >= 0 and not self._closed:
-            try:
-                self._last_kernel_counters = read_kernel_counters(maps)
-            except (NativeError, OSError):
-                pass
-        return dict(self._last_kernel_counters)
-
-    def _register_metrics(self, metrics: Metrics) -> None:
-        def drains() -> float:
-            stats = self.drainer_stats()
-            return 0.0 if stats is None else float(stats.drains)
-
-        metrics.gauge_callback(
-            "accounter_flows_evicted", "Flows evicted by the native accounter",
-            lambda: float(self.evicted_flows),
-        )
-        metrics.gauge_callback("accounter_drains", "Kernel flow map drains", drains)
-        metrics.gauge_callback(
-            "accounter_ringbuf_records", "Ring-buffer records consumed by the native accounter",
-            lambda: float(self.ringbuf_records()),
-        )
-        metrics.gauge_callback(
-            "kernel_map_full_packets",
-            "Packets sent to the ring buffer because the kernel flow map was full",
-            lambda: float(self.kernel_counters()["ringbuf_records"]),
-        )
-        metrics.gauge_callback(
-            "kernel_ringbuf_lost_packets",
-            "Packets lost because both the kernel flow map and the ring buffer were full",
-            lambda: float(self.kernel_counters()["ringbuf_lost"]),
-        )

@@ -2,20 +2,41 @@
 
 Same results as the ``python`` reference accounter, at a fraction of the cost: records are
 merged in a C hash table, the kernel flow maps are drained with batch syscalls (flipping between
-two maps so no packet is lost) and the ring buffer is consumed by a C callback. See
-:mod:`flowkit.accounting` and ``docs/accounter.md``.
+two maps so no packet is lost) and the ring buffer is consumed by a C callback. The C building
+blocks are in :mod:`flowkit.accounting`; see ``docs/accounter.md``.
+
+It has exactly the semantics of the pure-Python reference accounter
+(``flowkit_plugins/python_accounter.py``): records are merged by key (packets and bytes summed,
+``first_ns`` the smallest non-zero, ``last_ns`` the largest, flags OR-ed, DSCP from the newest
+record, sampling the largest); ``poll`` evicts whenever the cache reaches CACHE_MAX_FLOWS flows;
+``evict`` takes everything.
 """
 
 from __future__ import annotations
 
+import threading
+
+import numpy as np
+
 from flowkit import hookimpl
-from flowkit.components import AccounterSpec, ComponentContext
+from flowkit.accounting import (
+    KERNEL_COUNTERS,
+    DrainerStats,
+    FlowBufferPool,
+    FlowOutput,
+    FlowTable,
+    KernelDrainer,
+    RingBufferReader,
+    boot_offset_ns,
+    read_kernel_counters,
+)
+from flowkit.components import AccounterSpec, ComponentContext, KernelMaps, Tracer
+from flowkit.metrics import Metrics
+from flowkit.model import RECORD_DTYPE, FlowArray, FlowBatch
+from flowkit.native import NativeError
 
 
-def _make(context: ComponentContext) -> object:
-    # Imported here so that listing plugins does not load the C extension.
-    from flowkit.accounting import NativeAccounter
-
+def _make(context: ComponentContext) -> NativeAccounter:
     return NativeAccounter(
         context.tracer, context.config.cache_max_flows, metrics=context.metrics
     )
@@ -31,3 +52,230 @@ def flowkit_accounters() -> list[AccounterSpec]:
             description="C accounter: kernel map drains, ring buffer and merging in C (default)",
         )
     ]
+
+
+class NativeAccounter:
+    """The ``native`` accounter: the reference semantics, computed in C.
+
+    With a tracer that exposes :attr:`~flowkit.components.Tracer.kernel_maps`, the kernel is
+    drained directly in C (:class:`KernelDrainer`) and the ring buffer consumed in C
+    (:class:`RingBufferReader`); otherwise the tracer's ``read_events`` / ``read_aggregates``
+    arrays are merged in C.
+
+    Batches returned by :meth:`poll` and :meth:`evict` are views over pooled C buffers: release
+    them (the agent does once every exporter is done) so that the buffers are reused.
+
+    ``boot_offset_ns`` fixes the monotonic-to-unix offset; by default it is measured at every
+    eviction, so that wall-clock adjustments are followed.
+    """
+
+    RINGBUF_BATCHES_PER_POLL = 4
+    """How many full caches one :meth:`poll` may evict from ring-buffer records."""
+
+    def __init__(
+        self,
+        tracer: Tracer | None,
+        max_flows: int,
+        boot_offset_ns: int | None = None,
+        metrics: Metrics | None = None,
+        use_kernel_maps: bool = True,
+    ) -> None:
+        if max_flows <= 0:
+            raise ValueError("max_flows (CACHE_MAX_FLOWS) must be positive")
+        self._tracer = tracer
+        self._max_flows = max_flows
+        self._fixed_offset = boot_offset_ns
+        self._use_kernel_maps = use_kernel_maps
+        self._table = FlowTable(max_flows)
+        self._pool = FlowBufferPool(max_flows)
+        self._drainer: KernelDrainer | None = None
+        self._reader: RingBufferReader | None = None
+        self._stage: FlowTable | None = None
+        self._kernel_maps: KernelMaps | None = None
+        self._lock = threading.Lock()
+        self._no_events = threading.Event()  # never set: poll()'s wait without a ring buffer
+        self._closed = False
+        self.evicted_flows = 0
+        """Flows handed out in batches so far."""
+        self.evictions = 0
+        """Batches handed out so far (including early evictions)."""
+        self._last_kernel_counters: dict[str, int] = dict.fromkeys(KERNEL_COUNTERS, 0)
+        self._attach_kernel()
+        if metrics is not None:
+            self._register_metrics(metrics)
+
+    # -- kernel objects ---------------------------------------------------------------------
+    def _attach_kernel(self) -> KernelMaps | None:
+        """Build the drainer and reader once the tracer has kernel maps (it may load late)."""
+        if self._kernel_maps is not None or not self._use_kernel_maps or self._tracer is None:
+            return self._kernel_maps
+        maps = self._tracer.kernel_maps
+        if maps is None:
+            return None
+        self._drainer = KernelDrainer(maps)
+        # A negative fd means "no ring buffer" (hand-made maps in tests and benchmarks).
+        self._reader = RingBufferReader(maps.ringbuf_fd) if maps.ringbuf_fd >= 0 else None
+        self._stage = FlowTable(maps.max_entries)
+        self._kernel_maps = maps
+        return maps
+
+    @property
+    def uses_kernel_maps(self) -> bool:
+        """Whether this accounter drains the kernel itself."""
+        return self._attach_kernel() is not None
+
+    def _offset(self) -> int:
+        return boot_offset_ns() if self._fixed_offset is None else self._fixed_offset
+
+    def _output(self, capacity: int) -> FlowOutput:
+        return FlowOutput(self._pool, capacity, self._offset())
+
+    def _finish(self, output: FlowOutput) -> FlowBatch:
+        self.evicted_flows += output.count
+        self.evictions += 1
+        return output.batch()
+
+    # -- Accounter protocol -----------------------------------------------------------------
+    def add_records(self, records: FlowArray) -> FlowBatch | None:
+        """Merge records (:data:`RECORD_DTYPE`) in order; when the cache reaches
+        CACHE_MAX_FLOWS flows it is evicted, and the evicted flows are returned as one batch
+        (``None`` when nothing was evicted)."""
+        with self._lock:
+            return self._add_records(records)
+
+    def _add_records(self, records: FlowArray) -> FlowBatch | None:
+        table, limit = self._live_table(), self._max_flows
+        consumed = table.add_records(records, limit)
+        if len(table) < limit:
+            return None
+        # Full: evict, then merge the rest (which may fill the cache again, maybe repeatedly).
+        rest = records[consumed:]
+        output = self._output(len(table) + len(rest))
+        table.evict_into(output)
+        table.add_records_evicting(rest, limit, output)
+        return self._finish(output)
+
+    def poll(self, timeout: float) -> FlowBatch | None:
+        """Wait up to ``timeout`` seconds for single-packet records and merge them; returns the
+        evicted flows if the cache filled up, else ``None``."""
+        if self._tracer is None:
+            return None
+        if self._attach_kernel() is None:
+            records = self._tracer.read_events(timeout)
+            return self.add_records(records) if len(records) else None
+        if self._reader is None:
+            self._no_events.wait(timeout)
+            return None
+        with self._lock:
+            reader, table = self._reader, self._live_table()
+            if reader is None:  # closed meanwhile
+                return None
+            output = self._output(self._max_flows * self.RINGBUF_BATCHES_PER_POLL)
+            reader.poll_into(table, self._max_flows, output, timeout)
+            if output.count == 0:
+                output.discard()
+                return None
+            return self._finish(output)
+
+    def evict(self) -> FlowBatch:
+        """Merge everything the tracer aggregated and evict all flows as one batch."""
+        if self._attach_kernel() is None:
+            aggregates = (
+                self._tracer.read_aggregates()
+                if self._tracer is not None
+                else np.zeros(0, dtype=RECORD_DTYPE)
+            )
+            with self._lock:
+                table = self._live_table()
+                output = self._output(len(table) + len(aggregates))
+                table.add_records_evicting(aggregates, self._max_flows, output)
+                table.evict_into(output)
+                return self._finish(output)
+        with self._lock:
+            drainer, stage, table = self._drainer, self._stage, self._live_table()
+            if drainer is None or stage is None:  # pragma: no cover - set with kernel maps
+                raise RuntimeError("native accounter: kernel drainer missing")
+            drainer.drain_into(stage)
+            output = self._output(len(table) + len(stage))
+            if len(table) == 0:
+                # Nothing to merge with (the usual case). The drained keys are distinct, so
+                # early evictions would only split the same flows: evict them directly.
+                stage.evict_into(output)
+            else:
+                table.absorb(stage, self._max_flows, output)
+                table.evict_into(output)
+            return self._finish(output)
+
+    def close(self) -> None:
+        """Free the C objects and the buffer pool. Batches already handed out stay valid."""
+        with self._lock:
+            self._closed = True
+            for closable in (self._reader, self._drainer, self._stage, self._table):
+                if closable is not None:
+                    closable.close()
+            self._pool.clear()
+
+    def _live_table(self) -> FlowTable:
+        if self._closed:
+            raise ValueError("this NativeAccounter is closed")
+        return self._table
+
+    # -- metrics ----------------------------------------------------------------------------
+    def __len__(self) -> int:
+        """Flows currently cached."""
+        return len(self._table)
+
+    def drainer_stats(self) -> DrainerStats | None:
+        """Kernel drain counters, or ``None`` without kernel maps (or once closed)."""
+        drainer = self._drainer
+        if drainer is None:
+            return None
+        try:
+            return drainer.stats()
+        except ValueError:  # closed meanwhile
+            return None
+
+    def ringbuf_records(self) -> int:
+        """Ring-buffer records consumed so far (0 without kernel maps or once closed)."""
+        reader = self._reader
+        if reader is None:
+            return 0
+        try:
+            return reader.records()
+        except ValueError:  # closed meanwhile
+            return 0
+
+    def kernel_counters(self) -> dict[str, int]:
+        """The eBPF program's counters (last known values once the maps are gone)."""
+        maps = self._kernel_maps
+        if maps is not None and maps.counters_fd >= 0 and not self._closed:
+            try:
+                self._last_kernel_counters = read_kernel_counters(maps)
+            except (NativeError, OSError):
+                pass
+        return dict(self._last_kernel_counters)
+
+    def _register_metrics(self, metrics: Metrics) -> None:
+        def drains() -> float:
+            stats = self.drainer_stats()
+            return 0.0 if stats is None else float(stats.drains)
+
+        metrics.gauge_callback(
+            "accounter_flows_evicted", "Flows evicted by the native accounter",
+            lambda: float(self.evicted_flows),
+        )
+        metrics.gauge_callback("accounter_drains", "Kernel flow map drains", drains)
+        metrics.gauge_callback(
+            "accounter_ringbuf_records", "Ring-buffer records consumed by the native accounter",
+            lambda: float(self.ringbuf_records()),
+        )
+        metrics.gauge_callback(
+            "kernel_map_full_packets",
+            "Packets sent to the ring buffer because the kernel flow map was full",
+            lambda: float(self.kernel_counters()["ringbuf_records"]),
+        )
+        metrics.gauge_callback(
+            "kernel_ringbuf_lost_packets",
+            "Packets lost because both the kernel flow map and the ring buffer were full",
+            lambda: float(self.kernel_counters()["ringbuf_lost"]),
+        )

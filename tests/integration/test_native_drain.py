@@ -20,13 +20,13 @@ import pytest
 
 from flowkit.accounting import (
     KernelDrainer,
-    NativeAccounter,
     RingBufferReader,
     read_kernel_counters,
 )
 from flowkit.components import Interface, KernelMaps
 from flowkit.model import RECORD_DTYPE, VALUE_DTYPE, FlowArray, FlowBatch
 from flowkit.native import NativeError, ffi, lib
+from flowkit_plugins.native_accounter import NativeAccounter
 from flowkit_plugins.python_accounter import PythonAccounter
 
 pytestmark = pytest.mark.integration

@@ -16,11 +16,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from flowkit.accounting import KERNEL_COUNTERS, FlowTable, NativeAccounter
+from flowkit.accounting import KERNEL_COUNTERS, FlowTable
 from flowkit.components import Interface, KernelMaps
 from flowkit.model import FLOW_DTYPE, KEY_DTYPE, RECORD_DTYPE, VALUE_DTYPE, FlowArray, FlowBatch
 from flowkit.native import ffi
 from flowkit_plugins import native_accounter
+from flowkit_plugins.native_accounter import NativeAccounter
 from flowkit_plugins.python_accounter import PythonAccounter
 
 REPO = Path(__file__).resolve().parents[2]
