@@ -5,6 +5,8 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.flowkit-installed
 BPF_SRC := csrc/bpf/flowkit.bpf.c
 BPF_OBJ := flowkit/bpf/flowkit.bpf.o
+PROBES_SRC := csrc/bpf/probes.bpf.c
+PROBES_OBJ := flowkit/bpf/probes.bpf.o
 NATIVE_SRC := $(wildcard csrc/*.py csrc/*.h csrc/cdef/*.cdef csrc/include/*.h csrc/native/*.c)
 
 .PHONY: setup system-deps run test unit integration lint bpf native bench clean docs proto
@@ -40,10 +42,13 @@ lint: setup
 	$(BIN)/ruff check flowkit flowkit_plugins tests bench scripts
 	$(BIN)/mypy
 
-# Rebuild the committed eBPF object (needs clang). The build command is also in the source header.
-bpf: $(BPF_OBJ)
+# Rebuild the committed eBPF objects (needs clang). The build commands are also in the source
+# headers. probes.bpf.o holds the feature probes of `flowkit-agent check`.
+bpf: $(BPF_OBJ) $(PROBES_OBJ)
 $(BPF_OBJ): $(BPF_SRC) csrc/flow.h
 	clang -O2 -g -target bpf -fdebug-compilation-dir=. -D__BPF__ -I csrc -c $(BPF_SRC) -o $(BPF_OBJ)
+$(PROBES_OBJ): $(PROBES_SRC)
+	clang -O2 -g -target bpf -fdebug-compilation-dir=. -D__BPF__ -I csrc -c $(PROBES_SRC) -o $(PROBES_OBJ)
 
 # Rebuild the C extension in place (editable installs pick it up).
 native:
