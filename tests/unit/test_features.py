@@ -69,7 +69,8 @@ def test_features_whose_types_exist_are_supported_by_btf() -> None:
 
 def test_no_btf_at_all_disables_every_kernel_feature() -> None:
     reports = {r.name: r for r in check_features(None, load=False)}
-    assert not reports["drops"].supported and "no BTF" in reports["drops"].detail
+    assert not reports["drops"].supported
+    assert "no BTF" in reports["drops"].detail
     assert reports["dedup"].supported
 
 
@@ -96,7 +97,8 @@ def test_check_cli_text_names_the_setting_and_the_reason(tmp_path: Path) -> None
     ).stdout
     line = next(line for line in out.splitlines() if line.split()[1:2] == ["drops"])
     assert line.startswith("no ")
-    assert "ENABLE_PKT_DROPS" in line and "enum skb_drop_reason" in line
+    assert "ENABLE_PKT_DROPS" in line
+    assert "enum skb_drop_reason" in line
 
 
 def test_a_file_that_is_not_btf_is_one_clear_error(tmp_path: Path) -> None:
