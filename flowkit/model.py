@@ -285,6 +285,34 @@ class FlowBatch:
         """Every flow as a NetObserv JSON dict (the format of the stdout exporter)."""
         return [flow_to_json_dict(f) for f in self]
 
+    # -- Arrow (pyarrow is the optional extra ``flowkit[arrow]``) ------------------------------
+    def to_arrow(self) -> Any:
+        """The flows as a ``pyarrow.RecordBatch`` (schema: :func:`flowkit.arrow.flow_schema`).
+
+        The record batch owns its memory (it outlives :meth:`release`). Needs pyarrow
+        (``pip install 'flowkit[arrow]'``).
+        """
+        from flowkit.arrow import to_arrow
+
+        return to_arrow(self)
+
+    def to_pandas(self) -> Any:
+        """The flows as a ``pandas.DataFrame`` (through :meth:`to_arrow`): timestamps are
+        timezone-aware UTC, names are categoricals, addresses are 16-byte ``bytes``."""
+        return self.to_arrow().to_pandas()
+
+    def __arrow_c_array__(self, requested_schema: Any = None) -> tuple[Any, Any]:
+        """Arrow PyCapsule interface: the batch as an Arrow C struct array and its schema."""
+        return self.to_arrow().__arrow_c_array__(requested_schema)  # type: ignore[no-any-return]
+
+    def __arrow_c_stream__(self, requested_schema: Any = None) -> Any:
+        """Arrow PyCapsule interface: the batch as an Arrow C stream of one record batch."""
+        from flowkit.arrow import require_pyarrow
+
+        pa = require_pyarrow("FlowBatch.__arrow_c_stream__")
+        table = pa.Table.from_batches([self.to_arrow()])
+        return table.__arrow_c_stream__(requested_schema)
+
     def copy(self) -> FlowBatch:
         """A batch that owns its memory (safe to keep after the original is released)."""
         return FlowBatch(self.array.copy(), dict(self.interfaces), self.agent_ip)

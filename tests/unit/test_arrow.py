@@ -1,0 +1,161 @@
+"""FlowBatch as Arrow data: schema, values, the PyCapsule interface and the readers that use it."""
+
+from __future__ import annotations
+
+import ipaddress
+import sys
+
+import numpy as np
+import pytest
+
+from flowkit.model import FLOW_DTYPE, FlowBatch, ip_to_16
+from flowkit.testing import make_flow
+
+pa = pytest.importorskip("pyarrow")
+
+
+def random_batch(n: int, seed: int = 7) -> FlowBatch:
+    rng = np.random.default_rng(seed)
+    raw = rng.integers(0, 256, size=n * FLOW_DTYPE.itemsize, dtype=np.uint8)
+    array = raw.view(FLOW_DTYPE).copy()
+    # Times within the last day (timestamps must stay in int64's range).
+    array["start_ns"] = rng.integers(1_700_000_000, 1_800_000_000, n, dtype=np.uint64) * 10**9
+    array["end_ns"] = array["start_ns"] + rng.integers(0, 10**9, n, dtype=np.uint64)
+    array["key"]["direction"] %= 2
+    array["key"]["if_index"] = rng.integers(1, 5, n)
+    array["key"]["pad"] = array["pad"] = array["pad2"] = 0  # as the C code writes them
+    return FlowBatch(array, {1: "lo", 2: "eth0", 3: "eth1"}, "198.18.0.9")
+
+
+def leaf_fields(dtype: np.dtype, prefix: str = "") -> list[str]:  # type: ignore[type-arg]
+    out = []
+    for name in dtype.names or ():
+        if name.startswith("pad"):
+            continue
+        sub = dtype.fields[name][0]  # type: ignore[index]
+        out += leaf_fields(sub) if sub.fields else [name]
+    return out
+
+
+def test_every_record_field_is_a_column() -> None:
+    from flowkit.arrow import flow_schema
+
+    renamed = {"start_ns": "time_start", "end_ns": "time_end"}
+    names = flow_schema().names
+    for name in leaf_fields(FLOW_DTYPE):
+        assert renamed.get(name, name) in names
+    assert names[-1] == "agent_ip"
+
+
+def test_documented_types() -> None:
+    from flowkit.arrow import flow_schema
+
+    schema = flow_schema()
+    assert schema.field("time_start").type == pa.timestamp("ns", tz="UTC")
+    assert schema.field("src_ip").type == pa.binary(16)
+    assert schema.field("src_mac").type == pa.binary(6)
+    assert schema.field("bytes").type == pa.uint64()
+    assert schema.field("direction_name").type == pa.dictionary(pa.int8(), pa.string())
+    assert schema.field("proto_name").type == pa.dictionary(pa.uint8(), pa.string())
+    assert schema.field("interface").type == pa.dictionary(pa.int32(), pa.string())
+
+
+def test_columns_hold_the_flows() -> None:
+    batch = random_batch(500)
+    rows = batch.to_arrow().to_pylist()
+    assert len(rows) == 500
+    for flow, row in zip(batch, rows, strict=True):
+        assert row["if_index"] == flow.if_index
+        assert row["interface"] == flow.interface
+        assert row["direction_name"] == ("ingress", "egress")[flow.direction]
+        assert row["src_ip"] == ip_to_16(flow.src_ip)
+        assert row["dst_ip"] == ip_to_16(flow.dst_ip)
+        assert row["src_mac"] == flow.src_mac
+        assert (row["src_port"], row["dst_port"]) == (flow.src_port, flow.dst_port)
+        assert (row["packets"], row["bytes"], row["flags"]) == (flow.packets, flow.bytes,
+                                                                  flow.flags)
+        assert row["time_start"].timestamp() == pytest.approx(flow.start_ns / 1e9)
+        assert row["agent_ip"] == "198.18.0.9"
+
+
+def test_names_of_protocols_and_unknown_interfaces() -> None:
+    flows = [make_flow(proto=p, if_index=i, interface=n)
+             for p, i, n in ((6, 2, "eth0"), (17, 9, ""), (58, 2, "eth0"), (0, 9, ""))]
+    table = FlowBatch.from_flows(flows).to_arrow()
+    assert table.column("proto_name").to_pylist() == ["TCP", "UDP", "ICMPv6", ""]
+    assert table.column("interface").to_pylist() == ["eth0", "", "eth0", ""]
+    assert table.column("agent_ip").null_count == 4
+
+
+def test_addresses_sort_in_address_order() -> None:
+    addresses = ["198.18.0.10", "198.18.0.9", "fd00::1", "198.19.0.1", "10.0.0.1"]
+    flows = [make_flow(dst_ip=a) for a in addresses]
+    table = FlowBatch.from_flows(flows).to_arrow()
+    order = pa.compute.sort_indices(table, [("dst_ip", "ascending")]).to_pylist()
+    by_bytes = sorted(addresses, key=lambda a: ip_to_16(ipaddress.ip_address(a)))
+    assert [addresses[i] for i in order] == by_bytes
+
+
+def test_record_batch_outlives_the_flow_batch() -> None:
+    batch = random_batch(100)
+    total = int(batch.array["bytes"].sum())
+    released = []
+    owned = FlowBatch(batch.array.copy(), release=lambda: released.append(True))
+    arrow = owned.to_arrow()
+    owned.array[:] = 0
+    owned.release()
+    assert released == [True]
+    assert pa.compute.sum(arrow.column("bytes")).as_py() != 0
+    assert pa.compute.sum(batch.to_arrow().column("bytes")).as_py() == total
+
+
+def test_empty_batch() -> None:
+    table = FlowBatch.empty().to_arrow()
+    assert table.num_rows == 0
+    assert table.schema.names == FlowBatch.empty().to_arrow().schema.names
+
+
+def test_pycapsule_readers_agree() -> None:
+    duckdb = pytest.importorskip("duckdb")
+    pl = pytest.importorskip("polars")
+    batch = random_batch(2000)
+    expected = int(batch.array["bytes"].astype(object).sum())
+    by_port: dict[int, int] = {}
+    for flow in batch:
+        by_port[flow.dst_port] = by_port.get(flow.dst_port, 0) + flow.bytes
+
+    assert pa.record_batch(batch).num_rows == 2000
+    assert pa.table(batch).column("bytes").to_pylist() == batch.array["bytes"].tolist()
+    frame = pl.DataFrame(batch)
+    assert frame["bytes"].cast(pl.Decimal(38, 0)).sum() == expected
+    grouped = frame.group_by("dst_port").agg(pl.col("bytes").cast(pl.Decimal(38, 0)).sum())
+    assert {r[0]: int(r[1]) for r in grouped.iter_rows()} == by_port
+    assert pl.from_arrow(batch).struct.unnest().shape == frame.shape  # type: ignore[union-attr]
+    total = duckdb.sql("select sum(bytes)::hugeint from batch").fetchall()
+    assert total == [(expected,)]
+    rows = duckdb.sql("select dst_port, sum(bytes)::hugeint from batch group by dst_port")
+    assert {port: int(b) for port, b in rows.fetchall()} == by_port
+    frame_pd = batch.to_pandas()
+    assert str(frame_pd["time_start"].dtype) == "datetime64[ns, UTC]"
+    assert {int(k): int(v) for k, v in
+            frame_pd.groupby("dst_port")["bytes"].apply(lambda s: sum(map(int, s))).items()
+            } == by_port
+
+
+def test_from_arrow_round_trip() -> None:
+    from flowkit.arrow import from_arrow
+
+    batch = random_batch(300)
+    back = from_arrow(batch.to_arrow())
+    assert back.to_dicts() == batch.to_dicts()
+    assert np.array_equal(back.array["key"], batch.array["key"])
+
+
+def test_missing_pyarrow_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
+    from flowkit.arrow import ArrowMissingError
+
+    monkeypatch.setitem(sys.modules, "pyarrow", None)
+    batch = random_batch(3)
+    with pytest.raises(ArrowMissingError, match=r"pip install 'flowkit\[arrow\]'"):
+        batch.to_arrow()
+    assert len(batch.to_dicts()) == 3  # the core keeps working
