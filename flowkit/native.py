@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import errno
 import os
-from typing import Any
 
 try:
     from flowkit._native import ffi, lib
@@ -38,9 +37,3 @@ def check(rc: int, call: str, detail: str = "") -> int:
         raise NativeError(call, -rc, detail)
     return rc
 
-
-def check_ptr(ptr: Any, call: str, detail: str = "") -> Any:
-    """Return a libbpf pointer, raising :class:`NativeError` for NULL (errno from libbpf)."""
-    if ptr == ffi.NULL:
-        raise NativeError(call, ffi.errno or errno.EINVAL, detail)
-    return ptr

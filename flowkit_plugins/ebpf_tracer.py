@@ -200,10 +200,6 @@ class EbpfTracer:
         with self._lock:
             return dict(self._names)
 
-    def attachments(self) -> list[Any]:
-        """What is attached where (:class:`flowkit.ebpf.attach.Attachment` objects)."""
-        return [] if self._attacher is None else self._attacher.attached()
-
     # -- records for Python accounters --------------------------------------------------------
     def read_aggregates(self) -> FlowArray:
         """Flip to the other flow map and drain the one the programs no longer write."""

@@ -61,8 +61,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-# Minimum time between two log lines about the same kind of problem.
-
 _RETRYABLE = frozenset(
     {
         "UNAVAILABLE",

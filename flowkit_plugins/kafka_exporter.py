@@ -60,7 +60,6 @@ _PROTOCOL_FOR = {
 _SASL_MECHANISM = {"plain": "PLAIN", "scramSHA512": "SCRAM-SHA-512"}
 # How long the background thread blocks in poll(): bounds how late a shutdown is noticed.
 _POLL_INTERVAL = 0.2
-# Minimum time between two log lines about the same kind of problem.
 # Delivery-report errors of messages purged at shutdown.
 _PURGED = frozenset({"_PURGE_QUEUE", "_PURGE_INFLIGHT"})
 

@@ -63,11 +63,26 @@ def fkl_libbpf_log(level: int, message: Any) -> None:
     libbpf_logger.log(_LIBBPF_LEVELS.get(level, logging.DEBUG), "%s", text)
 
 
-lib.fkl_libbpf_route_log_to_python()
+_routed = threading.Lock()
+_routed_done = False
+
+
+def route_libbpf_log() -> None:
+    """Send libbpf's messages to the ``flowkit.ebpf.libbpf`` logger (once per process).
+
+    Installed on the first load rather than at import, so that importing flowkit never changes
+    process-wide libbpf state a host application may have set up itself.
+    """
+    global _routed_done
+    with _routed:
+        if not _routed_done:
+            lib.fkl_libbpf_route_log_to_python()
+            _routed_done = True
 
 
 @contextlib.contextmanager
 def _captured_log() -> Iterator[list[tuple[int, str]]]:
+    route_libbpf_log()
     previous = getattr(_capture, "lines", None)
     lines: list[tuple[int, str]] = []
     _capture.lines = lines
