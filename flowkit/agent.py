@@ -8,6 +8,7 @@ accounting thread or the other exporters.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import queue
 import threading
@@ -19,7 +20,6 @@ from flowkit import privileges
 from flowkit.components import (
     Accounter,
     ComponentContext,
-    ComponentSpec,
     Exporter,
     Informer,
     Interface,
@@ -29,6 +29,7 @@ from flowkit.config import AgentConfig
 from flowkit.interfaces import InterfaceFilter
 from flowkit.metrics import Metrics
 from flowkit.model import FlowBatch
+from flowkit.pipeline import Pipeline, PipelineComponent, resolve_pipeline
 from flowkit.plugins import PluginManager
 
 log = logging.getLogger(__name__)
@@ -137,7 +138,8 @@ class ExporterWorker:
 
 
 class Agent:
-    """Runs the pipeline described by an :class:`~flowkit.config.AgentConfig`.
+    """Runs a :class:`~flowkit.pipeline.Pipeline` (or the one an
+    :class:`~flowkit.config.AgentConfig` selects from the installed plugins).
 
     Use :meth:`run` to block until :meth:`stop` is called (from another thread or a signal
     handler), or :meth:`start` / :meth:`stop` / :meth:`join` for finer control::
@@ -150,13 +152,19 @@ class Agent:
 
     def __init__(
         self,
-        config: AgentConfig | None = None,
+        config: Pipeline | AgentConfig | None = None,
         *,
         plugin_manager: PluginManager | None = None,
         metrics: Metrics | None = None,
     ) -> None:
-        self.plugin_manager = plugin_manager or PluginManager()
-        self.config = config or AgentConfig.load(plugin_manager=self.plugin_manager)
+        if isinstance(config, Pipeline):
+            self.pipeline = config
+        else:
+            pm = plugin_manager or PluginManager()
+            self.pipeline = resolve_pipeline(
+                config or AgentConfig.load(plugin_manager=pm), pm
+            )
+        self.config = self.pipeline.config
         self.metrics = metrics or Metrics(self.config.metrics_prefix)
         self.stop_requested = threading.Event()
         self._stopped = threading.Event()
@@ -165,10 +173,6 @@ class Agent:
         self._filter = InterfaceFilter(
             self.config.interfaces, self.config.exclude_interfaces, self.config.interface_ips
         )
-        self._specs = {
-            (kind, name): self.plugin_manager.get(kind, name)
-            for kind, name in self.config.selected()
-        }
         self._interfaces: dict[int, Interface] = {}
         self._attached: dict[int, Interface] = {}
         self._names: dict[int, str] = {}
@@ -191,11 +195,10 @@ class Agent:
         self._shutdown_owner: threading.Thread | None = None
 
     # -- construction -----------------------------------------------------------------------
-    def _context(self, kind: str, spec: ComponentSpec, **extra: Any) -> ComponentContext:
-        settings = self.config.settings_for(kind, spec.name, spec.settings_model)
+    def _context(self, component: PipelineComponent, **extra: Any) -> ComponentContext:
         return ComponentContext(
             config=self.config,
-            settings=settings,
+            settings=component.settings,
             metrics=self.metrics,
             stop_event=self.stop_requested,
             **extra,
@@ -203,9 +206,10 @@ class Agent:
 
     def check_privileges(self) -> None:
         """Raise :class:`~flowkit.privileges.PrivilegeError` if a component lacks capabilities."""
-        for (kind, name), spec in self._specs.items():
-            if spec.capabilities:
-                privileges.require(f"the {name} {kind}", spec.capabilities)
+        for component in self.pipeline.components():
+            if component.spec.capabilities:
+                privileges.require(f"the {component.name} {component.kind}",
+                                   component.spec.capabilities)
 
     def start(self) -> None:
         """Build every component and start the threads. Raises if anything cannot start."""
@@ -213,38 +217,34 @@ class Agent:
             raise RuntimeError("an Agent can be started once")
         self._started = True
         self.check_privileges()
-        if any(spec.capabilities for spec in self._specs.values()):
+        pipeline = self.pipeline
+        if any(c.spec.capabilities for c in pipeline.components()):
             privileges.raise_memlock_limit()
         cfg = self.config
         try:
-            for name in cfg.export:
-                spec = self._specs[("exporter", name)]
-                exporter = spec.factory(self._context("exporter", spec))
+            for component in pipeline.exporters:
+                exporter = component.spec.factory(self._context(component))
                 self._workers.append(
-                    ExporterWorker(name, exporter, cfg.buffers_length, self.metrics)
+                    ExporterWorker(component.name, exporter, cfg.buffers_length, self.metrics)
                 )
-            tracer_spec = self._specs[("tracer", cfg.tracer)]
-            self.tracer = tracer_spec.factory(self._context("tracer", tracer_spec))
+            self.tracer = pipeline.tracer.spec.factory(self._context(pipeline.tracer))
             self.tracer.start()
-            acc_spec = self._specs[("accounter", cfg.accounter)]
-            self.accounter = acc_spec.factory(
-                self._context("accounter", acc_spec, tracer=self.tracer)
+            self.accounter = pipeline.accounter.spec.factory(
+                self._context(pipeline.accounter, tracer=self.tracer)
             )
-            inf_spec = self._specs[("informer", cfg.listen_interfaces)]
-            self.informer = inf_spec.factory(self._context("informer", inf_spec))
+            self.informer = pipeline.informer.spec.factory(self._context(pipeline.informer))
         except BaseException:
             self._close_components()
             raise
-        names = getattr(self.tracer, "interface_names", None)
-        if callable(names):
-            self._names.update(names())
+        self._names.update(self.tracer.interface_names())
         for worker in self._workers:
             worker.start()
         self._spawn("flowkit-informer", self._informer_loop)
         self._spawn("flowkit-accounting", self._accounting_loop)
         log.info(
             "flowkit agent started: tracer=%s accounter=%s informer=%s exporters=%s",
-            cfg.tracer, cfg.accounter, cfg.listen_interfaces, ",".join(cfg.export),
+            pipeline.tracer.name, pipeline.accounter.name, pipeline.informer.name,
+            ",".join(c.name for c in pipeline.exporters),
         )
 
     def _spawn(self, name: str, target: Any) -> None:
@@ -451,8 +451,8 @@ def capture(
     pm = plugin_manager or PluginManager()
     settings.setdefault("export", "stdout")
     config = AgentConfig.load(cli=settings, environ={}, plugin_manager=pm)
-    config = config.model_copy(update={"export": []})
-    agent = Agent(config, plugin_manager=pm)
+    pipeline = dataclasses.replace(resolve_pipeline(config, pm), exporters=())
+    agent = Agent(pipeline)
     batches: queue.Queue[FlowBatch | None] = queue.Queue(maxsize=max(1, config.buffers_length))
 
     def listener(batch: FlowBatch) -> None:

@@ -20,6 +20,7 @@ import orjson
 
 import flowkit
 from flowkit.config import ConfigError, SettingInfo, load_config, settings_table
+from flowkit.pipeline import resolve_pipeline
 from flowkit.plugins import PluginError, PluginManager
 from flowkit.privileges import PrivilegeError
 from flowkit.settings_types import format_duration
@@ -153,11 +154,12 @@ def cmd_run(argv: Sequence[str]) -> int:
     cli = {name: getattr(args, name) for name in table if getattr(args, name) is not None}
     try:
         config = load_config(cli=cli, config_file=args.config, plugin_manager=pm)
+        pipeline = resolve_pipeline(config, pm)
     except ConfigError as exc:
         return _fail(str(exc), 2)
     configure_logging(config.log_level)
     log = logging.getLogger("flowkit.cli")
-    agent = flowkit.Agent(config, plugin_manager=pm)
+    agent = flowkit.Agent(pipeline)
     if config.metrics_enable:
         from prometheus_client import start_http_server
 

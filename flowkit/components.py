@@ -11,7 +11,7 @@ from __future__ import annotations
 import ipaddress
 import re
 import threading
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol, runtime_checkable
 
@@ -27,6 +27,19 @@ _NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]*$")
 
 class InvalidSpecError(ValueError):
     """A plugin returned a malformed spec."""
+
+
+class PluginError(Exception):
+    """A plugin could not be loaded or provides something invalid."""
+
+
+class UnknownComponentError(PluginError):
+    """A configured component name is not provided by any plugin."""
+
+    def __init__(self, kind: str, name: str, available: Iterable[str]) -> None:
+        names = ", ".join(sorted(available)) or "(none)"
+        super().__init__(f"unknown {kind} {name!r}; available: {names}")
+        self.kind, self.name = kind, name
 
 
 @dataclass(frozen=True)
@@ -94,12 +107,6 @@ class ExporterSpec(ComponentSpec):
     kind: ClassVar[str] = "exporter"
 
 
-SPEC_TYPES: dict[str, type[ComponentSpec]] = {
-    "informer": InformerSpec,
-    "tracer": TracerSpec,
-    "accounter": AccounterSpec,
-    "exporter": ExporterSpec,
-}
 
 
 @dataclass
@@ -167,7 +174,8 @@ class Tracer(Protocol):
     ``read_aggregates`` and ``read_events`` return arrays of
     :data:`flowkit.model.RECORD_DTYPE` with CLOCK_MONOTONIC times. Tracers backed by eBPF also
     expose ``kernel_maps`` (a :class:`KernelMaps`) so that the native accounter can drain them
-    in C; others return ``None`` there.
+    in C; others return ``None`` there. ``interface_names`` names interfaces the informer does
+    not know (a synthetic one, say).
     """
 
     def start(self) -> None:
@@ -193,6 +201,11 @@ class Tracer(Protocol):
     @property
     def kernel_maps(self) -> KernelMaps | None:
         """File descriptors for native draining, or ``None``."""
+        ...
+
+    def interface_names(self) -> Mapping[int, str]:
+        """Names of the interface indexes this tracer reports records for (the agent adds what
+        the informer reported; return ``{}`` if there is nothing more to say)."""
         ...
 
     def close(self) -> None:
@@ -262,6 +275,43 @@ class Exporter(Protocol):
         ...
 
 
-def plugin_settings_fields(model: type[BaseModel]) -> Mapping[str, Any]:
-    """The fields of a settings model (name -> FieldInfo), for docs and the CLI."""
-    return model.model_fields
+@dataclass(frozen=True)
+class ComponentKind:
+    """Everything that defines one kind of component, in one place.
+
+    ``setting`` is the :class:`~flowkit.config.AgentConfig` field that selects components of
+    this kind (``many``: a comma-separated list of them); ``builtins`` maps the names flowkit's
+    own distribution must provide to the entry point that provides each.
+    """
+
+    name: str
+    spec_type: type[ComponentSpec]
+    hook: str
+    setting: str
+    protocol: type
+    builtins: Mapping[str, str]
+    many: bool = False
+
+    @property
+    def env(self) -> str:
+        """The environment variable of :attr:`setting` (what error messages name)."""
+        return self.setting.upper()
+
+
+COMPONENT_KINDS: Mapping[str, ComponentKind] = {
+    kind.name: kind
+    for kind in (
+        ComponentKind("informer", InformerSpec, "flowkit_informers", "listen_interfaces",
+                      Informer, {"poll": "poll", "watch": "watch"}),
+        ComponentKind("tracer", TracerSpec, "flowkit_tracers", "tracer", Tracer,
+                      {"synthetic": "synthetic", "ebpf": "ebpf"}),
+        ComponentKind("accounter", AccounterSpec, "flowkit_accounters", "accounter", Accounter,
+                      {"python": "python-accounter", "native": "native-accounter"}),
+        ComponentKind("exporter", ExporterSpec, "flowkit_exporters", "export", Exporter,
+                      {"stdout": "stdout"}, many=True),
+    )
+}
+"""The four component kinds, in pipeline order. Hook specs, the plugin manager, settings
+resolution, the agent and the docs all derive from this table."""
+
+KINDS: tuple[str, ...] = tuple(COMPONENT_KINDS)

@@ -10,6 +10,10 @@ Every setting has one canonical name, the field name of a pydantic model:
 Precedence: CLI > environment > file > defaults. The core settings live in :class:`AgentConfig`;
 each plugin component may add its own settings model (``settings_model`` of its spec), validated
 only when the component is selected.
+
+This module parses and validates; it knows nothing of plugins beyond their settings models.
+Turning a configuration and the installed plugins into a runnable pipeline is
+:func:`flowkit.pipeline.resolve_pipeline`.
 """
 
 from __future__ import annotations
@@ -21,7 +25,8 @@ import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
@@ -30,7 +35,23 @@ from pydantic.fields import FieldInfo
 from flowkit.settings_types import Bool, CidrList, CommaList, Duration
 
 if TYPE_CHECKING:
-    from flowkit.plugins import PluginManager
+    from flowkit.plugins import Component
+
+
+class SettingsSource(Protocol):
+    """What the settings table reads from: every component of every kind (a plugin manager)."""
+
+    def all_components(self) -> Mapping[str, Mapping[str, Component]]:
+        """kind -> name -> component."""
+        ...
+
+
+class PluginSource(SettingsSource, Protocol):
+    """A settings source that also resolves components (a plugin manager)."""
+
+    def components(self, kind: str) -> Mapping[str, Component]:
+        """Every component of ``kind`` by name."""
+        ...
 
 log = logging.getLogger(__name__)
 
@@ -116,7 +137,11 @@ class AgentConfig(BaseModel):
         default=5.0, description="How long an orderly stop may take to flush exporters."
     )
 
-    _component_settings: dict[tuple[str, str], BaseModel] = PrivateAttr(default_factory=dict)
+    # Raw values of the plugin settings given in the sources (file, environment, flags), kept
+    # for resolve_pipeline; set once by load_config before the configuration is handed out.
+    _component_values: Mapping[str, Any] = PrivateAttr(
+        default_factory=lambda: MappingProxyType({})
+    )
 
     @field_validator("interfaces", "exclude_interfaces")
     @classmethod
@@ -149,30 +174,24 @@ class AgentConfig(BaseModel):
 
     # -- component settings -----------------------------------------------------------------
     def settings_for(self, kind: str, name: str, model: type[BaseModel] | None) -> Any:
-        """The validated settings of component ``name`` (defaults if none were loaded)."""
+        """Component ``name``'s settings ``model`` validated from the loaded values (its
+        defaults for what was not given); :class:`ConfigError` names a bad setting."""
         if model is None:
             return None
-        found = self._component_settings.get((kind, name))
-        if found is None:
-            try:
-                found = model.model_validate({})
-            except ValidationError as exc:
-                raise _to_config_error(exc, _field_table([model])) from None
-            self._component_settings[(kind, name)] = found
-        return found
-
-    def with_component_settings(self, settings: Mapping[tuple[str, str], BaseModel]) -> AgentConfig:
-        """Attach validated component settings (used by :func:`load_config`)."""
-        self._component_settings.update(settings)
-        return self
+        values = {k: v for k, v in self._component_values.items() if k in model.model_fields}
+        try:
+            return model.model_validate(values)
+        except ValidationError as exc:
+            raise _to_config_error(exc, _field_table([model])) from None
 
     def selected(self) -> Iterator[tuple[str, str]]:
-        """(kind, name) of every component this configuration selects."""
-        yield "informer", self.listen_interfaces
-        yield "tracer", self.tracer
-        yield "accounter", self.accounter
-        for name in self.export:
-            yield "exporter", name
+        """(kind, name) of every component this configuration selects, in pipeline order."""
+        from flowkit.components import COMPONENT_KINDS
+
+        for kind in COMPONENT_KINDS.values():
+            value: Any = getattr(self, kind.setting)
+            for name in value if kind.many else [value]:
+                yield kind.name, name
 
     @classmethod
     def load(
@@ -181,7 +200,7 @@ class AgentConfig(BaseModel):
         cli: Mapping[str, Any] | None = None,
         environ: Mapping[str, str] | None = None,
         config_file: str | os.PathLike[str] | None = None,
-        plugin_manager: PluginManager | None = None,
+        plugin_manager: PluginSource | None = None,
     ) -> AgentConfig:
         """Load from CLI values (by field name), environment and file; see :func:`load_config`."""
         return load_config(
@@ -233,7 +252,7 @@ def _field_table(
     return table
 
 
-def settings_table(plugin_manager: PluginManager | None) -> dict[str, SettingInfo]:
+def settings_table(plugin_manager: SettingsSource | None) -> dict[str, SettingInfo]:
     """Every known setting: the core ones, then every plugin component's."""
     models: list[type[BaseModel]] = [AgentConfig]
     owners = ["core"]
@@ -307,16 +326,15 @@ def load_config(
     cli: Mapping[str, Any] | None = None,
     environ: Mapping[str, str] | None = None,
     config_file: str | os.PathLike[str] | None = None,
-    plugin_manager: PluginManager | None = None,
+    plugin_manager: PluginSource | None = None,
 ) -> AgentConfig:
     """Merge and validate every source; raise :class:`ConfigError` on the first bad setting.
 
     ``cli`` maps canonical setting names to raw values (strings as typed); ``environ`` defaults
-    to ``os.environ``. With a plugin manager, component names are checked and the selected
-    components' settings are validated too, so nothing starts with a bad configuration.
+    to ``os.environ``. With a plugin manager, plugin settings are known by name and the
+    selection is checked by resolving it (:func:`flowkit.pipeline.resolve_pipeline`: component
+    names and the selected components' settings), so nothing starts with a bad configuration.
     """
-    from flowkit.plugins import PluginError, UnknownComponentError
-
     table = settings_table(plugin_manager)
     merged: dict[str, Any] = {}
     if config_file is not None:
@@ -334,30 +352,11 @@ def load_config(
     except ValidationError as exc:
         raise _to_config_error(exc, table) from None
 
-    if plugin_manager is None:
-        return config
-    settings_by_component: dict[tuple[str, str], BaseModel] = {}
-    setting_of_kind = {
-        "informer": "LISTEN_INTERFACES",
-        "tracer": "TRACER",
-        "accounter": "ACCOUNTER",
-        "exporter": "EXPORT",
-    }
-    for kind, name in config.selected():
-        try:
-            spec = plugin_manager.get(kind, name)
-        except UnknownComponentError as exc:
-            raise ConfigError(
-                f"invalid setting {setting_of_kind[kind]}={name!r}: {exc}", setting_of_kind[kind]
-            ) from None
-        except PluginError as exc:
-            raise ConfigError(str(exc)) from None
-        model = spec.settings_model
-        if model is None:
-            continue
-        values = {k: v for k, v in merged.items() if k in model.model_fields}
-        try:
-            settings_by_component[(kind, spec.name)] = model.model_validate(values)
-        except ValidationError as exc:
-            raise _to_config_error(exc, table) from None
-    return config.with_component_settings(settings_by_component)
+    config._component_values = MappingProxyType(
+        {k: v for k, v in merged.items() if k not in AgentConfig.model_fields}
+    )
+    if plugin_manager is not None:
+        from flowkit.pipeline import resolve_pipeline
+
+        resolve_pipeline(config, plugin_manager)
+    return config

@@ -17,46 +17,33 @@ from typing import Any
 import pluggy
 
 from flowkit import hookspecs
-from flowkit.components import SPEC_TYPES, ComponentSpec
+from flowkit.components import (
+    COMPONENT_KINDS,
+    KINDS,
+    ComponentSpec,
+    PluginError,
+    UnknownComponentError,
+)
 
 log = logging.getLogger(__name__)
 
 ENTRY_POINT_GROUP = "flowkit"
 DISABLE_ENV = "FLOWKIT_DISABLE_PLUGINS"
 
-KINDS = ("informer", "tracer", "accounter", "exporter")
-_HOOKS = {
-    "informer": "flowkit_informers",
-    "tracer": "flowkit_tracers",
-    "accounter": "flowkit_accounters",
-    "exporter": "flowkit_exporters",
-}
-
-# Components flowkit's own distribution must provide (kind -> component -> entry point providing
-# it); a broken install is reported at start. Disabling the entry point disables the requirement.
-REQUIRED_BUILTINS: dict[str, dict[str, str]] = {
-    "informer": {"poll": "poll", "watch": "watch"},
-    "tracer": {"synthetic": "synthetic", "ebpf": "ebpf"},
-    "accounter": {"python": "python-accounter", "native": "native-accounter"},
-    "exporter": {"stdout": "stdout"},
-}
-
-
-class PluginError(Exception):
-    """A plugin could not be loaded or provides something invalid."""
+__all__ = [
+    "DISABLE_ENV",
+    "ENTRY_POINT_GROUP",
+    "KINDS",
+    "Component",
+    "DuplicateComponentError",
+    "PluginError",
+    "PluginManager",
+    "UnknownComponentError",
+]
 
 
 class DuplicateComponentError(PluginError):
     """Two plugins provide a component of the same kind under the same name."""
-
-
-class UnknownComponentError(PluginError):
-    """A configured component name is not provided by any plugin."""
-
-    def __init__(self, kind: str, name: str, available: Iterable[str]) -> None:
-        names = ", ".join(sorted(available)) or "(none)"
-        super().__init__(f"unknown {kind} {name!r}; available: {names}")
-        self.kind, self.name = kind, name
 
 
 @dataclass(frozen=True)
@@ -139,8 +126,8 @@ class PluginManager:
         """Fail clearly when flowkit's own components are missing (a broken install)."""
         if "flowkit" in self.disabled:  # the whole distribution is disabled
             return
-        for kind, names in REQUIRED_BUILTINS.items():
-            wanted = {name for name, ep in names.items() if ep not in self.disabled}
+        for kind, info in COMPONENT_KINDS.items():
+            wanted = {name for name, ep in info.builtins.items() if ep not in self.disabled}
             missing = wanted - set(self.components(kind))
             if missing:
                 raise PluginError(
@@ -151,27 +138,28 @@ class PluginManager:
     # -- resolution -------------------------------------------------------------------------
     def components(self, kind: str) -> dict[str, Component]:
         """All components of ``kind`` by name, sorted; duplicates raise with both origins."""
-        if kind not in _HOOKS:
+        info = COMPONENT_KINDS.get(kind)
+        if info is None:
             raise ValueError(f"unknown component kind {kind!r}; expected one of {KINDS}")
         cached = self._cache.get(kind)
         if cached is not None:
             return cached
-        spec_type = SPEC_TYPES[kind]
+        spec_type = info.spec_type
         found: dict[str, Component] = {}
-        hook = getattr(self._pm.hook, _HOOKS[kind])
+        hook = getattr(self._pm.hook, info.hook)
         for impl in hook.get_hookimpls():
             distribution, version = self._origins.get(impl.plugin_name, ("local", ""))
             try:
                 result: Any = impl.function()
             except Exception as exc:
                 raise PluginError(
-                    f"plugin {impl.plugin_name!r} ({distribution}) failed in {_HOOKS[kind]}: {exc}"
+                    f"plugin {impl.plugin_name!r} ({distribution}) failed in {info.hook}: {exc}"
                 ) from exc
             for spec in result or ():
                 if not isinstance(spec, spec_type):
                     raise PluginError(
                         f"plugin {impl.plugin_name!r} ({distribution}) returned {spec!r} from "
-                        f"{_HOOKS[kind]}; expected {spec_type.__name__} instances"
+                        f"{info.hook}; expected {spec_type.__name__} instances"
                     )
                 previous = found.get(spec.name)
                 if previous is not None:

@@ -59,8 +59,10 @@ class PythonAccounter:
         self._cache: dict[bytes, _Value] = {}
         self._pending: list[FlowBatch] = []
 
-    def add_records(self, records: FlowArray) -> list[FlowBatch]:
-        """Merge records; return the batches evicted because the cache filled up."""
+    def add_records(self, records: FlowArray) -> FlowBatch | None:
+        """Merge records (:data:`RECORD_DTYPE`) in order; when the cache reaches
+        CACHE_MAX_FLOWS flows it is evicted, and the evicted flows are returned as one batch
+        (``None`` when nothing was evicted). Same contract as the native accounter's."""
         evicted: list[FlowBatch] = []
         keys = records["key"]
         for i, value in enumerate(records["value"].tolist()):
@@ -71,7 +73,7 @@ class PythonAccounter:
             )
             if len(self._cache) >= self._max_flows:
                 evicted.append(self._take())
-        return evicted
+        return concat_batches(evicted) if evicted else None
 
     def _take(self) -> FlowBatch:
         records = np.zeros(len(self._cache), dtype=RECORD_DTYPE)
@@ -86,16 +88,12 @@ class PythonAccounter:
     def poll(self, timeout: float) -> FlowBatch | None:
         if self._tracer is None:
             return None
-        batches = self.add_records(self._tracer.read_events(timeout))
-        return concat_batches(batches) if batches else None
+        return self.add_records(self._tracer.read_events(timeout))
 
     def evict(self) -> FlowBatch:
-        if self._tracer is not None:
-            batches = self.add_records(self._tracer.read_aggregates())
-        else:
-            batches = []
-        batches.append(self._take())
-        return concat_batches(batches)
+        early = None if self._tracer is None else self.add_records(self._tracer.read_aggregates())
+        rest = self._take()
+        return rest if early is None else concat_batches([early, rest])
 
     def close(self) -> None:
         self._cache.clear()

@@ -12,6 +12,7 @@ from pydantic import BaseModel
 
 from flowkit import hookimpl, hookspecs
 from flowkit.components import (
+    COMPONENT_KINDS,
     AccounterSpec,
     ComponentSpec,
     ExporterSpec,
@@ -21,7 +22,6 @@ from flowkit.components import (
 )
 from flowkit.plugins import (
     DISABLE_ENV,
-    REQUIRED_BUILTINS,
     DuplicateComponentError,
     PluginError,
     PluginManager,
@@ -246,9 +246,9 @@ def test_describe_groups_components_by_distribution(
 
 def test_the_installed_entry_points_provide_the_builtins() -> None:
     pm = PluginManager(disabled=())
-    for kind, names in REQUIRED_BUILTINS.items():
+    for kind, info in COMPONENT_KINDS.items():
         components = pm.components(kind)
-        for name in names:
+        for name in info.builtins:
             assert components[name].distribution == "flowkit"
 
 
