@@ -184,9 +184,9 @@ FEATURES: tuple[Feature, ...] = (
     ),
     Feature(
         "rtt", "ENABLE_RTT",
-        "TCP smoothed RTT per flow (fentry/tcp_rcv_established)",
+        "TCP smoothed RTT per flow (tp_btf/tcp_probe, fired in tcp_rcv_established)",
         (
-            Requirement("func", "tcp_rcv_established", why="attach point of the RTT program"),
+            Requirement("tracepoint", "tcp_probe", why="attach point of the RTT program"),
             Requirement("member", "struct tcp_sock", "srtt_us"),
         ),
         probe="probe_rtt",

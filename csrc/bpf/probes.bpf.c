@@ -83,8 +83,9 @@ int probe_drops(__u64 *ctx)
     return reason == 0;
 }
 
-/* ENABLE_RTT: fentry on tcp_rcv_established reading the socket's smoothed RTT. */
-SEC("fentry/tcp_rcv_established")
+/* ENABLE_RTT: the BTF tracepoint tcp_probe (fired at the top of tcp_rcv_established with the
+ * socket and the segment) reading the socket's smoothed RTT. */
+SEC("tp_btf/tcp_probe")
 int probe_rtt(__u64 *ctx)
 {
     struct tcp_sock *tp = (struct tcp_sock *)ctx[0];

@@ -37,7 +37,7 @@ def test_features_this_kernel_has_are_reported_supported_after_loading_their_pro
 
 
 def test_the_rtt_verdict_is_the_kernels_answer_to_its_attach_point() -> None:
-    # Whatever this kernel says about fentry programs, check must say the same and explain a no.
+    # Whatever this kernel says about the RTT program, check must say the same and explain a no.
     spec = CollectionSpec.from_file(OBJECT)
     try:
         with spec.load(["probe_rtt"]):
@@ -47,7 +47,7 @@ def test_the_rtt_verdict_is_the_kernels_answer_to_its_attach_point() -> None:
     rtt = _features()["rtt"]
     assert rtt["supported"] is loads
     if not loads:
-        assert "fentry/tcp_rcv_established" in str(rtt["detail"])
+        assert "tp_btf/tcp_probe" in str(rtt["detail"])
 
 
 def test_text_output_lists_every_feature_after_the_checks() -> None:

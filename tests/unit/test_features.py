@@ -34,7 +34,7 @@ def old_kernel_btf() -> Btf:
     btf.add(BtfType(BtfKind.STRUCT, btf.add_string("net"), size_or_type=8,
                     members=[BtfMember(btf.add_string("ns"), inner, 0)]))
     proto = btf.add(BtfType(BtfKind.FUNC_PROTO, 0, size_or_type=0))
-    btf.add(BtfType(BtfKind.FUNC, btf.add_string("tcp_rcv_established"), size_or_type=proto))
+    btf.add(BtfType(BtfKind.TYPEDEF, btf.add_string("btf_trace_tcp_probe"), size_or_type=proto))
     btf.add(BtfType(BtfKind.TYPEDEF, btf.add_string("btf_trace_kfree_skb"), size_or_type=proto))
     btf.add(BtfType(BtfKind.ENUM, btf.add_string("bpf_attach_type"), size_or_type=4,
                     members=[BtfMember(btf.add_string("BPF_CGROUP_INET_INGRESS"), offset=0)]))
