@@ -245,7 +245,7 @@ class AgentRun:
 
         base = {"EXPORT": "stdout", "TRACER": "ebpf", "ACCOUNTER": "native",
                 "LISTEN_INTERFACES": "watch", "CACHE_ACTIVE_TIMEOUT": "1s", "LOG_LEVEL": "info"}
-        full_env = dict(os.environ, **base, **(env or {}))
+        full_env = {**os.environ, **base, **(env or {})}
         cmd = [*agent_command(), *args]
         if taskset:
             cmd = ["taskset", "-c", taskset, *cmd]
