@@ -308,6 +308,8 @@ class GrpcExporter:
             lambda: float(self._buffered_flows),
         )
         self._in_flight = False
+        self._sending: _Pending | None = None  # the memory message being sent
+        self._head_spilled: _Pending | None = None  # ... when export moved it to the spool
         self._closing = threading.Event()  # no more exports; sender stops once the buffer is empty
         self._abort = threading.Event()  # stop now, even with flows left
         self._problems = RateLimitedLog(log)
@@ -376,6 +378,8 @@ class GrpcExporter:
 
         assert self._spool is not None
         if not self._spooling:
+            # The memory buffer is older than this batch: it goes first.
+            self._spill(from_export=True)
             self._spooling = True
             log.warning(
                 "grpc exporter: writing flows to the spool %s until collector %s takes them",
@@ -386,12 +390,19 @@ class GrpcExporter:
             self._spool.append(data, flows)
         self._lock.notify_all()
 
-    def _spill(self) -> None:
-        """Move the memory buffer into the spool, oldest first (caller holds the lock)."""
+    def _spill(self, from_export: bool = False) -> None:
+        """Move the memory buffer into the spool, oldest first (caller holds the lock).
+
+        From ``export``, the message the sender is sending may be moved too: the sender then
+        acknowledges it in the spool (where it is first) once the call ends, unless it is to be
+        retried (it is then replayed from the spool).
+        """
         assert self._spool is not None
         if not self._pending:
             return
-        if not self._spooling:
+        if from_export and self._in_flight and self._sending is self._pending[0]:
+            self._head_spilled = self._sending
+        if not self._spooling and not from_export:
             self._spooling = True
             log.warning(
                 "grpc exporter: collector %s unreachable; writing flows to the spool %s",
@@ -481,6 +492,7 @@ class GrpcExporter:
                 if self._abort.is_set():
                     return
                 item = self._pending[0] if record is None else None
+                self._sending = item
                 self._in_flight = True
             try:
                 if record is not None:
@@ -488,18 +500,37 @@ class GrpcExporter:
                 else:
                     assert item is not None
                     outcome = self._send_one(item)
-                    if outcome == "retry" and self._spool is not None:
+                    with self._lock:
+                        spilled = self._head_spilled is item
+                        self._head_spilled = None
+                    if spilled:
+                        if outcome != "retry":
+                            self._ack_spilled(item, outcome)
+                    elif outcome == "retry" and self._spool is not None:
                         with self._lock:
                             self._spill()
             finally:
                 with self._lock:
                     self._in_flight = False
+                    self._sending = None
                     self._lock.notify_all()
             if outcome == "retry":
                 attempt += 1
                 self._abort.wait(self._backoff(attempt))
             else:
                 attempt = 0
+
+    def _ack_spilled(self, item: _Pending, outcome: str) -> None:
+        """``item`` was moved to the spool while being sent, and the call ended for good."""
+        assert self._spool is not None
+        record = self._spool.peek()
+        if record is not None and record.payload == item.data:
+            self._spool.ack(record)
+        if outcome == "split":
+            with self._lock:
+                self._pending.appendleft(item)
+                self._buffered_flows += item.flows
+                self._split_head(item)
 
     def _send_spooled(self, record: SpoolRecord) -> str:
         """Send one spooled message; acknowledge it unless it is to be retried."""

@@ -152,7 +152,7 @@ class NsCollector:
 
 
 def grpc_spooled(spool_dir: Path) -> list[tuple[int, int, int, int]]:
-    from flowkit_plugins.pbflow.flow_pb2 import Records
+    from flowkit.pbflow.flow_pb2 import Records
 
     out: list[tuple[int, int, int, int]] = []
     for _flows, payload in read_spool(spool_dir):
