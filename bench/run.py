@@ -22,6 +22,7 @@ BENCHMARKS: list[tuple[str, list[str]]] = [
     ("encoding", ["bench_encoding.py", "--flows", "100000", "--repeat", "3"]),
     ("kafka", ["bench_kafka.py", "--json-out", str(RESULTS / "kafka.json")]),
     ("grpc", ["bench_grpc.py"]),
+    ("ipfix", ["bench_ipfix.py", "--flows", "200000", "--repeat", "3"]),
 ]
 
 

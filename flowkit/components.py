@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     from flowkit.metrics import Metrics
     from flowkit.model import FlowArray, FlowBatch
 
-_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]*$")
+_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_.+-]*$")
 
 
 class InvalidSpecError(ValueError):
@@ -46,7 +46,7 @@ class UnknownComponentError(PluginError):
 class ComponentSpec:
     """Base record for everything a component hook returns.
 
-    The name is normalised (stripped, lower-cased) and must match ``[a-z0-9][a-z0-9_.-]*``.
+    The name is normalised (stripped, lower-cased) and must match ``[a-z0-9][a-z0-9_.+-]*``.
     """
 
     kind: ClassVar[str] = "component"
@@ -66,7 +66,7 @@ class ComponentSpec:
         if not _NAME_RE.match(normalised):
             raise InvalidSpecError(
                 f"invalid {self.kind} name {self.name!r}: use lower-case letters, digits, '_', "
-                "'-' and '.', starting with a letter or digit"
+                "'-', '.' and '+', starting with a letter or digit"
             )
         object.__setattr__(self, "name", normalised)
         if not callable(self.factory):

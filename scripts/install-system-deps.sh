@@ -9,6 +9,7 @@ PACKAGES=(
   clang llvm bpftool                           # `make bpf`, tests that compile eBPF objects
   iproute2 iputils-ping ethtool libcap2-bin   # namespaces, veths, tc; capsh (privilege tests)
   netsniff-ng pmacct                           # trafgen load and the libpcap peer (benchmarks)
+  nfdump tshark tcpdump                        # IPFIX collectors and capture (ipfix tests)
 )
 
 missing=()
@@ -24,4 +25,4 @@ if [ "$(id -u)" -ne 0 ]; then
 fi
 export DEBIAN_FRONTEND=noninteractive
 apt-get update -qq
-apt-get install -y -qq --no-install-recommends "${missing[@]}"
+apt-get -o DPkg::Lock::Timeout=600 install -y -qq --no-install-recommends "${missing[@]}"
