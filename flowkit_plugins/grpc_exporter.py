@@ -5,41 +5,31 @@ flows and sent with the unary ``pbflow.Collector/Send`` call to ``TARGET_HOST:TA
 (plain text, TLS with ``TARGET_TLS_CA_CERT_PATH``, mutual TLS adding
 ``TARGET_TLS_USER_CERT_PATH`` and ``TARGET_TLS_USER_KEY_PATH``).
 
-Failure behaviour:
+Failure behaviour is flowkit's one buffering and retry rule (:mod:`flowkit.delivery`): this
+module only encodes batches and makes single ``Send`` attempts, classified as
 
-* ``export`` never waits for the network: it encodes the batch and appends it to a buffer that a
-  sender thread drains in order. The buffer holds at most ``GRPC_BUFFER_MAX_FLOWS`` flows; flows
-  that do not fit are dropped and counted (``grpc_dropped_flows{reason="buffer_full"}``).
-* A call failing with a transient status (UNAVAILABLE, DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED,
-  ABORTED, INTERNAL, UNKNOWN, CANCELLED) is retried, oldest message first, after a jittered
-  exponential backoff between ``GRPC_RETRY_INITIAL_BACKOFF`` and ``GRPC_RETRY_MAX_BACKOFF``.
-  The channel reconnects by itself; nothing is lost while the collector is away, up to the
-  buffer bound. A message the collector finds too large is split in two and retried.
-* A call the collector rejects for good (INVALID_ARGUMENT, UNIMPLEMENTED, PERMISSION_DENIED,
-  UNAUTHENTICATED, ...) drops that message (``reason="rejected"``).
-* Problems are logged once when they start (a TLS verification failure names the CA setting),
-  then at most every 30 seconds, and recovery is logged once. No tracebacks.
-* ``shutdown`` interrupts the backoff, sends what it can before its deadline and counts the rest
-  (``reason="shutdown"``).
+* delivered;
+* retryable (UNAVAILABLE, DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED, ABORTED, INTERNAL, UNKNOWN,
+  CANCELLED): kept and retried, oldest first, after a jittered exponential backoff between
+  ``GRPC_RETRY_INITIAL_BACKOFF`` and ``GRPC_RETRY_MAX_BACKOFF``; the channel reconnects by
+  itself;
+* too large: split in two halves, sent at once;
+* rejected for good (INVALID_ARGUMENT, UNIMPLEMENTED, PERMISSION_DENIED, UNAUTHENTICATED, ...):
+  dropped (``reason="rejected"``).
 
-With ``GRPC_SPOOL_DIR`` set, the exporter keeps what it cannot deliver on disk instead
-(:mod:`flowkit.spool`): on the first retryable failure the memory buffer is written to the spool,
-and later batches are appended there while the collector is away; once a call succeeds again the
-spool is replayed oldest first and each record deleted when the collector accepted it, then
-batches go through memory again. A spool left by an earlier run is replayed first. At shutdown,
-what is undelivered is written to the spool (kept for the next start) instead of being dropped.
-Over ``GRPC_SPOOL_MAX_BYTES`` the oldest segments are dropped (``reason="spool_full"``).
+The memory buffer holds ``GRPC_BUFFER_MAX_FLOWS`` flows (beyond: ``reason="buffer_full"``); with
+``GRPC_SPOOL_DIR`` what cannot be delivered is kept on disk instead and replayed in order, also
+after a restart (:mod:`flowkit.spool`). ``shutdown`` interrupts the backoff, sends what it can
+before its deadline and spools or drops the rest (``reason="shutdown"``). Problems are logged
+once when they start (a TLS verification failure names the CA setting), then at most every 30
+seconds, and recovery is logged once. No tracebacks.
 
 grpcio (extra ``flowkit[grpc]``) is imported by the factory only.
 """
 
 from __future__ import annotations
 
-import collections
 import logging
-import random
-import threading
-import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -47,10 +37,11 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from flowkit import hookimpl
 from flowkit.components import ComponentContext, ExporterSpec
+from flowkit.delivery import Outcome, RetryPolicy, Sender, Split
 from flowkit.pbflow import import_grpc
 from flowkit.ratelimit import RateLimitedLog
 from flowkit.settings_types import ByteSize, Duration
-from flowkit.spool import Spool, SpoolRecord, check_spool_settings, open_spool
+from flowkit.spool import Spool, check_spool_settings, open_spool
 
 if TYPE_CHECKING:
     import grpc
@@ -213,16 +204,6 @@ class GrpcSettings(BaseModel):
         return bool(self.target_tls_ca_cert_path)
 
 
-class _Pending:
-    """One encoded ``Records`` message waiting to be sent."""
-
-    __slots__ = ("data", "flows")
-
-    def __init__(self, data: bytes, flows: int) -> None:
-        self.data = data
-        self.flows = flows
-
-
 def _channel_credentials(settings: GrpcSettings) -> grpc.ChannelCredentials:
     import grpc
 
@@ -244,7 +225,8 @@ def _channel_credentials(settings: GrpcSettings) -> grpc.ChannelCredentials:
 
 
 class GrpcExporter:
-    """Sends flows to a pbflow collector from a background thread (see the module docstring)."""
+    """Sends flows to a pbflow collector through a :class:`~flowkit.delivery.Sender` (see the
+    module docstring)."""
 
     def __init__(self, settings: GrpcSettings, metrics: Metrics) -> None:
         grpc = import_grpc()
@@ -275,9 +257,6 @@ class GrpcExporter:
         dropped = metrics.counter(
             "grpc_dropped_flows", "Flows the grpc exporter could not deliver", ["reason"]
         )
-        self._dropped_full = dropped.labels(reason="buffer_full")
-        self._dropped_rejected = dropped.labels(reason="rejected")
-        self._dropped_shutdown = dropped.labels(reason="shutdown")
         self._sent_flows = metrics.counter("grpc_sent_flows", "Flows delivered to the collector")
         self._sent_messages = metrics.counter(
             "grpc_sent_messages", "pbflow.Records messages delivered to the collector"
@@ -285,11 +264,12 @@ class GrpcExporter:
         self._send_errors = metrics.counter(
             "grpc_send_errors", "Failed Send calls by gRPC status code", ["code"]
         )
-        self._lock = threading.Condition()
-        self._pending: collections.deque[_Pending] = collections.deque()
-        self._buffered_flows = 0
-        self._dropped = dropped
-        self._spool: Spool | None = open_spool(
+        self._problems = RateLimitedLog(log)
+
+        def on_drop(reason: str, flows: int) -> None:
+            dropped.labels(reason=reason).inc(flows)
+
+        spool: Spool | None = open_spool(
             "GRPC",
             settings.grpc_spool_dir,
             settings.grpc_spool_max_bytes,
@@ -297,24 +277,25 @@ class GrpcExporter:
             settings.grpc_spool_fsync,
             name="grpc",
             metrics=metrics,
-            on_drop=lambda reason, flows: dropped.labels(reason=reason).inc(flows),
+            on_drop=on_drop,
         )
-        # True while the spool holds messages that must go before anything new: new batches are
-        # then appended to the spool, not to the memory buffer.
-        self._spooling = self._spool is not None and not self._spool.empty()
+        self._sender = Sender(
+            "grpc",
+            self._send_one,
+            max_buffered_flows=settings.grpc_buffer_max_flows,
+            retry=RetryPolicy(settings.grpc_retry_initial_backoff,
+                              settings.grpc_retry_max_backoff),
+            spool=spool,
+            on_drop=on_drop,
+            on_delivered=self._sent_flows.inc,
+            target=f"collector {settings.target}",
+            buffer_setting="GRPC_BUFFER_MAX_FLOWS",
+        )
         metrics.gauge_callback(
             "grpc_buffered_flows",
             "Flows waiting to be sent to the collector",
-            lambda: float(self._buffered_flows),
+            lambda: float(self._sender.buffered_flows),
         )
-        self._in_flight = False
-        self._sending: _Pending | None = None  # the memory message being sent
-        self._head_spilled: _Pending | None = None  # ... when export moved it to the spool
-        self._closing = threading.Event()  # no more exports; sender stops once the buffer is empty
-        self._abort = threading.Event()  # stop now, even with flows left
-        self._problems = RateLimitedLog(log)
-        self._thread = threading.Thread(target=self._run, name="flowkit-grpc-sender", daemon=True)
-        self._thread.start()
         log.info(
             "grpc exporter sending to %s (%s)",
             settings.target,
@@ -330,272 +311,55 @@ class GrpcExporter:
         """Encode the batch and queue it for sending; never waits for the collector."""
         from flowkit.encoding import encode_records_messages
 
-        total = len(batch)
-        if total == 0:
-            return
-        if self._spool is not None and not self._abort.is_set():
-            with self._lock:
-                room = self.settings.grpc_buffer_max_flows - self._buffered_flows
-                if self._spooling or room < total or self._closing.is_set():
-                    self._to_spool(batch)
-                    return
-        if self._closing.is_set():
-            self._dropped_shutdown.inc(total)
-            return
-        with self._lock:
-            room = self.settings.grpc_buffer_max_flows - self._buffered_flows
-        keep = min(total, max(0, room))
-        if keep < total:
-            self._dropped_full.inc(total - keep)
-            self._problems.emit(
-                "overflow",
-                logging.ERROR,
-                "grpc exporter buffer is full (GRPC_BUFFER_MAX_FLOWS=%d): dropped %d flows",
-                self.settings.grpc_buffer_max_flows,
-                total - keep,
-            )
-        else:
-            self._problems.recovered(
-                "overflow", logging.INFO, "grpc exporter buffer has room again"
-            )
-        if keep == 0:
+        if len(batch) == 0:
             return
         # The C encoder writes each serialized pbflow.Records straight from the batch's memory.
-        messages = [
-            _Pending(data, flows)
-            for data, flows in encode_records_messages(
-                batch, self.settings.grpc_message_max_flows, stop=keep
-            )
-        ]
-        with self._lock:
-            self._pending.extend(messages)
-            self._buffered_flows += keep
-            self._lock.notify_all()
-
-    def _to_spool(self, batch: FlowBatch) -> None:
-        """Append the batch's messages to the spool (caller holds the lock)."""
-        from flowkit.encoding import encode_records_messages
-
-        assert self._spool is not None
-        if not self._spooling:
-            # The memory buffer is older than this batch: it goes first.
-            self._spill(from_export=True)
-            self._spooling = True
-            log.warning(
-                "grpc exporter: writing flows to the spool %s until collector %s takes them",
-                self.settings.grpc_spool_dir,
-                self.settings.target,
-            )
-        for data, flows in encode_records_messages(batch, self.settings.grpc_message_max_flows):
-            self._spool.append(data, flows)
-        self._lock.notify_all()
-
-    def _spill(self, from_export: bool = False) -> None:
-        """Move the memory buffer into the spool, oldest first (caller holds the lock).
-
-        From ``export``, the message the sender is sending may be moved too: the sender then
-        acknowledges it in the spool (where it is first) once the call ends, unless it is to be
-        retried (it is then replayed from the spool).
-        """
-        assert self._spool is not None
-        if not self._pending:
-            return
-        if from_export and self._in_flight and self._sending is self._pending[0]:
-            self._head_spilled = self._sending
-        if not self._spooling and not from_export:
-            self._spooling = True
-            log.warning(
-                "grpc exporter: collector %s unreachable; writing flows to the spool %s",
-                self.settings.target,
-                self.settings.grpc_spool_dir,
-            )
-        while self._pending:
-            item = self._pending.popleft()
-            self._buffered_flows -= item.flows
-            self._spool.append(item.data, item.flows)
+        self._sender.offer(encode_records_messages(batch, self.settings.grpc_message_max_flows))
 
     def spooled_flows(self) -> int:
         """Flows waiting in the disk spool (0 without one)."""
-        return 0 if self._spool is None else self._spool.flows
+        return self._sender.spooled_flows()
 
     def recovered_flows(self) -> int:
         """Flows found in the disk spool at start, left by an earlier run (0 without a spool)."""
-        return 0 if self._spool is None else self._spool.recovered_flows
-
-    def _spool_waiting(self) -> bool:
-        return self._spooling and self._spool is not None and not self._spool.empty()
+        return self._sender.recovered_flows()
 
     def flush(self, timeout: float) -> bool:
         """Wait until every buffered flow was delivered (or dropped); False on timeout."""
-        deadline = time.monotonic() + timeout
-        with self._lock:
-            while self._pending or self._in_flight or self._spool_waiting():
-                remaining = deadline - time.monotonic()
-                if remaining <= 0 or self._abort.is_set():
-                    return False
-                self._lock.wait(min(remaining, 0.5))
-        return True
+        return self._sender.flush(timeout)
 
     def shutdown(self, timeout: float) -> None:
-        """Send what can be sent within ``timeout``, count the rest as dropped, close."""
-        deadline = time.monotonic() + timeout
-        self._closing.set()
-        self.flush(max(0.0, deadline - time.monotonic()))
-        self._abort.set()
-        with self._lock:
-            self._lock.notify_all()
-        self._thread.join(max(0.1, deadline - time.monotonic()))
-        with self._lock:
-            if self._spool is not None and not self._in_flight:
-                self._spill()
-            left = self._buffered_flows
-            self._pending.clear()
-            self._buffered_flows = 0
-        if self._spool is not None:
-            kept = self._spool.flows
-            self._spool.close()
-            if kept:
-                log.warning(
-                    "grpc exporter stopped with %d flows kept in the spool %s; they are sent "
-                    "at the next start",
-                    kept,
-                    self.settings.grpc_spool_dir,
-                )
-        if left:
-            self._dropped_shutdown.inc(left)
-            log.warning(
-                "grpc exporter stopped with %d flows not delivered to %s",
-                left,
-                self.settings.target,
-            )
+        """Send what can be sent within ``timeout``, spool or count the rest, close."""
+        self._sender.shutdown(timeout)
         self._channel.close()
 
-    # -- sender thread ----------------------------------------------------------------------
-    def _run(self) -> None:
-        attempt = 0
-        while not self._abort.is_set():
-            record: SpoolRecord | None = None
-            with self._lock:
-                while not self._abort.is_set():
-                    if self._pending:
-                        break
-                    if self._spooling and self._spool is not None:
-                        record = self._spool.peek()
-                        if record is not None:
-                            break
-                        self._spooling = False  # replayed everything: back to memory
-                        log.info("grpc exporter: spool replayed, sending from memory again")
-                        self._lock.notify_all()
-                    if self._closing.is_set():
-                        return
-                    self._lock.wait(0.5)
-                if self._abort.is_set():
-                    return
-                item = self._pending[0] if record is None else None
-                self._sending = item
-                self._in_flight = True
-            try:
-                if record is not None:
-                    outcome = self._send_spooled(record)
-                else:
-                    assert item is not None
-                    outcome = self._send_one(item)
-                    with self._lock:
-                        spilled = self._head_spilled is item
-                        self._head_spilled = None
-                    if spilled:
-                        if outcome != "retry":
-                            self._ack_spilled(item, outcome)
-                    elif outcome == "retry" and self._spool is not None:
-                        with self._lock:
-                            self._spill()
-            finally:
-                with self._lock:
-                    self._in_flight = False
-                    self._sending = None
-                    self._lock.notify_all()
-            if outcome == "retry":
-                attempt += 1
-                self._abort.wait(self._backoff(attempt))
-            else:
-                attempt = 0
-
-    def _ack_spilled(self, item: _Pending, outcome: str) -> None:
-        """``item`` was moved to the spool while being sent, and the call ended for good."""
-        assert self._spool is not None
-        record = self._spool.peek()
-        if record is not None and record.payload == item.data:
-            self._spool.ack(record)
-        if outcome == "split":
-            with self._lock:
-                self._pending.appendleft(item)
-                self._buffered_flows += item.flows
-                self._split_head(item)
-
-    def _send_spooled(self, record: SpoolRecord) -> str:
-        """Send one spooled message; acknowledge it unless it is to be retried."""
-        assert self._spool is not None
-        spool = self._spool
-        item = _Pending(record.payload, record.flows)
-        spool.begin(record)
-        outcome = self._send_one(item, spooled=True)
-        if outcome == "retry":
-            spool.release(record)
-            return outcome
-        if outcome == "split":
-            # The halves go first through memory (they are older than the rest of the spool).
-            with self._lock:
-                self._pending.appendleft(item)
-                self._buffered_flows += item.flows
-                self._split_head(item)
-        spool.ack(record)
-        return outcome
-
-    def _backoff(self, attempt: int) -> float:
-        s = self.settings
-        step: float = s.grpc_retry_initial_backoff * 2.0 ** min(attempt - 1, 32)
-        ceiling = min(s.grpc_retry_max_backoff, step)
-        # "Equal jitter": never less than half the step, so retries stay spread but bounded.
-        return ceiling / 2 + random.uniform(0, ceiling / 2)  # noqa: S311 - not cryptographic
-
-    def _done(self, item: _Pending) -> None:
-        with self._lock:
-            if self._pending and self._pending[0] is item:
-                self._pending.popleft()
-                self._buffered_flows -= item.flows
-            self._lock.notify_all()
-
-    def _send_one(self, item: _Pending, spooled: bool = False) -> str:
+    # -- one attempt (called by the sender thread) --------------------------------------------
+    def _send_one(self, data: bytes, flows: int) -> Outcome | Split:
         grpc = self._grpc
         try:
-            self._send(item.data, timeout=self.settings.grpc_timeout)
+            self._send(data, timeout=self.settings.grpc_timeout)
         except grpc.RpcError as exc:
             code = exc.code() if hasattr(exc, "code") else grpc.StatusCode.UNKNOWN
             details = (exc.details() if hasattr(exc, "details") else "") or ""
             name = code.name if code is not None else "UNKNOWN"
             self._send_errors.labels(code=name).inc()
-            return self._on_error(item, name, details, spooled)
-        self._sent_flows.inc(item.flows)
+            return self._on_error(data, flows, name, details)
         self._sent_messages.inc()
-        if not spooled:
-            self._done(item)
         self._problems.recovered(
             "send", logging.INFO, "grpc collector %s is reachable again", self.settings.target
         )
-        return "sent"
+        return Outcome.SENT
 
-    def _on_error(self, item: _Pending, code: str, details: str, spooled: bool = False) -> str:
+    def _on_error(self, data: bytes, flows: int, code: str, details: str) -> Outcome | Split:
         target = self.settings.target
-        if code == "RESOURCE_EXHAUSTED" and "larger than max" in details and item.flows > 1:
-            if not spooled:
-                self._split_head(item)
+        if code == "RESOURCE_EXHAUSTED" and "larger than max" in details and flows > 1:
             log.warning(
                 "collector %s refused a message of %d flows as too large; sending it in "
                 "two halves (lower GRPC_MESSAGE_MAX_FLOWS)",
                 target,
-                item.flows,
+                flows,
             )
-            return "split"
+            return Split(_halves(data))
         if code in _RETRYABLE:
             if self.settings.tls and any(hint in details for hint in _TLS_HINTS):
                 self._problems.emit(
@@ -622,33 +386,29 @@ class GrpcExporter:
                     if self.settings.tls
                     else "",
                 )
-            return "retry"
-        self._dropped_rejected.inc(item.flows)
-        if not spooled:
-            self._done(item)
+            return Outcome.RETRY
         self._problems.emit(
             "send",
             logging.ERROR,
             "grpc: collector %s rejected a message of %d flows (%s: %s); dropped it",
             target,
-            item.flows,
+            flows,
             code,
             details.strip(),
         )
-        return "dropped"
+        return Outcome.REJECTED
 
-    def _split_head(self, item: _Pending) -> None:
-        from flowkit.pbflow.flow_pb2 import Records
 
-        entries = list(Records.FromString(item.data).entries)
-        half = len(entries) // 2
-        first = _Pending(Records(entries=entries[:half]).SerializeToString(), half)
-        second = _Pending(Records(entries=entries[half:]).SerializeToString(), len(entries) - half)
-        with self._lock:
-            if self._pending and self._pending[0] is item:
-                self._pending.popleft()
-                self._pending.appendleft(second)
-                self._pending.appendleft(first)
+def _halves(data: bytes) -> list[tuple[bytes, int]]:
+    """A serialized ``Records`` message as two messages of half the entries each."""
+    from flowkit.pbflow.flow_pb2 import Records
+
+    entries = list(Records.FromString(data).entries)
+    half = len(entries) // 2
+    return [
+        (Records(entries=entries[:half]).SerializeToString(), half),
+        (Records(entries=entries[half:]).SerializeToString(), len(entries) - half),
+    ]
 
 
 def _make_exporter(context: ComponentContext) -> GrpcExporter:

@@ -141,7 +141,7 @@ def test_backoff_is_jittered_exponential_and_capped() -> None:
     exporter = GrpcExporter(settings, Metrics())
     try:
         for attempt, step in [(1, 1.0), (2, 2.0), (3, 4.0), (4, 8.0), (5, 8.0), (60, 8.0)]:
-            waits = [exporter._backoff(attempt) for _ in range(200)]
+            waits = [exporter._sender.retry.delay(attempt) for _ in range(200)]
             assert all(step / 2 <= w <= step for w in waits), attempt
             assert len(set(waits)) > 1
     finally:
