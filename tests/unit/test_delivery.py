@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from flowkit.delivery import DROP_REASONS, Outcome, RetryPolicy, Sender, Split
-from flowkit.spool import SpoolConfig, Spool
+from flowkit.spool import Spool, SpoolConfig
 
 FAST = RetryPolicy(0.01, 0.02)
 
@@ -86,7 +86,7 @@ def test_a_rejected_payload_is_dropped_with_its_reason_and_the_rest_goes_on() ->
 
 def test_a_split_payload_is_replaced_by_its_parts_in_place() -> None:
     peer = Peer(Split([(b"a1", 1), (b"a2", 1)]))
-    s, drops, delivered = sender(peer)
+    s, _, delivered = sender(peer)
     s.offer([(b"a", 2), (b"b", 1)])
     assert s.flush(5)
     s.shutdown(1)
