@@ -1,7 +1,8 @@
 """flowkit: network flows from eBPF, exported through plugins.
 
 Public API: :data:`hookimpl` (mark plugin hook implementations), :class:`Agent`,
-:class:`AgentConfig`, :func:`capture`, and the data model :class:`Flow` / :class:`FlowBatch`.
+:class:`AgentConfig`, :func:`capture`, :func:`replay` (a pcap/pcapng file through the eBPF
+program), and the data model :class:`Flow` / :class:`FlowBatch`.
 """
 
 from __future__ import annotations
@@ -20,8 +21,10 @@ except PackageNotFoundError:  # pragma: no cover - running from a source tree
 if TYPE_CHECKING:
     from flowkit.agent import Agent, capture
     from flowkit.config import AgentConfig
+    from flowkit.offline import replay
 
-__all__ = ["Agent", "AgentConfig", "Flow", "FlowBatch", "__version__", "capture", "hookimpl"]
+__all__ = ["Agent", "AgentConfig", "Flow", "FlowBatch", "__version__", "capture", "hookimpl",
+           "replay"]
 
 
 def __getattr__(name: str) -> Any:
@@ -30,6 +33,10 @@ def __getattr__(name: str) -> Any:
         from flowkit import agent
 
         return getattr(agent, name)
+    if name == "replay":
+        from flowkit.offline import replay
+
+        return replay
     if name == "AgentConfig":
         from flowkit.config import AgentConfig
 

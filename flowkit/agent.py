@@ -120,11 +120,12 @@ class ExporterWorker:
 
     def stop(self, deadline: float) -> None:
         """Let the queue drain, then flush and shut the exporter down by ``deadline``."""
-        try:
-            self._queue.put(self._STOP, timeout=max(0.0, deadline - time.monotonic()))
-        except queue.Full:
-            log.warning("exporter %s did not drain its queue in time", self.name)
-        self._thread.join(max(0.0, deadline - time.monotonic()))
+        if self._thread.ident is not None:  # not started when the agent failed to start
+            try:
+                self._queue.put(self._STOP, timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Full:
+                log.warning("exporter %s did not drain its queue in time", self.name)
+            self._thread.join(max(0.0, deadline - time.monotonic()))
         remaining = max(0.1, deadline - time.monotonic())
         try:
             if not self.exporter.flush(remaining):

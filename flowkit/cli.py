@@ -20,13 +20,13 @@ import orjson
 
 import flowkit
 from flowkit.config import ConfigError, SettingInfo, load_config, settings_table
-from flowkit.pipeline import resolve_pipeline
+from flowkit.pipeline import Pipeline, resolve_pipeline
 from flowkit.plugins import PluginError, PluginManager
 from flowkit.privileges import PrivilegeError
 from flowkit.settings_types import format_duration
 
 PROG = "flowkit-agent"
-COMMANDS = ("run", "plugins", "check", "inspect")
+COMMANDS = ("run", "replay", "top", "plugins", "check", "inspect")
 _LEVELS = {
     "trace": logging.DEBUG,
     "debug": logging.DEBUG,
@@ -98,11 +98,13 @@ def build_run_parser(table: dict[str, SettingInfo]) -> argparse.ArgumentParser:
     parser = _Parser(
         prog=PROG,
         usage=f"{PROG} [--config FILE] [--SETTING VALUE ...]\n"
-        f"       {PROG} {{plugins,check,inspect}} ...",
+        f"       {PROG} {{replay FILE,top,plugins,check,inspect}} ...",
         description="Capture network flows with eBPF and export them. Every setting can also "
         "be given as an environment variable (NetObserv names) or in a YAML file; precedence: "
         "flags > environment > file > defaults.",
-        epilog="commands: run (default), plugins (list installed components as JSON), check "
+        epilog="commands: run (default), replay FILE (a pcap/pcapng capture through the eBPF "
+        "program, flows to the exporters), top (live view of the busiest flows; --sort, "
+        "--filter), plugins (list installed components as JSON), check "
         "(preflight: privileges, kernel features), inspect OBJECT (describe an eBPF object). "
         "Settings reference: docs/configuration.md",
     )
@@ -140,23 +142,47 @@ def _install_signal_handlers(agent: flowkit.Agent) -> None:
     signal.signal(signal.SIGINT, handler)
 
 
-def cmd_run(argv: Sequence[str]) -> int:
-    """Run the agent until SIGTERM/SIGINT."""
+def prepare_config(
+    argv: Sequence[str],
+    *,
+    prog: str = PROG,
+    defaults: dict[str, Any] | None = None,
+    forced: dict[str, Any] | None = None,
+) -> Pipeline | int:
+    """Parse the agent's flags and resolve the pipeline they describe, or return the exit status.
+
+    ``defaults`` replace built-in defaults (flags, environment and file still win); ``forced``
+    settings win over everything (``replay`` forces its tracer).
+    """
     try:
         pm = PluginManager()
-    except PluginError as exc:
-        return _fail(str(exc), 2)
-    try:
         table = settings_table(pm)
     except PluginError as exc:
         return _fail(str(exc), 2)
-    args = build_run_parser(table).parse_args(list(argv))
+    parser = build_run_parser(table)
+    parser.prog = prog
+    args = parser.parse_args(list(argv))
     cli = {name: getattr(args, name) for name in table if getattr(args, name) is not None}
+    cli.update(forced or {})
     try:
-        config = load_config(cli=cli, config_file=args.config, plugin_manager=pm)
-        pipeline = resolve_pipeline(config, pm)
+        config = load_config(cli=cli, config_file=args.config, plugin_manager=pm,
+                             defaults=defaults)
+        return resolve_pipeline(config, pm)
     except ConfigError as exc:
         return _fail(str(exc), 2)
+
+
+def cmd_run(argv: Sequence[str]) -> int:
+    """Run the agent until SIGTERM/SIGINT."""
+    prepared = prepare_config(argv)
+    if isinstance(prepared, int):
+        return prepared
+    return run_agent(prepared)
+
+
+def run_agent(pipeline: Pipeline) -> int:
+    """Start the agent, wait until it is asked to stop (or stops itself), shut it down."""
+    config = pipeline.config
     configure_logging(config.log_level)
     log = logging.getLogger("flowkit.cli")
     agent = flowkit.Agent(pipeline)
@@ -188,7 +214,40 @@ def cmd_run(argv: Sequence[str]) -> int:
         timer.start()
         agent.shutdown()
         timer.cancel()
+    error = getattr(agent.tracer, "error", None)
+    if error is not None:  # a replay that met a bad frame: what came before was exported
+        return _fail(str(error), 1)
     return 0
+
+
+def cmd_replay(argv: Sequence[str]) -> int:
+    """Replay a pcap/pcapng file through the eBPF program into the configured exporters."""
+    from flowkit.offline import REPLAY_DEFAULTS
+
+    args = list(argv)
+    if not args or args[0].startswith("-"):
+        if args and args[0] in ("-h", "--help"):
+            print(f"usage: {PROG} replay FILE [--SETTING VALUE ...]\n\n"
+                  "Run every frame of a pcap or pcapng capture through flowkit's eBPF program "
+                  "(BPF_PROG_TEST_RUN) and export the flows, with the capture's timestamps as "
+                  f"flow times. Settings as for {PROG} --help (REPLAY_DIRECTION, "
+                  "REPLAY_IF_INDEX, EXPORT, ...).")
+            return 0
+        return _fail(f"replay needs a capture file: {PROG} replay FILE [--SETTING VALUE ...]", 2)
+    path, rest = args[0], args[1:]
+    defaults = {k: v for k, v in REPLAY_DEFAULTS.items() if k != "tracer"}
+    prepared = prepare_config(rest, prog=f"{PROG} replay FILE", defaults=defaults,
+                              forced={"tracer": "replay", "replay_file": path})
+    if isinstance(prepared, int):
+        return prepared
+    return run_agent(prepared)
+
+
+def cmd_top(argv: Sequence[str]) -> int:
+    """A live terminal view of the busiest flows."""
+    from flowkit.top import run_top
+
+    return run_top(list(argv))
 
 
 def cmd_plugins(argv: Sequence[str]) -> int:
@@ -225,8 +284,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     command = args[0] if args and args[0] in COMMANDS else "run"
     if args and args[0] == command:
         args = args[1:]
-    handlers = {"run": cmd_run, "plugins": cmd_plugins, "check": cmd_check,
-                "inspect": cmd_inspect}
+    handlers = {"run": cmd_run, "replay": cmd_replay, "top": cmd_top, "plugins": cmd_plugins,
+                "check": cmd_check, "inspect": cmd_inspect}
     try:
         return handlers[command](args)
     except KeyboardInterrupt:

@@ -327,16 +327,19 @@ def load_config(
     environ: Mapping[str, str] | None = None,
     config_file: str | os.PathLike[str] | None = None,
     plugin_manager: PluginSource | None = None,
+    defaults: Mapping[str, Any] | None = None,
 ) -> AgentConfig:
     """Merge and validate every source; raise :class:`ConfigError` on the first bad setting.
 
     ``cli`` maps canonical setting names to raw values (strings as typed); ``environ`` defaults
-    to ``os.environ``. With a plugin manager, plugin settings are known by name and the
-    selection is checked by resolving it (:func:`flowkit.pipeline.resolve_pipeline`: component
-    names and the selected components' settings), so nothing starts with a bad configuration.
+    to ``os.environ``; ``defaults`` replaces built-in defaults (for commands such as ``top``
+    and ``replay`` that need other defaults: every source still wins over them). With a
+    plugin manager, plugin settings are known by name and the selection is checked by
+    resolving it (:func:`flowkit.pipeline.resolve_pipeline`: component names and the selected
+    components' settings), so nothing starts with a bad configuration.
     """
     table = settings_table(plugin_manager)
-    merged: dict[str, Any] = {}
+    merged: dict[str, Any] = dict(defaults or {})
     if config_file is not None:
         merged.update(_read_file(config_file, table))
     merged.update(_read_env(os.environ if environ is None else environ, table))

@@ -37,8 +37,10 @@ from flowkit.native import NativeError
 
 
 def _make(context: ComponentContext) -> NativeAccounter:
+    # A tracer whose times are already unix ns (replay) says so with boot_offset_ns = 0.
     return NativeAccounter(
-        context.tracer, context.config.cache_max_flows, metrics=context.metrics
+        context.tracer, context.config.cache_max_flows, metrics=context.metrics,
+        boot_offset_ns=getattr(context.tracer, "boot_offset_ns", None),
     )
 
 

@@ -110,7 +110,8 @@ def concat_batches(batches: list[FlowBatch]) -> FlowBatch:
 
 
 def _make(context: ComponentContext) -> PythonAccounter:
-    return PythonAccounter(context.tracer, context.config.cache_max_flows)
+    return PythonAccounter(context.tracer, context.config.cache_max_flows,
+                           boot_offset_ns=getattr(context.tracer, "boot_offset_ns", None))
 
 
 @hookimpl

@@ -114,6 +114,11 @@ volatile const __u8 precise_timestamps = 0;
 /* DIRECTION: a program whose direction is switched off returns at once. */
 volatile const __u8 trace_ingress = 1;
 volatile const __u8 trace_egress = 1;
+/* 1 only for offline replay (flowkit_plugins/replay_tracer.py runs capture frames with
+ * BPF_PROG_TEST_RUN): the interface index, the byte count and the time of a packet then come from
+ * skb->cb[] (see FK_REPLAY_CB_*), set through the test run's context. Live programs are loaded
+ * with 0 and the verifier drops the replay branches. */
+volatile const __u8 replay = 0;
 
 /* ---- maps ---- */
 
@@ -411,6 +416,32 @@ static __always_inline int parse_copied(struct __sk_buff *skb, struct fk_parse *
 
 /* ---- accounting ---- */
 
+/* skb->cb[] words of a replayed frame: interface index, original frame length (the data may be
+ * cut to fit BPF_PROG_TEST_RUN's one-page limit), capture time in unix ns (low, high word). */
+#define FK_REPLAY_CB_IFINDEX 0
+#define FK_REPLAY_CB_LEN 1
+#define FK_REPLAY_CB_TIME_LO 2
+#define FK_REPLAY_CB_TIME_HI 3
+
+/* skb->cb[i] of a replayed frame (cb[] starts at byte 48 of struct __sk_buff). Loaded in asm:
+ * in C, clang merges `replay ? skb->cb[i] : skb->field` into one load at a computed context
+ * offset, which the verifier refuses. */
+static __always_inline __u32 replay_word(struct __sk_buff *skb, const int i)
+{
+    __u32 v;
+    asm volatile("%0 = *(u32 *)(%1 + %2)" : "=r"(v) : "r"(skb), "i"(48 + 4 * i));
+    return v;
+}
+
+/* The packet's time: the monotonic clock (precise or coarse), or the capture time in replay. */
+static __always_inline __u64 packet_time(struct __sk_buff *skb, int precise)
+{
+    if (replay)
+        return ((__u64)replay_word(skb, FK_REPLAY_CB_TIME_HI) << 32) |
+               replay_word(skb, FK_REPLAY_CB_TIME_LO);
+    return precise ? bpf_ktime_get_ns() : bpf_ktime_get_coarse_ns();
+}
+
 static __always_inline void to_ringbuf(struct fk_parse *p, __u64 len, __u64 now)
 {
     struct fk_flow_record *rec = bpf_ringbuf_reserve(&flow_events, sizeof(*rec), 0);
@@ -441,14 +472,14 @@ static __always_inline int account(struct __sk_buff *skb, __u8 direction)
 
     struct fk_parse p __attribute__((aligned(8)));
     __builtin_memset(&p, 0, sizeof(p));
-    p.key.if_index = skb->ifindex;
+    p.key.if_index = replay ? replay_word(skb, FK_REPLAY_CB_IFINDEX) : skb->ifindex;
     p.key.direction = direction;
     if (!parse_linear(skb, &p) && !parse_copied(skb, &p)) {
         count(FK_COUNTER_RUNT);
         return TC_ACT_UNSPEC;
     }
 
-    __u64 len = skb->len;
+    __u64 len = replay ? replay_word(skb, FK_REPLAY_CB_LEN) : skb->len;
     __u32 zero = 0;
     void *flows = bpf_map_lookup_elem(&flow_selector, &zero);
     if (!flows) {
@@ -461,11 +492,11 @@ static __always_inline int account(struct __sk_buff *skb, __u8 direction)
     if (v) {
         /* A per-CPU slot starts zeroed when another CPU created the entry. */
         if (v->packets == 0) {
-            now = bpf_ktime_get_ns();
+            now = packet_time(skb, 1);
             v->first_ns = now;
             v->sampling = sampling;
         } else {
-            now = precise_timestamps ? bpf_ktime_get_ns() : bpf_ktime_get_coarse_ns();
+            now = packet_time(skb, precise_timestamps);
             /* The coarse clock lags the precise one by up to a tick. */
             if (now < v->first_ns)
                 now = v->first_ns;
@@ -478,7 +509,7 @@ static __always_inline int account(struct __sk_buff *skb, __u8 direction)
         return TC_ACT_UNSPEC;
     }
 
-    now = bpf_ktime_get_ns();
+    now = packet_time(skb, 1);
     struct fk_flow_value fresh = {
         .packets = 1,
         .bytes = len,
