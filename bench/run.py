@@ -23,6 +23,7 @@ BENCHMARKS: list[tuple[str, list[str]]] = [
     ("kafka", ["bench_kafka.py", "--json-out", str(RESULTS / "kafka.json")]),
     ("grpc", ["bench_grpc.py"]),
     ("ipfix", ["bench_ipfix.py", "--flows", "200000", "--repeat", "3"]),
+    ("spool", ["bench_spool.py", "--mib", "512"]),
 ]
 
 

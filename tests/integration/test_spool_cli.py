@@ -3,7 +3,9 @@ a spool directory another agent holds stops the start with one line."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -73,3 +75,46 @@ def test_a_spool_directory_in_use_stops_the_second_agent(tmp_path: Path) -> None
         assert "in use by another process" in lines[-1]
         assert "Traceback" not in second.stderr
         assert first.stop() == 0
+
+
+def test_agent_replays_a_spool_left_behind_and_cuts_its_torn_tail(tmp_path: Path) -> None:
+    from flowkit.collector import CollectorServer
+    from flowkit.encoding import encode_records_messages
+    from flowkit.spool import RECORD_HEADER, Spool, SpoolConfig
+    from flowkit.testing import synthetic_flows
+
+    # What a run killed during an outage leaves: three whole messages, then a torn record.
+    spool_dir = tmp_path / "spool"
+    left = synthetic_flows(30, packets=7)
+    config = SpoolConfig(spool_dir, max_bytes=1 << 24, segment_bytes=1 << 22)
+    with Spool(config) as spool:
+        for data, flows in encode_records_messages(left, 10):
+            spool.append(data, flows)
+    (segment,) = spool_dir.glob("*.seg")
+    with open(segment, "ab") as handle:
+        handle.write(RECORD_HEADER.pack(500, 5, 0) + b"\x0a" * 100)
+
+    messages: list[list[int]] = []
+
+    def collect(message: Any, context: Any) -> None:
+        messages.append([entry.packets for entry in message.entries])
+
+    with CollectorServer(collect, "127.0.0.1", 0) as server:
+        env = clean_env(
+            SYNTHETIC, EXPORT="grpc", TARGET_HOST="127.0.0.1", TARGET_PORT=str(server.port),
+            GRPC_SPOOL_DIR=str(spool_dir), SYNTHETIC_FLOWS="1", SYNTHETIC_MAX_RECORDS="3",
+            SYNTHETIC_RATE="0", LOG_LEVEL="info", CACHE_ACTIVE_TIMEOUT="200ms",
+        )
+        with AgentProcess([], env) as agent:
+            deadline = time.monotonic() + 30
+            while sum(map(len, messages)) < 31 and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert agent.stop() == 0
+            log_text = "\n".join(str(r.get("msg", "")) for r in agent.log_records())
+
+    # The spooled flows first, in order, each once; then the new flow; the torn record never.
+    assert messages[:3] == [[7] * 10] * 3
+    assert messages[3:] == [[3]]
+    assert "cut 112 bytes off" in log_text
+    assert "30 flows in 1 segments left by an earlier run" in log_text
+    assert list(spool_dir.glob("*.seg")) == []
