@@ -29,8 +29,8 @@ from measure import cpu_seconds, peak_rss_mib
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from flowkit.spool import Spool, SpoolConfig, encode_batch  # noqa: E402
-from flowkit.testing import synthetic_flows  # noqa: E402
+from flowkit.spool import Spool, SpoolConfig, encode_batch
+from flowkit.testing import synthetic_flows
 
 
 def rates(phase: str, policy: str, records: int, flows: int, nbytes: int, wall: float,
