@@ -31,6 +31,12 @@ struct fk_ipfix_names *fk_ipfix_names_new(const uint32_t *if_indexes, const uint
                                           const uint8_t *names, uint32_t n_names, int *err);
 void fk_ipfix_names_free(struct fk_ipfix_names *names);
 
+/* The UTF-8 name of if_index (*name points into the table) and its length; 0 when unknown.
+ * `hint` (initialised to NULL by the caller) speeds up runs of one interface. */
+uint32_t fk_ipfix_name_of(const struct fk_ipfix_names *names, uint32_t if_index,
+                          const void **hint, const uint8_t **name);
+uint32_t fk_ipfix_names_max(const struct fk_ipfix_names *names);
+
 /* Largest data record of any flow (fixed part plus the longest name), in bytes. */
 uint32_t fk_ipfix_record_max(const struct fk_ipfix_names *names, const struct fk_ipfix_params *p);
 

@@ -172,6 +172,24 @@ static inline const struct fk_ipfix_name *fk_ipfix_lookup(const struct fk_ipfix_
     return NULL;
 }
 
+uint32_t fk_ipfix_name_of(const struct fk_ipfix_names *t, uint32_t if_index, const void **hint,
+                          const uint8_t **name)
+{
+    const struct fk_ipfix_name *e =
+        fk_ipfix_lookup(t, if_index, (const struct fk_ipfix_name **)hint);
+    if (!e || !e->len) {
+        *name = NULL;
+        return 0;
+    }
+    *name = t->blob + e->off;
+    return e->len;
+}
+
+uint32_t fk_ipfix_names_max(const struct fk_ipfix_names *t)
+{
+    return t->max_len;
+}
+
 static inline uint8_t *fk_be16(uint8_t *p, uint32_t v)
 {
     p[0] = (uint8_t)(v >> 8);
