@@ -24,6 +24,7 @@ BENCHMARKS: list[tuple[str, list[str]]] = [
     ("grpc", ["bench_grpc.py"]),
     ("ipfix", ["bench_ipfix.py", "--flows", "200000", "--repeat", "3"]),
     ("spool", ["bench_spool.py", "--mib", "512"]),
+    ("otlp", ["bench_otlp.py", "--flows", "100000", "--repeat", "3"]),
 ]
 
 

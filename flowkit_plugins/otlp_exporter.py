@@ -1,0 +1,592 @@
+"""The ``otlp`` exporter: flows to an OpenTelemetry collector as OTLP logs (and metrics).
+
+Each flow becomes one log record (:mod:`flowkit.otlp` lists the attributes); with
+``OTLP_METRICS=true`` every batch also yields ``flowkit.flow.bytes`` / ``flowkit.flow.packets``
+delta sums broken down by ``OTLP_METRICS_ATTRIBUTES``, at most ``OTLP_METRICS_MAX_SERIES``
+series plus one overflow series. Requests go over gRPC (``OTLP_PROTOCOL=grpc``, the
+``LogsService/Export`` and ``MetricsService/Export`` calls) or HTTP (``http/protobuf``, POST
+``/v1/logs`` and ``/v1/metrics``), plain text or TLS, with ``OTLP_HEADERS``.
+
+Failure behaviour (the same rule as the ``grpc`` exporter): ``export`` encodes and queues, never
+waiting for the collector; the queue holds at most ``OTLP_BUFFER_MAX_FLOWS`` flows, more are
+dropped and counted (``otlp_dropped_flows{reason="buffer_full"}``); a sender thread delivers
+requests in order and retries the transient failures OTLP defines (gRPC UNAVAILABLE, ...; HTTP
+429, 502, 503, 504, connection errors) after a jittered exponential backoff; a permanent refusal
+drops the request (``reason="rejected"``), as do records a collector reports as rejected in a
+partial success; ``shutdown`` interrupts the backoff, sends until its deadline and counts the
+rest (``reason="shutdown"``).
+
+``opentelemetry-proto`` and ``grpcio`` (extra ``flowkit[otlp]``) are imported by the factory.
+"""
+
+from __future__ import annotations
+
+import collections
+import http.client
+import logging
+import random
+import socket
+import ssl
+import threading
+import time
+import urllib.parse
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from flowkit import hookimpl
+from flowkit.components import ComponentContext, ExporterSpec
+from flowkit.ratelimit import RateLimitedLog
+from flowkit.settings_types import Bool, CommaList, Duration
+
+if TYPE_CHECKING:
+    from flowkit.metrics import Metrics
+    from flowkit.model import FlowBatch
+
+log = logging.getLogger(__name__)
+
+_LOGS_METHOD = "/opentelemetry.proto.collector.logs.v1.LogsService/Export"
+_METRICS_METHOD = "/opentelemetry.proto.collector.metrics.v1.MetricsService/Export"
+# OTLP/gRPC: the codes a client retries (the specification's list).
+_RETRYABLE_GRPC = frozenset(
+    {"CANCELLED", "DEADLINE_EXCEEDED", "ABORTED", "OUT_OF_RANGE", "UNAVAILABLE", "DATA_LOSS",
+     "RESOURCE_EXHAUSTED"}
+)
+_RETRYABLE_HTTP = frozenset({429, 502, 503, 504})
+_METRIC_ATTRIBUTES = (
+    "source.address",
+    "source.port",
+    "destination.address",
+    "destination.port",
+    "network.transport",
+    "network.type",
+    "network.io.direction",
+    "network.interface.name",
+    "flowkit.dscp",
+    "flowkit.ethernet.type",
+    "flowkit.interface.index",
+)
+
+
+def _readable(value: str, setting: str) -> str:
+    if value:
+        try:
+            Path(value).read_bytes()
+        except OSError as exc:
+            raise ValueError(f"cannot read {setting} file {value}: {exc.strerror}") from None
+    return value
+
+
+def parse_headers(text: str) -> list[tuple[str, str]]:
+    """``key1=value1,key2=value2`` (OTEL_EXPORTER_OTLP_HEADERS syntax, values URL-encoded)."""
+    headers = []
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        key, sep, value = item.partition("=")
+        key = key.strip().lower()
+        if not sep or not key or any(c in key for c in " \t:\r\n"):
+            raise ValueError(f"OTLP_HEADERS: {item!r} is not key=value")
+        headers.append((key, urllib.parse.unquote(value.strip())))
+    return headers
+
+
+class OtlpSettings(BaseModel):
+    """Settings of the ``otlp`` exporter (environment variable = field name upper-cased)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    otlp_endpoint: str = Field(
+        min_length=1,
+        description="Collector address: host:port (gRPC default port 4317, HTTP 4318), or a URL "
+        "http://host:port or https://host:port (https turns TLS on).",
+    )
+    otlp_protocol: Literal["grpc", "http/protobuf"] = Field(
+        default="grpc", description="grpc or http/protobuf."
+    )
+    otlp_headers: str = Field(
+        default="",
+        description="Extra request headers / gRPC metadata: key=value,key2=value2 "
+        "(values URL-encoded), e.g. authorization=Bearer%20TOKEN.",
+    )
+    otlp_tls_ca_cert_path: str = Field(
+        default="", description="PEM CA of the collector's certificate; turns TLS on."
+    )
+    otlp_tls_user_cert_path: str = Field(
+        default="", description="PEM client certificate for mutual TLS (with the key)."
+    )
+    otlp_tls_user_key_path: str = Field(
+        default="", description="PEM key of OTLP_TLS_USER_CERT_PATH."
+    )
+    otlp_timeout: Duration = Field(default=10.0, gt=0, description="Deadline of one request.")
+    otlp_retry_initial_backoff: Duration = Field(
+        default=0.5, gt=0, description="Wait before the first retry of a request (doubles)."
+    )
+    otlp_retry_max_backoff: Duration = Field(
+        default=30.0, gt=0, description="Longest wait between two retries."
+    )
+    otlp_buffer_max_flows: int = Field(
+        default=100_000, ge=1, description="Most flows queued for the collector; more are dropped "
+        "and counted."
+    )
+    otlp_message_max_flows: int = Field(
+        default=1000, ge=1, description="Most log records in one request."
+    )
+    otlp_logs: Bool = Field(default=True, description="Send one log record per flow.")
+    otlp_metrics: Bool = Field(
+        default=False, description="Also send bytes and packets sums per batch (OTLP metrics)."
+    )
+    otlp_metrics_attributes: CommaList = Field(
+        default_factory=lambda: ["source.address", "destination.address", "network.transport"],
+        description="Attributes the metrics are broken down by: " + ", ".join(_METRIC_ATTRIBUTES)
+        + " (empty: one series).",
+    )
+    otlp_metrics_max_series: int = Field(
+        default=1000,
+        ge=1,
+        le=1_000_000,
+        description="Most series per batch (the largest by bytes); the rest is summed into one "
+        "series with otel.metric.overflow=true.",
+    )
+    otlp_service_name: str = Field(
+        default="flowkit-agent", description="service.name resource attribute."
+    )
+
+    @field_validator("otlp_headers")
+    @classmethod
+    def _check_headers(cls, value: str) -> str:
+        parse_headers(value)
+        return value
+
+    @field_validator("otlp_metrics_attributes")
+    @classmethod
+    def _check_attributes(cls, value: list[str]) -> list[str]:
+        for name in value:
+            if name not in _METRIC_ATTRIBUTES:
+                raise ValueError(
+                    f"unknown metric attribute {name!r}; use some of "
+                    + ", ".join(_METRIC_ATTRIBUTES)
+                )
+        return value
+
+    @field_validator("otlp_tls_ca_cert_path")
+    @classmethod
+    def _check_ca(cls, value: str) -> str:
+        return _readable(value, "OTLP_TLS_CA_CERT_PATH")
+
+    @field_validator("otlp_tls_user_cert_path")
+    @classmethod
+    def _check_cert(cls, value: str) -> str:
+        return _readable(value, "OTLP_TLS_USER_CERT_PATH")
+
+    @field_validator("otlp_tls_user_key_path")
+    @classmethod
+    def _check_key(cls, value: str) -> str:
+        return _readable(value, "OTLP_TLS_USER_KEY_PATH")
+
+    @model_validator(mode="after")
+    def _check(self) -> OtlpSettings:
+        self.address  # noqa: B018 - validates the endpoint
+        if bool(self.otlp_tls_user_cert_path) != bool(self.otlp_tls_user_key_path):
+            raise ValueError("OTLP_TLS_USER_CERT_PATH and OTLP_TLS_USER_KEY_PATH go together")
+        if self.otlp_tls_user_cert_path and not self.tls:
+            raise ValueError("mutual TLS needs OTLP_TLS_CA_CERT_PATH (or an https:// endpoint)")
+        if not self.otlp_logs and not self.otlp_metrics:
+            raise ValueError("OTLP_LOGS=false needs OTLP_METRICS=true: nothing would be sent")
+        if self.otlp_retry_max_backoff < self.otlp_retry_initial_backoff:
+            raise ValueError("OTLP_RETRY_MAX_BACKOFF must not be shorter than "
+                             "OTLP_RETRY_INITIAL_BACKOFF")
+        return self
+
+    @property
+    def address(self) -> tuple[str, int, str]:
+        """(host, port, scheme) of the endpoint; scheme is "", "http" or "https"."""
+        text = self.otlp_endpoint.strip()
+        scheme = ""
+        if "://" in text:
+            scheme, _, text = text.partition("://")
+            scheme = scheme.lower()
+            if scheme not in ("http", "https"):
+                raise ValueError(f"OTLP_ENDPOINT: unknown scheme {scheme!r} (http or https)")
+            text = text.rstrip("/")
+        parsed = urllib.parse.urlsplit("//" + text)
+        try:
+            port = parsed.port
+        except ValueError:
+            raise ValueError(f"OTLP_ENDPOINT={self.otlp_endpoint!r}: bad port") from None
+        host = parsed.hostname
+        if not host or parsed.path:
+            raise ValueError(f"OTLP_ENDPOINT={self.otlp_endpoint!r} is not host:port or a URL")
+        if port is None:
+            port = 4317 if self.otlp_protocol == "grpc" else 4318
+        return host, port, scheme
+
+    @property
+    def tls(self) -> bool:
+        """Whether requests use TLS."""
+        return bool(self.otlp_tls_ca_cert_path) or self.address[2] == "https"
+
+    @property
+    def target(self) -> str:
+        host, port, _ = self.address
+        return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+class _Pending:
+    __slots__ = ("data", "flows", "kind", "records")
+
+    def __init__(self, kind: str, data: bytes, flows: int, records: int) -> None:
+        self.kind = kind  # "logs" or "metrics"
+        self.data = data
+        self.flows = flows  # flows this request accounts for (exported when it is delivered)
+        self.records = records  # log records in it (partial success)
+
+
+class _Outcome:
+    SENT, RETRY, REJECTED = "sent", "retry", "rejected"
+
+
+class _GrpcTransport:
+    def __init__(self, settings: OtlpSettings, proto: Any) -> None:
+        from flowkit.pbflow import import_grpc
+
+        grpc = import_grpc()
+        self._grpc = grpc
+        self._settings = settings
+        max_ms = max(100, int(settings.otlp_retry_max_backoff * 1000))
+        initial_ms = min(max_ms, max(100, int(settings.otlp_retry_initial_backoff * 1000)))
+        options = [
+            ("grpc.initial_reconnect_backoff_ms", initial_ms),
+            ("grpc.min_reconnect_backoff_ms", initial_ms),
+            ("grpc.max_reconnect_backoff_ms", max_ms),
+            ("grpc.max_send_message_length", -1),
+            ("grpc.enable_retries", 0),
+        ]
+        if settings.tls:
+            root = Path(settings.otlp_tls_ca_cert_path).read_bytes() if \
+                settings.otlp_tls_ca_cert_path else None
+            cert = key = None
+            if settings.otlp_tls_user_cert_path:
+                cert = Path(settings.otlp_tls_user_cert_path).read_bytes()
+                key = Path(settings.otlp_tls_user_key_path).read_bytes()
+            creds = grpc.ssl_channel_credentials(root_certificates=root, private_key=key,
+                                                 certificate_chain=cert)
+            self._channel = grpc.secure_channel(settings.target, creds, options=options)
+        else:
+            self._channel = grpc.insecure_channel(settings.target, options=options)
+        self._calls = {
+            "logs": self._channel.unary_unary(
+                _LOGS_METHOD,
+                request_serializer=None,
+                response_deserializer=proto.logs_service.ExportLogsServiceResponse.FromString,
+            ),
+            "metrics": self._channel.unary_unary(
+                _METRICS_METHOD,
+                request_serializer=None,
+                response_deserializer=proto.metrics_service.ExportMetricsServiceResponse.FromString,
+            ),
+        }
+        self._metadata = parse_headers(settings.otlp_headers) or None
+
+    def send(self, item: _Pending) -> tuple[str, str, Any]:
+        grpc = self._grpc
+        try:
+            response = self._calls[item.kind](
+                item.data, timeout=self._settings.otlp_timeout, metadata=self._metadata
+            )
+        except grpc.RpcError as exc:
+            code = exc.code() if hasattr(exc, "code") else None
+            name = code.name if code is not None else "UNKNOWN"
+            details = (exc.details() if hasattr(exc, "details") else "") or ""
+            outcome = _Outcome.RETRY if name in _RETRYABLE_GRPC else _Outcome.REJECTED
+            return outcome, name, details
+        return _Outcome.SENT, "OK", response
+
+    def close(self) -> None:
+        self._channel.close()
+
+
+class _HttpTransport:
+    def __init__(self, settings: OtlpSettings, proto: Any) -> None:
+        self._settings = settings
+        self._proto = proto
+        self._headers = dict(parse_headers(settings.otlp_headers))
+        self._headers["content-type"] = "application/x-protobuf"
+        self._context: ssl.SSLContext | None = None
+        if settings.tls:
+            self._context = ssl.create_default_context(
+                cafile=settings.otlp_tls_ca_cert_path or None
+            )
+            if settings.otlp_tls_user_cert_path:
+                self._context.load_cert_chain(settings.otlp_tls_user_cert_path,
+                                              settings.otlp_tls_user_key_path)
+        self._connection: http.client.HTTPConnection | None = None
+
+    def _connect(self) -> http.client.HTTPConnection:
+        if self._connection is None:
+            host, port, _ = self._settings.address
+            timeout = self._settings.otlp_timeout
+            if self._context is not None:
+                self._connection = http.client.HTTPSConnection(host, port, timeout=timeout,
+                                                               context=self._context)
+            else:
+                self._connection = http.client.HTTPConnection(host, port, timeout=timeout)
+        return self._connection
+
+    def send(self, item: _Pending) -> tuple[str, str, Any]:
+        path = "/v1/logs" if item.kind == "logs" else "/v1/metrics"
+        try:
+            connection = self._connect()
+            connection.request("POST", path, body=item.data, headers=self._headers)
+            response = connection.getresponse()
+            body = response.read()
+        except (OSError, http.client.HTTPException) as exc:
+            self.close()
+            name = "TLS" if isinstance(exc, ssl.SSLError) else type(exc).__name__
+            return _Outcome.RETRY, name, str(exc)
+        if response.status == 200:
+            message = (self._proto.logs_service.ExportLogsServiceResponse
+                       if item.kind == "logs"
+                       else self._proto.metrics_service.ExportMetricsServiceResponse)
+            try:
+                return _Outcome.SENT, "OK", message.FromString(body)
+            except Exception:  # an empty or non-protobuf 200 body: delivered all the same
+                return _Outcome.SENT, "OK", None
+        outcome = _Outcome.RETRY if response.status in _RETRYABLE_HTTP else _Outcome.REJECTED
+        return outcome, f"HTTP {response.status}", body[:200].decode("utf-8", "replace")
+
+    def close(self) -> None:
+        if self._connection is not None:
+            self._connection.close()
+            self._connection = None
+
+
+class OtlpExporter:
+    """Sends flows to an OTLP collector from a background thread (see the module docstring)."""
+
+    def __init__(self, settings: OtlpSettings, metrics: Metrics, agent_ip: str | None) -> None:
+        from flowkit import otlp
+
+        self._proto = otlp.import_otlp_proto()
+        self._otlp = otlp
+        self.settings = settings
+        attributes: dict[str, str | list[str]] = {
+            "service.name": settings.otlp_service_name,
+            "host.name": socket.gethostname(),
+        }
+        if agent_ip:
+            attributes["host.ip"] = [agent_ip]
+        self._resource = otlp.OtlpResource(attributes)
+        self._framing = self._resource.framing(self._proto)
+        self._transport: _GrpcTransport | _HttpTransport = (
+            _GrpcTransport(settings, self._proto)
+            if settings.otlp_protocol == "grpc"
+            else _HttpTransport(settings, self._proto)
+        )
+        dropped = metrics.counter("otlp_dropped_flows", "Flows the otlp exporter could not "
+                                  "deliver", ["reason"])
+        self._dropped = {r: dropped.labels(reason=r)
+                         for r in ("buffer_full", "rejected", "shutdown", "encode")}
+        self._sent_flows = metrics.counter("otlp_sent_flows", "Flows delivered to the collector")
+        self._sent_requests = metrics.counter("otlp_sent_requests", "OTLP requests delivered",
+                                              ["signal"])
+        self._errors = metrics.counter("otlp_send_errors", "Failed OTLP requests by status",
+                                       ["code"])
+        self._lock = threading.Condition()
+        self._pending: collections.deque[_Pending] = collections.deque()
+        self._buffered = 0
+        metrics.gauge_callback("otlp_buffered_flows", "Flows waiting for the OTLP collector",
+                               lambda: float(self._buffered))
+        self._in_flight = False
+        self._closing = threading.Event()
+        self._abort = threading.Event()
+        self._problems = RateLimitedLog(log)
+        self._last_metrics_ns = time.time_ns()
+        self._thread = threading.Thread(target=self._run, name="flowkit-otlp-sender", daemon=True)
+        self._thread.start()
+        log.info("otlp exporter sending %s to %s over %s (%s)",
+                 "+".join(s for s, on in (("logs", settings.otlp_logs),
+                                          ("metrics", settings.otlp_metrics)) if on),
+                 settings.target, settings.otlp_protocol, "TLS" if settings.tls else "plain text")
+
+    # -- Exporter protocol ------------------------------------------------------------------
+    def export(self, batch: FlowBatch) -> None:
+        """Encode the batch into requests and queue them; never waits for the collector."""
+        total = len(batch)
+        if total == 0:
+            return
+        if self._closing.is_set():
+            self._dropped["shutdown"].inc(total)
+            return
+        with self._lock:
+            room = self.settings.otlp_buffer_max_flows - self._buffered
+        keep = max(0, min(total, room))
+        if keep < total:
+            self._dropped["buffer_full"].inc(total - keep)
+            self._problems.emit("overflow", logging.ERROR,
+                                "otlp exporter buffer is full (OTLP_BUFFER_MAX_FLOWS=%d): "
+                                "dropped %d flows", self.settings.otlp_buffer_max_flows,
+                                total - keep)
+        else:
+            self._problems.recovered("overflow", logging.INFO, "otlp exporter buffer has room")
+        if keep == 0:
+            return
+        try:
+            items = self._encode(batch, keep)
+        except Exception as exc:  # e.g. a value out of the int64 range OTLP allows
+            self._dropped["encode"].inc(keep)
+            self._problems.emit("encode", logging.ERROR, "otlp: cannot encode %d flows: %r",
+                                keep, exc)
+            return
+        with self._lock:
+            self._pending.extend(items)
+            self._buffered += keep
+            self._lock.notify_all()
+
+    def _encode(self, batch: FlowBatch, keep: int) -> list[_Pending]:
+        s = self.settings
+        otlp = self._otlp
+        items: list[_Pending] = []
+        if s.otlp_logs:
+            records = otlp.encode_log_records(batch, 0, keep)
+            step = s.otlp_message_max_flows
+            begin = 0
+            for first in range(0, keep, step):
+                last = min(first + step, keep)
+                end = records.ends[last - 1]
+                data = otlp.wrap_log_records(records.data[begin:end], *self._framing)
+                items.append(_Pending("logs", data, last - first, last - first))
+                begin = end
+        if s.otlp_metrics:
+            from flowkit.model import FlowBatch
+
+            view = batch if keep == len(batch) else FlowBatch(batch.array[:keep],
+                                                              batch.interfaces, batch.agent_ip)
+            series = otlp.aggregate(view, s.otlp_metrics_attributes, s.otlp_metrics_max_series)
+            now = time.time_ns()
+            data = otlp.metrics_request(series, self._resource, self._last_metrics_ns, now)
+            self._last_metrics_ns = now
+            items.append(_Pending("metrics", data, 0 if s.otlp_logs else keep, 0))
+        return items
+
+    def flush(self, timeout: float) -> bool:
+        """Wait until every queued request was delivered (or dropped); False on timeout."""
+        deadline = time.monotonic() + timeout
+        with self._lock:
+            while self._pending or self._in_flight:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or self._abort.is_set():
+                    return False
+                self._lock.wait(min(remaining, 0.5))
+        return True
+
+    def shutdown(self, timeout: float) -> None:
+        """Send what can be sent within ``timeout``, count the rest as dropped, close."""
+        deadline = time.monotonic() + timeout
+        self._closing.set()
+        self.flush(max(0.0, deadline - time.monotonic()))
+        self._abort.set()
+        with self._lock:
+            self._lock.notify_all()
+        self._thread.join(max(0.1, deadline - time.monotonic()))
+        with self._lock:
+            left = self._buffered
+            self._pending.clear()
+            self._buffered = 0
+        if left:
+            self._dropped["shutdown"].inc(left)
+            log.warning("otlp exporter stopped with %d flows not delivered to %s", left,
+                        self.settings.target)
+        self._transport.close()
+
+    # -- sender thread ----------------------------------------------------------------------
+    def _run(self) -> None:
+        attempt = 0
+        while not self._abort.is_set():
+            with self._lock:
+                while not self._pending and not self._abort.is_set():
+                    if self._closing.is_set():
+                        return
+                    self._lock.wait(0.5)
+                if self._abort.is_set():
+                    return
+                item = self._pending[0]
+                self._in_flight = True
+            try:
+                retry = self._send_one(item)
+            finally:
+                with self._lock:
+                    self._in_flight = False
+                    self._lock.notify_all()
+            if retry:
+                attempt += 1
+                s = self.settings
+                ceiling = min(s.otlp_retry_max_backoff,
+                              s.otlp_retry_initial_backoff * 2.0 ** min(attempt - 1, 32))
+                self._abort.wait(ceiling / 2 + random.uniform(0, ceiling / 2))  # noqa: S311
+            else:
+                attempt = 0
+
+    def _done(self, item: _Pending) -> None:
+        with self._lock:
+            if self._pending and self._pending[0] is item:
+                self._pending.popleft()
+                self._buffered -= item.flows
+            self._lock.notify_all()
+
+    def _send_one(self, item: _Pending) -> bool:
+        """Send the head request; True to back off and retry it."""
+        outcome, code, detail = self._transport.send(item)
+        target = self.settings.target
+        if outcome == _Outcome.SENT:
+            rejected = 0
+            partial = getattr(detail, "partial_success", None)
+            if partial is not None and item.kind == "logs":
+                rejected = min(item.flows, int(partial.rejected_log_records))
+            if rejected and partial is not None:
+                self._dropped["rejected"].inc(rejected)
+                self._problems.emit("partial", logging.WARNING,
+                                    "otlp: collector %s rejected %d of %d log records: %s",
+                                    target, rejected, item.records, partial.error_message)
+            self._sent_flows.inc(item.flows - rejected)
+            self._sent_requests.labels(signal=item.kind).inc()
+            self._done(item)
+            self._problems.recovered("send", logging.INFO, "otlp collector %s is reachable "
+                                     "again", target)
+            return False
+        self._errors.labels(code=code).inc()
+        if outcome == _Outcome.RETRY:
+            hint = ""
+            if self.settings.tls:
+                hint = (" (TLS is on: if the collector is up, check that OTLP_TLS_CA_CERT_PATH "
+                        "signed its certificate and that it matches the endpoint's host; for "
+                        "mutual TLS, OTLP_TLS_USER_CERT_PATH / OTLP_TLS_USER_KEY_PATH)")
+            self._problems.emit("send", logging.ERROR,
+                                "otlp: cannot send to collector %s (%s: %s); keeping flows and "
+                                "retrying%s", target, code, detail.strip()[:300], hint)
+            return True
+        self._dropped["rejected"].inc(item.flows)
+        self._done(item)
+        self._problems.emit("send", logging.ERROR,
+                            "otlp: collector %s refused a %s request of %d flows (%s: %s); "
+                            "dropped it", target, item.kind, item.flows, code,
+                            detail.strip()[:300])
+        return False
+
+
+def _make_exporter(context: ComponentContext) -> OtlpExporter:
+    settings: OtlpSettings = context.settings
+    return OtlpExporter(settings, context.metrics, context.config.agent_ip)
+
+
+@hookimpl
+def flowkit_exporters() -> list[ExporterSpec]:
+    """The ``otlp`` exporter."""
+    return [
+        ExporterSpec(
+            name="otlp",
+            factory=_make_exporter,
+            settings_model=OtlpSettings,
+            description="OpenTelemetry: one OTLP log record per flow (and optional bytes/packets "
+            "metrics) over gRPC or HTTP/protobuf to OTLP_ENDPOINT",
+        )
+    ]
