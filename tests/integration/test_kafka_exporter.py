@@ -373,8 +373,9 @@ def _wait(condition: Any, timeout: float = 60.0) -> bool:
     return True
 
 
+@pytest.mark.parametrize("kafka_async", [True, False])
 def test_spool_takes_an_outage_beyond_the_queue_bound_and_loses_nothing(
-    kafka_broker, harness, tmp_path
+    kafka_broker, harness, tmp_path, kafka_async
 ):
     kafka_broker.create_topic(TOPIC)
     spool_dir = tmp_path / "spool"
@@ -383,6 +384,7 @@ def test_spool_takes_an_outage_beyond_the_queue_bound_and_loses_nothing(
         kafka_topic=TOPIC,
         kafka_encoding="json",
         kafka_queue_max_messages=50,
+        kafka_async=kafka_async,
         kafka_spool_dir=str(spool_dir),
     )
     before = [make_flow(i) for i in range(0, 100)]
