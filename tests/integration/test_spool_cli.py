@@ -37,6 +37,8 @@ def kafka_env(**settings: str) -> dict[str, str]:
     [
         ("grpc", {"GRPC_SPOOL_DIR": "spool"}, "GRPC_SPOOL_DIR='spool' must be an absolute path"),
         ("grpc", {"GRPC_SPOOL_DIR": "/etc/hostname/spool"}, "/etc/hostname is not a directory"),
+        # procfs refuses writes to /proc/sys itself, even to root.
+        ("grpc", {"GRPC_SPOOL_DIR": "/proc/sys/fk-spool"}, "/proc/sys is not writable"),
         ("grpc", {"GRPC_SPOOL_DIR": "{tmp}", "GRPC_SPOOL_MAX_BYTES": "lots"},
          "GRPC_SPOOL_MAX_BYTES"),
         ("kafka", {"KAFKA_SPOOL_DIR": "{tmp}", "KAFKA_SPOOL_MAX_BYTES": "100KiB"},
