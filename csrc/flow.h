@@ -3,7 +3,8 @@
  * Every struct here is laid out by hand with explicit padding so that the kernel (clang -target
  * bpf), the host compiler (cffi) and numpy (flowkit/model.py) agree byte for byte. Padding bytes
  * are always zero so that keys hash and compare the same everywhere. Changing a field means
- * changing flowkit/model.py (KEY_DTYPE, VALUE_DTYPE, RECORD_DTYPE) in the same commit; a unit test
+ * changing flowkit/model.py (KEY_DTYPE, VALUE_DTYPE, EXTRA_DTYPE, EVENT_DTYPE, RECORD_DTYPE,
+ * FLOW_DTYPE) in the same commit; a unit test
  * compares the sizes.
  */
 #ifndef FLOWKIT_FLOW_H
@@ -25,25 +26,35 @@ typedef uint64_t fk_u64;
 #define FK_DIRECTION_INGRESS 0
 #define FK_DIRECTION_EGRESS 1
 
-/* Flow identity: 60 bytes, 4-byte aligned. IPv4 addresses are stored IPv4-mapped
+/* Which optional feature data a flow carries (fk_flow_extra.features, fk_flow_out.features). */
+#define FK_FEATURE_DROPS 0x01 /* ENABLE_PKT_DROPS: at least one packet of the flow was dropped */
+#define FK_FEATURE_RTT 0x02   /* ENABLE_RTT: a smoothed RTT was read */
+#define FK_FEATURE_DNS 0x04   /* ENABLE_DNS_TRACKING: a DNS query or response was seen */
+
+#define FK_DNS_NAME_LEN 32 /* bytes of the queried name kept per flow */
+#define FK_MAX_DUPS 6      /* interfaces listed per flow (DEDUPER), NetObserv's maximum */
+
+/* Flow identity: 48 bytes, 4-byte aligned, the hash key of the kernel flow maps (hashed with
+ * jhash and compared on every packet, so it holds only what identifies a conversation on one
+ * interface in one direction; MACs live in the value). IPv4 addresses are stored IPv4-mapped
  * (::ffff:a.b.c.d). Ports and ethertype are in host byte order. */
 struct fk_flow_key {
-    fk_u32 if_index;
-    fk_u16 eth_protocol;
-    fk_u8 direction;
-    fk_u8 proto;
-    fk_u8 src_mac[6];
-    fk_u8 dst_mac[6];
     fk_u8 src_ip[16];
     fk_u8 dst_ip[16];
     fk_u16 src_port;
     fk_u16 dst_port;
+    fk_u32 if_index;
+    fk_u16 eth_protocol;
+    fk_u8 direction;
+    fk_u8 proto;
     fk_u8 icmp_type;
     fk_u8 icmp_code;
-    fk_u8 pad[2];
+    fk_u16 netns; /* network namespace of the interface: 0 = the agent's own (see NETNS) */
 };
 
-/* Per-CPU aggregate: 40 bytes. Times are CLOCK_MONOTONIC nanoseconds (bpf_ktime_get_ns). */
+/* Per-CPU aggregate in the kernel flow maps: 56 bytes. Times are CLOCK_MONOTONIC nanoseconds
+ * (bpf_ktime_get_ns). The MACs are those of the flow's first packet (written when the entry, or
+ * a CPU's slot of it, is created). */
 struct fk_flow_value {
     fk_u64 packets;
     fk_u64 bytes;
@@ -53,28 +64,80 @@ struct fk_flow_value {
     fk_u8 dscp;
     fk_u8 pad;
     fk_u32 sampling; /* 1 in N packets kept; 0 or 1 means every packet */
+    fk_u8 src_mac[6];
+    fk_u8 dst_mac[6];
+    fk_u32 pad2;
 };
 
-/* A key with its value: the element of the ring buffer (one packet each, when the flow map is
- * full) and of the arrays the accounters take as input. 104 bytes. */
-struct fk_flow_record {
+/* Optional feature data of a flow (ENABLE_PKT_DROPS, ENABLE_RTT, ENABLE_DNS_TRACKING): 112
+ * bytes, kept by the kernel in the per-CPU `extras_a`/`extras_b` maps (same key as the flow
+ * maps), off the per-packet path of the flow maps. Times are CLOCK_MONOTONIC nanoseconds. */
+struct fk_flow_extra {
+    fk_u64 first_ns;     /* first event recorded here (0: none) */
+    fk_u64 last_ns;      /* last event recorded here */
+    fk_u64 drop_bytes;   /* bytes of the flow's dropped packets */
+    fk_u64 drop_packets; /* dropped packets */
+    fk_u64 drop_ns;      /* time of the latest drop (decides the drop_* "latest" fields) */
+    fk_u32 drop_cause;   /* enum skb_drop_reason of the latest drop */
+    fk_u16 drop_flags;   /* TCP flags of the latest dropped packet */
+    fk_u8 drop_state;    /* TCP state of the socket of the latest drop (0: no socket) */
+    fk_u8 features;      /* FK_FEATURE_* bits of the data present */
+    fk_u64 rtt_ns;       /* largest smoothed RTT read */
+    fk_u64 dns_ns;       /* time of the latest DNS record (decides the dns_* fields) */
+    fk_u64 dns_latency_ns; /* response time - query time (responses only) */
+    fk_u16 dns_id;
+    fk_u16 dns_flags;
+    fk_u8 dns_errno;     /* why tracking failed (an errno), 0 if it did not */
+    fk_u8 pad[3];
+    fk_u8 dns_name[FK_DNS_NAME_LEN]; /* queried name, DNS wire format (labels), truncated */
+};
+
+/* A packet sent to the `flow_events` ring buffer when the active flow map is full (one packet
+ * each): 104 bytes. */
+struct fk_flow_event {
     struct fk_flow_key key;
-    fk_u32 pad;
     struct fk_flow_value value;
 };
 
-/* A flow handed to exporters: the element of a FlowBatch. Times are unix epoch nanoseconds. */
+/* A key with everything known about it: the element of the arrays the accounters take as input
+ * (and of their flow tables). 216 bytes. */
+struct fk_flow_record {
+    struct fk_flow_key key;
+    struct fk_flow_value value;
+    struct fk_flow_extra extra;
+};
+
+/* A flow handed to exporters: the element of a FlowBatch (224 bytes). Times are unix epoch
+ * nanoseconds. Feature fields are zero unless `features` has the feature's bit. */
 struct fk_flow_out {
     struct fk_flow_key key;
-    fk_u32 pad;
     fk_u64 packets;
     fk_u64 bytes;
     fk_u64 start_ns;
     fk_u64 end_ns;
     fk_u16 flags;
     fk_u8 dscp;
-    fk_u8 pad2;
+    fk_u8 features; /* FK_FEATURE_* */
     fk_u32 sampling;
+    fk_u8 src_mac[6];
+    fk_u8 dst_mac[6];
+    fk_u16 drop_flags;
+    fk_u8 drop_state;
+    fk_u8 dns_errno;
+    fk_u64 drop_bytes;
+    fk_u64 drop_packets;
+    fk_u32 drop_cause;
+    fk_u16 dns_id;
+    fk_u16 dns_flags;
+    fk_u64 rtt_ns;
+    fk_u64 dns_latency_ns;
+    fk_u8 dns_name[FK_DNS_NAME_LEN]; /* dotted text, NUL padded (decoded from the wire labels) */
+    /* DEDUPER: the interfaces the flow was seen on, the kept one included (dup_count). */
+    fk_u32 dup_if_index[FK_MAX_DUPS];
+    fk_u16 dup_netns[FK_MAX_DUPS];
+    fk_u8 dup_direction[FK_MAX_DUPS];
+    fk_u8 dup_count;
+    fk_u8 pad[5];
 };
 
 /* Indices of the eBPF `counters` map (per-CPU u64), read by the accounter and exposed as metrics.
@@ -88,7 +151,10 @@ enum fk_counter {
     FK_COUNTER_RUNT = 3,            /* frames shorter than an Ethernet header: not counted */
     FK_COUNTER_NO_MAP = 4,          /* flow_selector slot 0 empty: packet lost, counted */
     FK_COUNTER_UPDATE_FAILED = 5,   /* flow map update failed for another reason than full */
-    FK_COUNTER_MAX = 8,             /* size of the counters map */
+    FK_COUNTER_FILTERED = 6,        /* FLOW_FILTER_RULES: rejected, or matched no rule */
+    FK_COUNTER_EXTRA_LOST = 7,      /* feature data (drop, RTT, DNS) lost: extras map full */
+    FK_COUNTER_DNS_UNTRACKED = 8,   /* DNS queries not tracked: query map full */
+    FK_COUNTER_MAX = 16,            /* size of the counters map */
 };
 
 #endif

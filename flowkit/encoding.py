@@ -30,7 +30,13 @@ import numpy as np
 import numpy.typing as npt
 import orjson
 
-from flowkit.model import FlowBatch, flow_to_json_dict, ip_to_16
+from flowkit.model import (
+    FEATURE_DROPS,
+    TCP_STATE_NAMES,
+    FlowBatch,
+    flow_to_json_dict,
+    ip_to_16,
+)
 from flowkit.native import NativeError, check, ffi, lib
 
 __all__ = [
@@ -81,6 +87,29 @@ class _BatchEncoder:
         self.flows = ffi.from_buffer("struct fk_flow_out[]", self._array)
         self._bad_names: dict[int, UnicodeEncodeError] = {}
         self.encoder = self._make_encoder(batch.interfaces, batch.agent_ip)
+        if self.count and (self._array["features"] & FEATURE_DROPS).any():
+            from flowkit.kernel_names import drop_reason_names
+
+            self._set_names(lib.FK_NAMES_DROP_REASON, drop_reason_names())
+            self._set_names(lib.FK_NAMES_TCP_STATE, TCP_STATE_NAMES)
+
+    def _set_names(self, kind: int, names: Mapping[int, str]) -> None:
+        values = np.array(list(names), dtype=np.uint32)
+        encoded = [n.encode("utf-8") for n in names.values()]
+        offsets = np.zeros(len(encoded) + 1, dtype=np.uint64)
+        np.cumsum([len(n) for n in encoded], out=offsets[1:])
+        blob = b"".join(encoded)
+        check(
+            lib.fk_encoder_set_names(
+                self.encoder,
+                kind,
+                ffi.from_buffer("uint32_t[]", values),
+                ffi.from_buffer("uint64_t[]", offsets),
+                ffi.from_buffer("uint8_t[]", blob),
+                len(encoded),
+            ),
+            "fk_encoder_set_names",
+        )
 
     def _make_encoder(self, interfaces: Mapping[int, str], agent_ip: str | None) -> Any:
         indexes: list[int] = []

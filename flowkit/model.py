@@ -28,24 +28,34 @@ IPPROTO_SCTP = 132
 
 _V4_MAPPED_PREFIX = b"\x00" * 10 + b"\xff\xff"
 
+FEATURE_DROPS = 0x01
+"""``Flow.features`` bit: the flow carries packet-drop data (ENABLE_PKT_DROPS)."""
+FEATURE_RTT = 0x02
+"""``Flow.features`` bit: the flow carries a TCP round-trip time (ENABLE_RTT)."""
+FEATURE_DNS = 0x04
+"""``Flow.features`` bit: the flow carries a DNS record (ENABLE_DNS_TRACKING)."""
+
+DNS_NAME_LEN = 32
+"""Bytes of the queried DNS name kept per flow."""
+MAX_DUPS = 6
+"""Interfaces a flow can list (DEDUPER)."""
+
 KEY_DTYPE = np.dtype(
     [
-        ("if_index", "<u4"),
-        ("eth_protocol", "<u2"),
-        ("direction", "u1"),
-        ("proto", "u1"),
-        ("src_mac", "u1", (6,)),
-        ("dst_mac", "u1", (6,)),
         ("src_ip", "u1", (16,)),
         ("dst_ip", "u1", (16,)),
         ("src_port", "<u2"),
         ("dst_port", "<u2"),
+        ("if_index", "<u4"),
+        ("eth_protocol", "<u2"),
+        ("direction", "u1"),
+        ("proto", "u1"),
         ("icmp_type", "u1"),
         ("icmp_code", "u1"),
-        ("pad", "u1", (2,)),
+        ("netns", "<u2"),
     ]
 )
-"""``struct fk_flow_key``: the identity of a flow (60 bytes)."""
+"""``struct fk_flow_key``: the identity of a flow (48 bytes)."""
 
 VALUE_DTYPE = np.dtype(
     [
@@ -57,33 +67,85 @@ VALUE_DTYPE = np.dtype(
         ("dscp", "u1"),
         ("pad", "u1"),
         ("sampling", "<u4"),
+        ("src_mac", "u1", (6,)),
+        ("dst_mac", "u1", (6,)),
+        ("pad2", "<u4"),
     ]
 )
-"""``struct fk_flow_value``: per-CPU counters in the kernel map (monotonic times, 40 bytes)."""
+"""``struct fk_flow_value``: per-CPU counters in the kernel map (monotonic times, 56 bytes)."""
 
-RECORD_DTYPE = np.dtype([("key", KEY_DTYPE), ("pad", "<u4"), ("value", VALUE_DTYPE)])
-"""``struct fk_flow_record``: a key with its value, the input of every accounter (104 bytes)."""
+EXTRA_DTYPE = np.dtype(
+    [
+        ("first_ns", "<u8"),
+        ("last_ns", "<u8"),
+        ("drop_bytes", "<u8"),
+        ("drop_packets", "<u8"),
+        ("drop_ns", "<u8"),
+        ("drop_cause", "<u4"),
+        ("drop_flags", "<u2"),
+        ("drop_state", "u1"),
+        ("features", "u1"),
+        ("rtt_ns", "<u8"),
+        ("dns_ns", "<u8"),
+        ("dns_latency_ns", "<u8"),
+        ("dns_id", "<u2"),
+        ("dns_flags", "<u2"),
+        ("dns_errno", "u1"),
+        ("pad", "u1", (3,)),
+        ("dns_name", "u1", (DNS_NAME_LEN,)),
+    ]
+)
+"""``struct fk_flow_extra``: optional feature data of a flow (drops, RTT, DNS; 112 bytes)."""
+
+EVENT_DTYPE = np.dtype([("key", KEY_DTYPE), ("value", VALUE_DTYPE)])
+"""``struct fk_flow_event``: one packet in the kernel ring buffer (104 bytes)."""
+
+RECORD_DTYPE = np.dtype([("key", KEY_DTYPE), ("value", VALUE_DTYPE), ("extra", EXTRA_DTYPE)])
+"""``struct fk_flow_record``: a key with its value and feature data, the input of every
+accounter (216 bytes)."""
 
 FLOW_DTYPE = np.dtype(
     [
         ("key", KEY_DTYPE),
-        ("pad", "<u4"),
         ("packets", "<u8"),
         ("bytes", "<u8"),
         ("start_ns", "<u8"),
         ("end_ns", "<u8"),
         ("flags", "<u2"),
         ("dscp", "u1"),
-        ("pad2", "u1"),
+        ("features", "u1"),
         ("sampling", "<u4"),
+        ("src_mac", "u1", (6,)),
+        ("dst_mac", "u1", (6,)),
+        ("drop_flags", "<u2"),
+        ("drop_state", "u1"),
+        ("dns_errno", "u1"),
+        ("drop_bytes", "<u8"),
+        ("drop_packets", "<u8"),
+        ("drop_cause", "<u4"),
+        ("dns_id", "<u2"),
+        ("dns_flags", "<u2"),
+        ("rtt_ns", "<u8"),
+        ("dns_latency_ns", "<u8"),
+        ("dns_name", "S32"),
+        ("dup_if_index", "<u4", (MAX_DUPS,)),
+        ("dup_netns", "<u2", (MAX_DUPS,)),
+        ("dup_direction", "u1", (MAX_DUPS,)),
+        ("dup_count", "u1"),
+        ("pad", "u1", (5,)),
     ]
 )
-"""``struct fk_flow_out``: one exported flow, wall-clock times in unix ns (104 bytes)."""
+"""``struct fk_flow_out``: one exported flow, wall-clock times in unix ns (224 bytes).
 
-assert KEY_DTYPE.itemsize == 60
-assert VALUE_DTYPE.itemsize == 40
-assert RECORD_DTYPE.itemsize == 104
-assert FLOW_DTYPE.itemsize == 104
+Feature columns (``drop_*``, ``rtt_ns``, ``dns_*``) are zero unless ``features`` has the
+feature's bit; ``dns_name`` is the queried name as dotted ASCII text."""
+
+assert KEY_DTYPE.itemsize == 48
+assert VALUE_DTYPE.itemsize == 56
+assert EXTRA_DTYPE.itemsize == 112
+assert EVENT_DTYPE.itemsize == 104
+assert RECORD_DTYPE.itemsize == 216
+assert FLOW_DTYPE.itemsize == 224
 
 FlowArray = npt.NDArray[np.void]
 
@@ -113,12 +175,86 @@ def ip_to_16(address: str | ipaddress.IPv4Address | ipaddress.IPv6Address) -> by
     return ip.packed
 
 
+TCP_STATE_NAMES: Mapping[int, str] = {
+    1: "TCP_ESTABLISHED",
+    2: "TCP_SYN_SENT",
+    3: "TCP_SYN_RECV",
+    4: "TCP_FIN_WAIT1",
+    5: "TCP_FIN_WAIT2",
+    6: "TCP_TIME_WAIT",
+    7: "TCP_CLOSE",
+    8: "TCP_CLOSE_WAIT",
+    9: "TCP_LAST_ACK",
+    10: "TCP_LISTEN",
+    11: "TCP_CLOSING",
+    12: "TCP_NEW_SYN_RECV",
+    13: "TCP_BOUND_INACTIVE",
+}
+"""Names of the kernel's TCP states (``include/net/tcp_states.h``, a stable numbering)."""
+
+DNS_RCODE_NAMES: tuple[str, ...] = (
+    "NoError", "FormErr", "ServFail", "NXDomain", "NotImp", "Refused", "YXDomain", "YXRRSet",
+    "NXRRSet", "NotAuth", "NotZone", "DSOTYPENI", "Unassigned", "Unassigned", "Unassigned",
+    "Unassigned",
+)  # fmt: skip
+"""Names of the 4-bit DNS response codes (IANA "DNS RCODEs"), indexed by code."""
+
+
+def tcp_state_name(state: int) -> str:
+    """``TCP_ESTABLISHED`` for 1 and so on; ``TCP_INVALID_STATE`` for 0 (no socket) or unknown."""
+    return TCP_STATE_NAMES.get(state, "TCP_INVALID_STATE")
+
+
+def dns_rcode_name(dns_flags: int) -> str:
+    """The response code name of a DNS header's flags word (its low 4 bits)."""
+    return DNS_RCODE_NAMES[dns_flags & 0xF]
+
+
+def drop_reason_name(reason: int) -> str:
+    """The kernel's name of an ``enum skb_drop_reason`` value, read from this kernel's BTF.
+
+    ``SKB_DROP_REASON_NETFILTER_DROP`` for instance; the decimal value when the kernel has no
+    such name (or no BTF).
+    """
+    from flowkit.kernel_names import drop_reason_names
+
+    return drop_reason_names().get(reason, str(reason))
+
+
+def dns_name_from_wire(wire: bytes) -> bytes:
+    """The dotted text of a DNS name in wire format (length-prefixed labels), as ASCII bytes.
+
+    Stops at the root label, a compression pointer or the end of ``wire`` (a truncated name
+    keeps its partial last label). Bytes outside printable ASCII become ``?``.
+    """
+    out = bytearray()
+    i = 0
+    while i < len(wire):
+        length = wire[i]
+        if length == 0 or length & 0xC0:
+            break
+        if out:
+            out.append(0x2E)
+        label = wire[i + 1 : i + 1 + length]
+        out += bytes(b if 0x20 <= b < 0x7F else 0x3F for b in label)
+        i += 1 + length
+    return bytes(out)
+
+
 @dataclass(frozen=True, slots=True)
 class Flow:
     """One flow: who talked to whom on which interface, how much and when.
 
     Times are unix epoch nanoseconds. ``src_ip``/``dst_ip`` are ``ipaddress`` objects (IPv4 for
     IPv4 flows). ``interface`` is the interface name when the agent knows it, else ``""``.
+
+    Optional feature data: ``features`` has :data:`FEATURE_DROPS`, :data:`FEATURE_RTT` and
+    :data:`FEATURE_DNS` bits for the data the flow carries; the other fields of a feature are 0
+    (or ``""``) without its bit. ``drop_*``: bytes and packets of the flow dropped by the kernel,
+    and the TCP flags, TCP state (``enum`` value of ``include/net/tcp_states.h``) and
+    ``skb_drop_reason`` value of the latest drop. ``rtt_ns``: the largest smoothed TCP RTT seen.
+    ``dns_*``: id, flags, response latency, tracking errno and queried name of the latest DNS
+    message of the flow.
     """
 
     if_index: int
@@ -142,6 +278,18 @@ class Flow:
     dscp: int
     sampling: int
     agent_ip: ipaddress.IPv4Address | ipaddress.IPv6Address | None = None
+    features: int = 0
+    drop_bytes: int = 0
+    drop_packets: int = 0
+    drop_flags: int = 0
+    drop_state: int = 0
+    drop_cause: int = 0
+    rtt_ns: int = 0
+    dns_id: int = 0
+    dns_flags: int = 0
+    dns_latency_ns: int = 0
+    dns_errno: int = 0
+    dns_name: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         """The NetObserv JSON object for this flow (see :func:`flow_to_json_dict`)."""
@@ -152,7 +300,8 @@ def flow_to_json_dict(flow: Flow) -> dict[str, Any]:
     """Encode a flow with NetObserv's JSON keys.
 
     This is the one JSON encoding of flowkit: the stdout exporter, Kafka ``json`` encoding and the
-    collector all use it.
+    collector all use it. The keys of an optional feature appear only on flows that carry its
+    data (``flow.features``), after ``Sampling`` and before ``AgentIP``.
     """
     out: dict[str, Any] = {
         "Etype": flow.eth_protocol,
@@ -177,9 +326,32 @@ def flow_to_json_dict(flow: Flow) -> dict[str, Any]:
         "Dscp": flow.dscp,
         "Sampling": flow.sampling,
     }
+    features = flow.features
+    if features & FEATURE_DROPS:
+        out["PktDropBytes"] = flow.drop_bytes
+        out["PktDropPackets"] = flow.drop_packets
+        out["PktDropLatestFlags"] = flow.drop_flags
+        out["PktDropLatestState"] = tcp_state_name(flow.drop_state)
+        out["PktDropLatestDropCause"] = drop_reason_name(flow.drop_cause)
+    if features & FEATURE_RTT:
+        out["TimeFlowRttNs"] = flow.rtt_ns
+    if features & FEATURE_DNS:
+        out["DnsId"] = flow.dns_id
+        out["DnsFlags"] = flow.dns_flags
+        out["DnsFlagsResponseCode"] = dns_rcode_name(flow.dns_flags)
+        out["DnsLatencyMs"] = flow.dns_latency_ns // 1_000_000
+        out["DnsErrno"] = flow.dns_errno
+        out["DnsName"] = flow.dns_name
     if flow.agent_ip is not None:
         out["AgentIP"] = str(flow.agent_ip)
     return out
+
+
+_FLOW_COLUMNS = (
+    "packets", "bytes", "start_ns", "end_ns", "flags", "dscp", "sampling", "features",
+    "drop_bytes", "drop_packets", "drop_flags", "drop_state", "drop_cause", "rtt_ns", "dns_id",
+    "dns_flags", "dns_latency_ns", "dns_errno",
+)  # fmt: skip
 
 
 class FlowBatch:
@@ -225,16 +397,17 @@ class FlowBatch:
             key["eth_protocol"] = f.eth_protocol
             key["direction"] = f.direction
             key["proto"] = f.proto
-            key["src_mac"] = np.frombuffer(f.src_mac, dtype="u1")
-            key["dst_mac"] = np.frombuffer(f.dst_mac, dtype="u1")
             key["src_ip"] = np.frombuffer(ip_to_16(f.src_ip), dtype="u1")
             key["dst_ip"] = np.frombuffer(ip_to_16(f.dst_ip), dtype="u1")
             key["src_port"] = f.src_port
             key["dst_port"] = f.dst_port
             key["icmp_type"] = f.icmp_type
             key["icmp_code"] = f.icmp_code
-            for name in ("packets", "bytes", "start_ns", "end_ns", "flags", "dscp", "sampling"):
+            row["src_mac"] = np.frombuffer(f.src_mac, dtype="u1")
+            row["dst_mac"] = np.frombuffer(f.dst_mac, dtype="u1")
+            for name in _FLOW_COLUMNS:
                 row[name] = getattr(f, name)
+            row["dns_name"] = f.dns_name.encode("ascii", "replace")[:DNS_NAME_LEN]
             if f.interface:
                 names[f.if_index] = f.interface
         return cls(array, names, agent_ip)
@@ -254,9 +427,11 @@ class FlowBatch:
         names = self.interfaces
         agent = ipaddress.ip_address(self.agent_ip) if self.agent_ip else None
         # tolist() converts the whole batch in C; far cheaper than indexing row by row.
-        for (key, _pad, packets, nbytes, start, end, flags, dscp, _p2, sampling) in array.tolist():
-            (if_index, etype, direction, proto, smac, dmac, sip, dip, sport, dport, itype, icode,
-             _kp) = key
+        for row in array.tolist():
+            (key, packets, nbytes, start, end, flags, dscp, features, sampling, smac, dmac,
+             drop_flags, drop_state, dns_errno, drop_bytes, drop_packets, drop_cause, dns_id,
+             dns_flags, rtt_ns, dns_latency_ns, dns_name, *_dups) = row
+            (sip, dip, sport, dport, if_index, etype, direction, proto, itype, icode, _ns) = key
             yield Flow(
                 if_index=if_index,
                 interface=names.get(if_index, ""),
@@ -279,6 +454,18 @@ class FlowBatch:
                 dscp=dscp,
                 sampling=sampling,
                 agent_ip=agent,
+                features=features,
+                drop_bytes=drop_bytes,
+                drop_packets=drop_packets,
+                drop_flags=drop_flags,
+                drop_state=drop_state,
+                drop_cause=drop_cause,
+                rtt_ns=rtt_ns,
+                dns_id=dns_id,
+                dns_flags=dns_flags,
+                dns_latency_ns=dns_latency_ns,
+                dns_errno=dns_errno,
+                dns_name=dns_name.decode("ascii", "replace"),
             )
 
     def to_dicts(self) -> list[dict[str, Any]]:
@@ -345,11 +532,25 @@ def records_to_flows(
     out = np.zeros(len(records), dtype=FLOW_DTYPE)
     out["key"] = records["key"]
     value = records["value"]
+    extra = records["extra"]
+    offset = np.uint64(boot_offset_ns)
+    # The flow's times span its packets and its feature events (a flow known only from a drop
+    # has no packets); 0 means "none" on both sides.
+    first = value["first_ns"]
+    extra_first = extra["first_ns"]
+    use_extra = (extra_first != 0) & ((first == 0) | (extra_first < first))
+    out["start_ns"] = np.where(use_extra, extra_first, first) + offset
+    out["end_ns"] = np.maximum(value["last_ns"], extra["last_ns"]) + offset
     out["packets"] = value["packets"]
     out["bytes"] = value["bytes"]
-    out["start_ns"] = value["first_ns"] + np.uint64(boot_offset_ns)
-    out["end_ns"] = value["last_ns"] + np.uint64(boot_offset_ns)
     out["flags"] = value["flags"]
     out["dscp"] = value["dscp"]
     out["sampling"] = value["sampling"]
+    out["src_mac"] = value["src_mac"]
+    out["dst_mac"] = value["dst_mac"]
+    for name in ("features", "drop_bytes", "drop_packets", "drop_flags", "drop_state",
+                 "drop_cause", "rtt_ns", "dns_id", "dns_flags", "dns_latency_ns", "dns_errno"):
+        out[name] = extra[name]
+    for i in np.flatnonzero(extra["features"] & FEATURE_DNS):
+        out["dns_name"][i] = dns_name_from_wire(bytes(extra["dns_name"][i]))
     return FlowBatch(out, interfaces)

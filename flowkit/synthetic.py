@@ -31,6 +31,7 @@ __all__ = [
     "TCP_SYN_ACK",
     "synthetic_flow_key",
     "synthetic_key_table",
+    "synthetic_value_table",
 ]
 
 SYNTHETIC_IFINDEX = 1_000_000
@@ -72,8 +73,16 @@ def synthetic_key_table(flows: int) -> FlowArray:
         for name in ("if_index", "direction", "eth_protocol", "src_port", "dst_port", "proto",
                      "icmp_type", "icmp_code"):
             row[name] = k[name]
-        row["src_mac"] = np.frombuffer(cast(bytes, k["src_mac"]), dtype="u1")
-        row["dst_mac"] = np.frombuffer(cast(bytes, k["dst_mac"]), dtype="u1")
         row["src_ip"] = np.frombuffer(ip_to_16(cast(str, k["src_ip"])), dtype="u1")
         row["dst_ip"] = np.frombuffer(ip_to_16(cast(str, k["dst_ip"])), dtype="u1")
     return keys
+
+
+def synthetic_value_table(flows: int) -> FlowArray:
+    """Record values (``RECORD_DTYPE["value"]``) holding the MACs of synthetic flows, else 0."""
+    values = np.zeros(flows, dtype=RECORD_DTYPE["value"])
+    for i in range(flows):
+        k = synthetic_flow_key(i)
+        values[i]["src_mac"] = np.frombuffer(cast(bytes, k["src_mac"]), dtype="u1")
+        values[i]["dst_mac"] = np.frombuffer(cast(bytes, k["dst_mac"]), dtype="u1")
+    return values

@@ -23,6 +23,7 @@ from flowkit.synthetic import (
     SYNTHETIC_IFNAME,
     synthetic_flow_key,
     synthetic_key_table,
+    synthetic_value_table,
 )
 
 __all__ = [
@@ -60,6 +61,7 @@ class SyntheticTracer:
         self._sampling = sampling
         self._closing = threading.Event()  # wakes a waiting read_events on close()
         self._keys = synthetic_key_table(settings.synthetic_flows)
+        self._values = synthetic_value_table(settings.synthetic_flows)
         self._flags = np.array(
             [synthetic_flow_key(i)["flags"] for i in range(settings.synthetic_flows)],
             dtype="<u2",
@@ -115,6 +117,7 @@ class SyntheticTracer:
         index = (np.arange(self.produced, self.produced + due) % len(self._keys))
         records = np.zeros(due, dtype=RECORD_DTYPE)
         records["key"] = self._keys[index]
+        records["value"] = self._values[index]
         value = records["value"]
         now = time.monotonic_ns()
         value["packets"] = 1

@@ -12,7 +12,7 @@
  *   flow_selector     array of maps with one slot holding the ACTIVE flow map. The accounter
  *                     swaps the slot to the other map; the kernel waits for running programs
  *                     before the update returns, so the old map can then be drained losslessly;
- *   flow_events       ring buffer of struct fk_flow_record (one packet each) for packets that
+ *   flow_events       ring buffer of struct fk_flow_event (one packet each) for packets that
  *                     found the active map full;
  *   counters          per-CPU array of u64 indexed by enum fk_counter (csrc/flow.h).
  *
@@ -165,8 +165,13 @@ struct {
 #define IPV4_WANT (20 + L4_WANT) /* an IPv4 header without options, then L4_WANT bytes */
 #define MAX_IPV6_EXT 6
 
+/* What one packet tells: its flow key, and fields that do not identify the flow. The MACs sit
+ * at offsets 48 (0 mod 4) and 54 (2 mod 4), as in struct fk_flow_value, so that copy_macs and
+ * the copies into a map value are aligned. */
 struct fk_parse {
     struct fk_flow_key key;
+    __u8 src_mac[6];
+    __u8 dst_mac[6];
     __u16 flags;
     __u8 dscp;
 };
@@ -213,10 +218,10 @@ static __always_inline __u16 be16(const __u8 *p)
 /* Destination MAC as 2 + 4 bytes, source MAC as 4 + 2: aligned in the key and in the copy. */
 static __always_inline void copy_macs(struct fk_parse *p, const __u8 *eth)
 {
-    st16(p->key.dst_mac, ld16(eth));
-    st32(p->key.dst_mac + 2, ld32(eth + 2));
-    st32(p->key.src_mac, ld32(eth + 6));
-    st16(p->key.src_mac + 4, ld16(eth + 10));
+    st16(p->dst_mac, ld16(eth));
+    st32(p->dst_mac + 2, ld32(eth + 2));
+    st32(p->src_mac, ld32(eth + 6));
+    st16(p->src_mac + 4, ld16(eth + 10));
 }
 
 static __always_inline void copy_ipv6_addr(__u8 *dst, const __u8 *src)
@@ -442,15 +447,24 @@ static __always_inline __u64 packet_time(struct __sk_buff *skb, int precise)
     return precise ? bpf_ktime_get_ns() : bpf_ktime_get_coarse_ns();
 }
 
+/* The MACs of a packet into a flow value (both 12 bytes at the same alignment). */
+static __always_inline void set_macs(struct fk_flow_value *v, const struct fk_parse *p)
+{
+    st32(v->src_mac, ld32(p->src_mac));
+    st32(v->src_mac + 4, ld32(p->src_mac + 4));
+    st32(v->src_mac + 8, ld32(p->src_mac + 8));
+}
+
 static __always_inline void to_ringbuf(struct fk_parse *p, __u64 len, __u64 now)
 {
-    struct fk_flow_record *rec = bpf_ringbuf_reserve(&flow_events, sizeof(*rec), 0);
+    struct fk_flow_event *rec = bpf_ringbuf_reserve(&flow_events, sizeof(*rec), 0);
     if (!rec) {
         count(FK_COUNTER_RINGBUF_LOST);
         return;
     }
     rec->key = p->key;
-    rec->pad = 0;
+    set_macs(&rec->value, p);
+    rec->value.pad2 = 0;
     rec->value.packets = 1;
     rec->value.bytes = len;
     rec->value.first_ns = now;
@@ -495,6 +509,7 @@ static __always_inline int account(struct __sk_buff *skb, __u8 direction)
             now = packet_time(skb, 1);
             v->first_ns = now;
             v->sampling = sampling;
+            set_macs(v, &p);
         } else {
             now = packet_time(skb, precise_timestamps);
             /* The coarse clock lags the precise one by up to a tick. */
@@ -519,7 +534,9 @@ static __always_inline int account(struct __sk_buff *skb, __u8 direction)
         .dscp = p.dscp,
         .pad = 0,
         .sampling = sampling,
+        .pad2 = 0,
     };
+    set_macs(&fresh, &p);
     /* BPF_ANY: if another CPU created the entry meanwhile, this writes only our CPU's slot,
      * which was zero. */
     long err = bpf_map_update_elem(flows, &p.key, &fresh, BPF_ANY);

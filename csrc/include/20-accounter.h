@@ -33,7 +33,7 @@ struct fk_drainer_stats {
 
 struct fk_ringbuf_stats {
     uint64_t records;    /* records consumed */
-    uint64_t malformed;  /* samples too short to be a struct fk_flow_record (skipped) */
+    uint64_t malformed;  /* samples too short to be a struct fk_flow_event (skipped) */
     uint64_t polls;      /* calls into ring_buffer__poll/consume */
 };
 
@@ -57,10 +57,15 @@ int64_t fk_table_absorb(struct fk_table *t, struct fk_table *src, uint32_t limit
                         struct fk_flow_out *out, uint64_t capacity, int64_t boot_offset_ns,
                         uint64_t *out_len);
 void fk_value_merge(struct fk_flow_value *into, const struct fk_flow_value *from);
+void fk_extra_merge(struct fk_flow_extra *into, const struct fk_flow_extra *from);
+int fk_table_merge_extra(struct fk_table *t, const struct fk_flow_key *key,
+                         const struct fk_flow_extra *extra);
 
 /* --- kernel maps (csrc/native/kernel_drain.c) --- */
 struct fk_drainer *fk_drainer_new(int selector_fd, int map0_fd, int map1_fd, uint32_t ncpus,
                                   uint32_t chunk, int *err);
+struct fk_drainer *fk_extra_drainer_new(int selector_fd, int map0_fd, int map1_fd,
+                                        uint32_t ncpus, uint32_t chunk, int *err);
 void fk_drainer_free(struct fk_drainer *d);
 int fk_drainer_set_mode(struct fk_drainer *d, uint32_t mode);
 int64_t fk_drainer_drain(struct fk_drainer *d, struct fk_table *t);

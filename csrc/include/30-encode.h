@@ -26,6 +26,16 @@ struct fk_encoder *fk_encoder_new(const uint32_t *if_indexes, const uint64_t *na
                                   const uint8_t *agent_ip16, int *err);
 void fk_encoder_free(struct fk_encoder *e);
 
+/* Name tables for numbers the kernel records, used by the JSON encoder: FK_NAMES_DROP_REASON
+ * (enum skb_drop_reason, from the kernel's BTF; an unknown value is written as its decimal
+ * text) and FK_NAMES_TCP_STATE (an unknown state is "TCP_INVALID_STATE"). values[i] is named by
+ * names[name_offsets[i] .. name_offsets[i + 1]). Replaces the kind's table; returns -errno. */
+#define FK_NAMES_DROP_REASON 0
+#define FK_NAMES_TCP_STATE 1
+#define FK_NAMES_KINDS 2
+int fk_encoder_set_names(struct fk_encoder *e, uint32_t kind, const uint32_t *values,
+                         const uint64_t *name_offsets, const uint8_t *names, uint32_t n);
+
 /* Buffer sizes that are always enough for n flows. */
 uint64_t fk_encoder_json_bound(const struct fk_encoder *e, uint64_t n);
 uint64_t fk_encoder_records_bound(const struct fk_encoder *e, uint64_t n);

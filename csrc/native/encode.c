@@ -27,11 +27,12 @@
 
 #include "30-encode.h"
 
-/* Upper bounds of one flow, without the interface name and agent address: the JSON keys take
- * under 300 bytes, sixteen integers at most 20 digits each, two MACs 34, two addresses 78. A
- * protobuf Record takes at most about 200 bytes. */
-#define FK_JSON_FLOW_MAX 768
-#define FK_PB_FLOW_MAX 320
+/* Upper bounds of one flow, without the interface name, the agent address and the drop cause
+ * name: the JSON keys take under 600 bytes, twenty-six integers at most 20 digits each, two MACs
+ * 34, two addresses 78, the DNS name 6 * 31 escaped, the TCP state and rcode names under 64. A
+ * protobuf Record takes at most about 350 bytes. */
+#define FK_JSON_FLOW_MAX 1536
+#define FK_PB_FLOW_MAX 512
 #define FK_IP_PB_MAX 18
 
 struct fk_iface {
@@ -43,7 +44,17 @@ struct fk_iface {
     uint64_t pb_off;    /* into fk_encoder.pb_names */
 };
 
+/* A JSON string for each value of a number the kernel records (drop causes, TCP states). */
+struct fk_names {
+    uint32_t *values;   /* sorted */
+    uint64_t *offsets;  /* n + 1 offsets into text */
+    uint8_t *text;      /* escaped JSON strings, quotes included */
+    uint32_t n;
+    uint32_t max_len;
+};
+
 struct fk_encoder {
+    struct fk_names names[FK_NAMES_KINDS];
     struct fk_iface *ifaces; /* sorted by if_index */
     uint32_t n_ifaces;
     uint32_t max_json_name;
@@ -196,10 +207,20 @@ uint32_t fk_format_ip16(const uint8_t *ip, uint8_t *out)
 /* ---------------------------------------------------------------------------------------- */
 /* Encoder                                                                                   */
 
+static void fk_names_clear(struct fk_names *t)
+{
+    free(t->values);
+    free(t->offsets);
+    free(t->text);
+    memset(t, 0, sizeof(*t));
+}
+
 void fk_encoder_free(struct fk_encoder *e)
 {
     if (!e)
         return;
+    for (int i = 0; i < FK_NAMES_KINDS; i++)
+        fk_names_clear(&e->names[i]);
     free(e->ifaces);
     free(e->json_names);
     free(e->pb_names);
@@ -274,9 +295,70 @@ nomem:
     return NULL;
 }
 
+struct fk_name_sort {
+    uint32_t value;
+    uint32_t index;
+};
+
+static int fk_name_sort_cmp(const void *a, const void *b)
+{
+    uint32_t x = ((const struct fk_name_sort *)a)->value;
+    uint32_t y = ((const struct fk_name_sort *)b)->value;
+    return (x > y) - (x < y);
+}
+
+int fk_encoder_set_names(struct fk_encoder *e, uint32_t kind, const uint32_t *values,
+                         const uint64_t *name_offsets, const uint8_t *names, uint32_t n)
+{
+    if (kind >= FK_NAMES_KINDS || (n && (!values || !name_offsets)))
+        return -EINVAL;
+    struct fk_names *t = &e->names[kind];
+    fk_names_clear(t);
+    if (n == 0)
+        return 0;
+    uint64_t total = name_offsets[n] - name_offsets[0];
+    struct fk_name_sort *order = calloc(n, sizeof(*order));
+    t->values = calloc(n, sizeof(*t->values));
+    t->offsets = calloc((uint64_t)n + 1, sizeof(*t->offsets));
+    t->text = malloc(total * 6 + 2 * (uint64_t)n + 1);
+    if (!order || !t->values || !t->offsets || !t->text) {
+        free(order);
+        fk_names_clear(t);
+        return -ENOMEM;
+    }
+    for (uint32_t i = 0; i < n; i++) {
+        if (name_offsets[i + 1] < name_offsets[i] ||
+            name_offsets[i + 1] - name_offsets[i] > UINT32_MAX / 8) {
+            free(order);
+            fk_names_clear(t);
+            return -EINVAL;
+        }
+        order[i].value = values[i];
+        order[i].index = i;
+    }
+    qsort(order, n, sizeof(*order), fk_name_sort_cmp);
+    uint64_t used = 0;
+    for (uint32_t i = 0; i < n; i++) {
+        uint32_t j = order[i].index;
+        uint64_t start = name_offsets[j], len = name_offsets[j + 1] - start;
+        t->values[i] = order[i].value;
+        t->offsets[i] = used;
+        uint64_t written = fk_json_escape(names + start, len, t->text + used);
+        used += written;
+        if (written > t->max_len)
+            t->max_len = (uint32_t)written;
+    }
+    t->offsets[n] = used;
+    t->n = n;
+    free(order);
+    return 0;
+}
+
 uint64_t fk_encoder_json_bound(const struct fk_encoder *e, uint64_t n)
 {
     uint64_t per_flow = FK_JSON_FLOW_MAX + (uint64_t)e->max_json_name + e->agent_json_len;
+    for (int i = 0; i < FK_NAMES_KINDS; i++)
+        per_flow += e->names[i].max_len;
     return n * per_flow;
 }
 
@@ -319,6 +401,44 @@ static inline const struct fk_iface *fk_lookup(const struct fk_encoder *e, uint3
         (p) += sizeof(lit) - 1;                 \
     } while (0)
 
+/* Same names as flowkit.model.DNS_RCODE_NAMES. */
+static const char *const fk_dns_rcodes[16] = {
+    "NoError", "FormErr", "ServFail", "NXDomain", "NotImp", "Refused", "YXDomain", "YXRRSet",
+    "NXRRSet", "NotAuth", "NotZone", "DSOTYPENI", "Unassigned", "Unassigned", "Unassigned",
+    "Unassigned",
+};
+
+/* The JSON string naming `value` in table `t`; when it has none, `fallback` (a plain ASCII
+ * string) or, when that is NULL, the decimal value as a string. */
+static uint8_t *fk_put_name(uint8_t *p, const struct fk_names *t, uint32_t value,
+                            const char *fallback)
+{
+    uint32_t lo = 0, hi = t->n;
+    while (lo < hi) {
+        uint32_t mid = lo + (hi - lo) / 2;
+        uint32_t v = t->values[mid];
+        if (v == value) {
+            uint64_t len = t->offsets[mid + 1] - t->offsets[mid];
+            memcpy(p, t->text + t->offsets[mid], len);
+            return p + len;
+        }
+        if (v < value)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    *p++ = '"';
+    if (fallback) {
+        size_t len = strlen(fallback);
+        memcpy(p, fallback, len);
+        p += len;
+    } else {
+        p = fk_put_u64(p, value);
+    }
+    *p++ = '"';
+    return p;
+}
+
 static uint8_t *fk_json_flow(const struct fk_encoder *e, const struct fk_flow_out *f,
                              const struct fk_iface *iface, uint8_t *p)
 {
@@ -328,9 +448,9 @@ static uint8_t *fk_json_flow(const struct fk_encoder *e, const struct fk_flow_ou
     FK_PUT_LIT(p, ",\"FlowDirection\":");
     p = fk_put_u64(p, k->direction);
     FK_PUT_LIT(p, ",\"SrcMac\":\"");
-    p = fk_put_mac(p, k->src_mac);
+    p = fk_put_mac(p, f->src_mac);
     FK_PUT_LIT(p, "\",\"DstMac\":\"");
-    p = fk_put_mac(p, k->dst_mac);
+    p = fk_put_mac(p, f->dst_mac);
     FK_PUT_LIT(p, "\",\"SrcAddr\":\"");
     p = fk_put_ip16(p, k->src_ip);
     FK_PUT_LIT(p, "\",\"DstAddr\":\"");
@@ -370,6 +490,39 @@ static uint8_t *fk_json_flow(const struct fk_encoder *e, const struct fk_flow_ou
     p = fk_put_u64(p, f->dscp);
     FK_PUT_LIT(p, ",\"Sampling\":");
     p = fk_put_u64(p, f->sampling);
+    if (f->features & FK_FEATURE_DROPS) {
+        FK_PUT_LIT(p, ",\"PktDropBytes\":");
+        p = fk_put_u64(p, f->drop_bytes);
+        FK_PUT_LIT(p, ",\"PktDropPackets\":");
+        p = fk_put_u64(p, f->drop_packets);
+        FK_PUT_LIT(p, ",\"PktDropLatestFlags\":");
+        p = fk_put_u64(p, f->drop_flags);
+        FK_PUT_LIT(p, ",\"PktDropLatestState\":");
+        p = fk_put_name(p, &e->names[FK_NAMES_TCP_STATE], f->drop_state, "TCP_INVALID_STATE");
+        FK_PUT_LIT(p, ",\"PktDropLatestDropCause\":");
+        p = fk_put_name(p, &e->names[FK_NAMES_DROP_REASON], f->drop_cause, NULL);
+    }
+    if (f->features & FK_FEATURE_RTT) {
+        FK_PUT_LIT(p, ",\"TimeFlowRttNs\":");
+        p = fk_put_u64(p, f->rtt_ns);
+    }
+    if (f->features & FK_FEATURE_DNS) {
+        FK_PUT_LIT(p, ",\"DnsId\":");
+        p = fk_put_u64(p, f->dns_id);
+        FK_PUT_LIT(p, ",\"DnsFlags\":");
+        p = fk_put_u64(p, f->dns_flags);
+        FK_PUT_LIT(p, ",\"DnsFlagsResponseCode\":\"");
+        const char *rcode = fk_dns_rcodes[f->dns_flags & 0xf];
+        size_t rlen = strlen(rcode);
+        memcpy(p, rcode, rlen);
+        p += rlen;
+        FK_PUT_LIT(p, "\",\"DnsLatencyMs\":");
+        p = fk_put_u64(p, f->dns_latency_ns / 1000000u);
+        FK_PUT_LIT(p, ",\"DnsErrno\":");
+        p = fk_put_u64(p, f->dns_errno);
+        FK_PUT_LIT(p, ",\"DnsName\":");
+        p += fk_json_escape(f->dns_name, strnlen((const char *)f->dns_name, FK_DNS_NAME_LEN), p);
+    }
     if (e->has_agent) {
         FK_PUT_LIT(p, ",\"AgentIP\":");
         memcpy(p, e->agent_json, e->agent_json_len);
@@ -477,6 +630,29 @@ static inline uint8_t *fk_put_timestamp(uint8_t *p, uint8_t tag, uint64_t ns)
     return p;
 }
 
+/* A proto3 scalar with a two-byte key (field numbers 16 to 2047), omitted when zero. */
+static inline uint8_t *fk_put_field2(uint8_t *p, uint8_t k0, uint8_t k1, uint64_t v)
+{
+    if (v) {
+        p[0] = k0;
+        p[1] = k1;
+        p = fk_put_varint(p + 2, v);
+    }
+    return p;
+}
+
+/* A google.protobuf.Duration sub-message with a two-byte key, always present. */
+static inline uint8_t *fk_put_duration2(uint8_t *p, uint8_t k0, uint8_t k1, uint64_t ns)
+{
+    *p++ = k0;
+    uint8_t *len;
+    p = fk_open_short(p, k1, &len);
+    p = fk_put_field(p, 0x08, ns / 1000000000u);
+    p = fk_put_field(p, 0x10, ns % 1000000000u);
+    fk_close_short(len, p);
+    return p;
+}
+
 /* One pbflow.Record (fields in number order); returns the end. */
 static uint8_t *fk_record(const struct fk_encoder *e, const struct fk_flow_out *f,
                           const struct fk_iface *iface, uint8_t *p)
@@ -490,8 +666,8 @@ static uint8_t *fk_record(const struct fk_encoder *e, const struct fk_flow_out *
     p = fk_open_short(p, 0x2a, &len);                          /* 5 data_link */
     uint64_t src_mac = 0, dst_mac = 0;
     for (int i = 0; i < 6; i++) {
-        src_mac = (src_mac << 8) | k->src_mac[i];
-        dst_mac = (dst_mac << 8) | k->dst_mac[i];
+        src_mac = (src_mac << 8) | f->src_mac[i];
+        dst_mac = (dst_mac << 8) | f->dst_mac[i];
     }
     p = fk_put_field(p, 0x08, src_mac);
     p = fk_put_field(p, 0x10, dst_mac);
@@ -528,10 +704,26 @@ static uint8_t *fk_record(const struct fk_encoder *e, const struct fk_flow_out *
     p = fk_put_field(p, 0x68, f->flags);                       /* 13 flags */
     p = fk_put_field(p, 0x70, k->icmp_type);                   /* 14 icmp_type */
     p = fk_put_field(p, 0x78, k->icmp_code);                   /* 15 icmp_code */
-    if (f->sampling) {                                         /* 29 sampling: key 232 */
-        *p++ = 0xe8;
-        *p++ = 0x01;
-        p = fk_put_varint(p, f->sampling);
+    p = fk_put_field2(p, 0x80, 0x01, f->drop_bytes);           /* 16 pkt_drop_bytes */
+    p = fk_put_field2(p, 0x88, 0x01, f->drop_packets);         /* 17 pkt_drop_packets */
+    p = fk_put_field2(p, 0x90, 0x01, f->drop_flags);           /* 18 pkt_drop_latest_flags */
+    p = fk_put_field2(p, 0x98, 0x01, f->drop_state);           /* 19 pkt_drop_latest_state */
+    p = fk_put_field2(p, 0xa0, 0x01, f->drop_cause);           /* 20 ..._latest_drop_cause */
+    p = fk_put_field2(p, 0xa8, 0x01, f->dns_id);               /* 21 dns_id */
+    p = fk_put_field2(p, 0xb0, 0x01, f->dns_flags);            /* 22 dns_flags */
+    if (f->features & FK_FEATURE_DNS)                          /* 23 dns_latency */
+        p = fk_put_duration2(p, 0xba, 0x01, f->dns_latency_ns);
+    if (f->features & FK_FEATURE_RTT)                          /* 24 time_flow_rtt */
+        p = fk_put_duration2(p, 0xc2, 0x01, f->rtt_ns);
+    p = fk_put_field2(p, 0xc8, 0x01, f->dns_errno);            /* 25 dns_errno */
+    p = fk_put_field2(p, 0xe8, 0x01, f->sampling);             /* 29 sampling */
+    size_t name_len = strnlen((const char *)f->dns_name, FK_DNS_NAME_LEN);
+    if (name_len) {                                            /* 32 dns_name */
+        p[0] = 0x82;
+        p[1] = 0x02;
+        p[2] = (uint8_t)name_len;
+        memcpy(p + 3, f->dns_name, name_len);
+        p += 3 + name_len;
     }
     return p;
 }

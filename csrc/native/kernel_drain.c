@@ -7,8 +7,12 @@
  * we read and delete its entries. Packets arriving meanwhile go to the new map and are taken by
  * the next drain.
  *
- * The ring buffer carries one record per packet when the active map is full; a C callback
- * merges each record, so Python is never called per packet.
+ * The ring buffer carries one event (struct fk_flow_event) per packet when the active map is
+ * full; a C callback merges each, so Python is never called per packet.
+ *
+ * The optional feature maps (extras_a/extras_b, struct fk_flow_extra) are double-buffered the
+ * same way behind their own selector and drained by a second drainer of kind FK_DRAIN_EXTRAS
+ * into the same table.
  */
 #include <errno.h>
 #include <stdlib.h>
@@ -38,7 +42,8 @@ struct fk_drainer {
     uint32_t map_ids[2]; /* to recognise the selector's content */
     uint32_t ncpus;      /* values per key in a lookup (1 for non-per-CPU maps) */
     uint32_t chunk;      /* keys per batch syscall */
-    uint32_t value_size; /* kernel value stride: sizeof(struct fk_flow_value) rounded to 8 */
+    uint32_t kind;       /* what the maps hold: FK_DRAIN_FLOWS or FK_DRAIN_EXTRAS */
+    uint32_t value_size; /* kernel value stride: sizeof(the value struct) rounded to 8 */
     uint32_t mode;
     uint32_t forced_mode;
     struct fk_flow_key *keys;
@@ -146,10 +151,32 @@ static int fk_selector_active(int selector_fd, const uint32_t ids[2])
     return -1;
 }
 
+/* The two map kinds a drainer empties: flow maps (struct fk_flow_value) and feature maps
+ * (struct fk_flow_extra), both keyed by struct fk_flow_key. */
+#define FK_DRAIN_FLOWS 0
+#define FK_DRAIN_EXTRAS 1
+
+static struct fk_drainer *fk_drainer_create(uint32_t kind, int selector_fd, int map0_fd,
+                                            int map1_fd, uint32_t ncpus, uint32_t chunk, int *err);
+
 struct fk_drainer *fk_drainer_new(int selector_fd, int map0_fd, int map1_fd, uint32_t ncpus,
                                   uint32_t chunk, int *err)
 {
+    return fk_drainer_create(FK_DRAIN_FLOWS, selector_fd, map0_fd, map1_fd, ncpus, chunk, err);
+}
+
+struct fk_drainer *fk_extra_drainer_new(int selector_fd, int map0_fd, int map1_fd,
+                                        uint32_t ncpus, uint32_t chunk, int *err)
+{
+    return fk_drainer_create(FK_DRAIN_EXTRAS, selector_fd, map0_fd, map1_fd, ncpus, chunk, err);
+}
+
+static struct fk_drainer *fk_drainer_create(uint32_t kind, int selector_fd, int map0_fd,
+                                            int map1_fd, uint32_t ncpus, uint32_t chunk, int *err)
+{
     struct fk_drainer *d = NULL;
+    uint32_t value_size = kind == FK_DRAIN_EXTRAS ? sizeof(struct fk_flow_extra)
+                                                  : sizeof(struct fk_flow_value);
     uint32_t types[2], key_sizes[2], value_sizes[2], ids[2];
     int fds[2] = {map0_fd, map1_fd};
     int rc = 0;
@@ -159,7 +186,7 @@ struct fk_drainer *fk_drainer_new(int selector_fd, int map0_fd, int map1_fd, uin
         if (rc)
             goto fail;
         if (key_sizes[i] != sizeof(struct fk_flow_key) ||
-            value_sizes[i] != sizeof(struct fk_flow_value) || types[i] != types[0]) {
+            value_sizes[i] != value_size || types[i] != types[0]) {
             rc = -EINVAL;
             goto fail;
         }
@@ -174,7 +201,8 @@ struct fk_drainer *fk_drainer_new(int selector_fd, int map0_fd, int map1_fd, uin
     d->map_ids[1] = ids[1];
     d->map_fds[0] = map0_fd;
     d->map_fds[1] = map1_fd;
-    d->value_size = (sizeof(struct fk_flow_value) + 7) & ~7u;
+    d->kind = kind;
+    d->value_size = (value_size + 7) & ~7u;
     if (fk_is_percpu(types[0])) {
         int possible = libbpf_num_possible_cpus();
         if (possible <= 0) {
@@ -261,26 +289,39 @@ static int fk_merge_percpu(struct fk_drainer *d, struct fk_table *t, uint32_t co
 {
     for (uint32_t i = 0; i < count; i++) {
         const unsigned char *base = d->values + (size_t)i * d->ncpus * d->value_size;
-        struct fk_flow_value merged;
+        union {
+            struct fk_flow_value value;
+            struct fk_flow_extra extra;
+        } merged, v;
         int seen = 0;
         for (uint32_t cpu = 0; cpu < d->ncpus; cpu++) {
-            struct fk_flow_value v;
-            memcpy(&v, base + (size_t)cpu * d->value_size, sizeof(v));
-            if (v.packets == 0)
-                continue;
-            if (!seen) {
-                merged = v;
-                seen = 1;
+            const unsigned char *slot = base + (size_t)cpu * d->value_size;
+            if (d->kind == FK_DRAIN_EXTRAS) {
+                memcpy(&v.extra, slot, sizeof(v.extra));
+                if (v.extra.features == 0)
+                    continue;
+                if (seen)
+                    fk_extra_merge(&merged.extra, &v.extra);
+                else
+                    merged.extra = v.extra;
             } else {
-                fk_value_merge(&merged, &v);
+                memcpy(&v.value, slot, sizeof(v.value));
+                if (v.value.packets == 0)
+                    continue;
+                if (seen)
+                    fk_value_merge(&merged.value, &v.value);
+                else
+                    merged.value = v.value;
             }
+            seen = 1;
         }
         d->stats.keys++;
         if (!seen) {
             d->stats.empty_values++;
             continue;
         }
-        int rc = fk_table_merge(t, &d->keys[i], &merged);
+        int rc = d->kind == FK_DRAIN_EXTRAS ? fk_table_merge_extra(t, &d->keys[i], &merged.extra)
+                                            : fk_table_merge(t, &d->keys[i], &merged.value);
         if (rc < 0)
             return rc;
     }
@@ -471,19 +512,22 @@ struct fk_ringbuf_reader {
 static int fk_on_sample(void *ctx, void *data, size_t size)
 {
     struct fk_ringbuf_reader *r = ctx;
-    if (size < sizeof(struct fk_flow_record)) {
+    if (size < sizeof(struct fk_flow_event)) {
         r->stats.malformed++;
         return 0;
     }
     r->stats.records++;
+    struct fk_flow_event ev;
+    memcpy(&ev, data, sizeof(ev));
     if (!r->table) {
-        memcpy(&r->out[r->out_len++], data, sizeof(struct fk_flow_record));
+        struct fk_flow_record *out = &r->out[r->out_len++];
+        memset(out, 0, sizeof(*out));
+        out->key = ev.key;
+        out->value = ev.value;
         /* The record is consumed once we return; stop while the next one is still unread. */
         return r->out_len >= r->out_cap ? FK_STOP_POLL : 0;
     }
-    struct fk_flow_record rec;
-    memcpy(&rec, data, sizeof(rec));
-    int rc = fk_table_merge(r->table, &rec.key, &rec.value);
+    int rc = fk_table_merge(r->table, &ev.key, &ev.value);
     if (rc < 0) {
         r->error = rc;
         return FK_STOP_POLL;

@@ -22,10 +22,11 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19\x66lowkit/pbflow/flow.proto\x12\x06pbflow\x1a\x1fgoogle/protobuf/timestamp.proto\"\x10\n\x0e\x43ollectorReply\"*\n\x07Records\x12\x1f\n\x07\x65ntries\x18\x01 \x03(\x0b\x32\x0e.pbflow.Record\"\xb7\x03\n\x06Record\x12\x14\n\x0c\x65th_protocol\x18\x01 \x01(\r\x12$\n\tdirection\x18\x02 \x01(\x0e\x32\x11.pbflow.Direction\x12\x33\n\x0ftime_flow_start\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x31\n\rtime_flow_end\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12#\n\tdata_link\x18\x05 \x01(\x0b\x32\x10.pbflow.DataLink\x12 \n\x07network\x18\x06 \x01(\x0b\x32\x0f.pbflow.Network\x12$\n\ttransport\x18\x07 \x01(\x0b\x32\x11.pbflow.Transport\x12\r\n\x05\x62ytes\x18\x08 \x01(\x04\x12\x0f\n\x07packets\x18\t \x01(\x04\x12\x11\n\tinterface\x18\n \x01(\t\x12\x1c\n\x08\x61gent_ip\x18\x0c \x01(\x0b\x32\n.pbflow.IP\x12\r\n\x05\x66lags\x18\r \x01(\r\x12\x11\n\ticmp_type\x18\x0e \x01(\r\x12\x11\n\ticmp_code\x18\x0f \x01(\r\x12\x10\n\x08sampling\x18\x1d \x01(\rJ\x04\x08\x0b\x10\x0c\",\n\x08\x44\x61taLink\x12\x0f\n\x07src_mac\x18\x01 \x01(\x04\x12\x0f\n\x07\x64st_mac\x18\x02 \x01(\x04\"S\n\x07Network\x12\x1c\n\x08src_addr\x18\x01 \x01(\x0b\x32\n.pbflow.IP\x12\x1c\n\x08\x64st_addr\x18\x02 \x01(\x0b\x32\n.pbflow.IP\x12\x0c\n\x04\x64scp\x18\x03 \x01(\r\"1\n\x02IP\x12\x0e\n\x04ipv4\x18\x01 \x01(\x07H\x00\x12\x0e\n\x04ipv6\x18\x02 \x01(\x0cH\x00\x42\x0b\n\tip_family\"A\n\tTransport\x12\x10\n\x08src_port\x18\x01 \x01(\r\x12\x10\n\x08\x64st_port\x18\x02 \x01(\r\x12\x10\n\x08protocol\x18\x03 \x01(\r*$\n\tDirection\x12\x0b\n\x07INGRESS\x10\x00\x12\n\n\x06\x45GRESS\x10\x01\x32>\n\tCollector\x12\x31\n\x04Send\x12\x0f.pbflow.Records\x1a\x16.pbflow.CollectorReply\"\x00\x42\nZ\x08./pbflowb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19\x66lowkit/pbflow/flow.proto\x12\x06pbflow\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x10\n\x0e\x43ollectorReply\"*\n\x07Records\x12\x1f\n\x07\x65ntries\x18\x01 \x03(\x0b\x32\x0e.pbflow.Record\"\x9c\x06\n\x06Record\x12\x14\n\x0c\x65th_protocol\x18\x01 \x01(\r\x12$\n\tdirection\x18\x02 \x01(\x0e\x32\x11.pbflow.Direction\x12\x33\n\x0ftime_flow_start\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x31\n\rtime_flow_end\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12#\n\tdata_link\x18\x05 \x01(\x0b\x32\x10.pbflow.DataLink\x12 \n\x07network\x18\x06 \x01(\x0b\x32\x0f.pbflow.Network\x12$\n\ttransport\x18\x07 \x01(\x0b\x32\x11.pbflow.Transport\x12\r\n\x05\x62ytes\x18\x08 \x01(\x04\x12\x0f\n\x07packets\x18\t \x01(\x04\x12\x11\n\tinterface\x18\n \x01(\t\x12\x1c\n\x08\x61gent_ip\x18\x0c \x01(\x0b\x32\n.pbflow.IP\x12\r\n\x05\x66lags\x18\r \x01(\r\x12\x11\n\ticmp_type\x18\x0e \x01(\r\x12\x11\n\ticmp_code\x18\x0f \x01(\r\x12\x16\n\x0epkt_drop_bytes\x18\x10 \x01(\x04\x12\x18\n\x10pkt_drop_packets\x18\x11 \x01(\x04\x12\x1d\n\x15pkt_drop_latest_flags\x18\x12 \x01(\r\x12\x1d\n\x15pkt_drop_latest_state\x18\x13 \x01(\r\x12\"\n\x1apkt_drop_latest_drop_cause\x18\x14 \x01(\r\x12\x0e\n\x06\x64ns_id\x18\x15 \x01(\r\x12\x11\n\tdns_flags\x18\x16 \x01(\r\x12.\n\x0b\x64ns_latency\x18\x17 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x30\n\rtime_flow_rtt\x18\x18 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x11\n\tdns_errno\x18\x19 \x01(\r\x12%\n\x08\x64up_list\x18\x1a \x03(\x0b\x32\x13.pbflow.DupMapEntry\x12\x10\n\x08sampling\x18\x1d \x01(\r\x12\x10\n\x08\x64ns_name\x18  \x01(\tJ\x04\x08\x0b\x10\x0c\"S\n\x0b\x44upMapEntry\x12\x11\n\tinterface\x18\x01 \x01(\t\x12$\n\tdirection\x18\x02 \x01(\x0e\x32\x11.pbflow.Direction\x12\x0b\n\x03udn\x18\x03 \x01(\t\",\n\x08\x44\x61taLink\x12\x0f\n\x07src_mac\x18\x01 \x01(\x04\x12\x0f\n\x07\x64st_mac\x18\x02 \x01(\x04\"S\n\x07Network\x12\x1c\n\x08src_addr\x18\x01 \x01(\x0b\x32\n.pbflow.IP\x12\x1c\n\x08\x64st_addr\x18\x02 \x01(\x0b\x32\n.pbflow.IP\x12\x0c\n\x04\x64scp\x18\x03 \x01(\r\"1\n\x02IP\x12\x0e\n\x04ipv4\x18\x01 \x01(\x07H\x00\x12\x0e\n\x04ipv6\x18\x02 \x01(\x0cH\x00\x42\x0b\n\tip_family\"A\n\tTransport\x12\x10\n\x08src_port\x18\x01 \x01(\r\x12\x10\n\x08\x64st_port\x18\x02 \x01(\r\x12\x10\n\x08protocol\x18\x03 \x01(\r*$\n\tDirection\x12\x0b\n\x07INGRESS\x10\x00\x12\n\n\x06\x45GRESS\x10\x01\x32>\n\tCollector\x12\x31\n\x04Send\x12\x0f.pbflow.Records\x1a\x16.pbflow.CollectorReply\"\x00\x42\nZ\x08./pbflowb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,22 +34,24 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'flowkit.pbflow.flow_pb2', _
 if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._loaded_options = None
   _globals['DESCRIPTOR']._serialized_options = b'Z\010./pbflow'
-  _globals['_DIRECTION']._serialized_start=823
-  _globals['_DIRECTION']._serialized_end=859
-  _globals['_COLLECTORREPLY']._serialized_start=70
-  _globals['_COLLECTORREPLY']._serialized_end=86
-  _globals['_RECORDS']._serialized_start=88
-  _globals['_RECORDS']._serialized_end=130
-  _globals['_RECORD']._serialized_start=133
-  _globals['_RECORD']._serialized_end=572
-  _globals['_DATALINK']._serialized_start=574
-  _globals['_DATALINK']._serialized_end=618
-  _globals['_NETWORK']._serialized_start=620
-  _globals['_NETWORK']._serialized_end=703
-  _globals['_IP']._serialized_start=705
-  _globals['_IP']._serialized_end=754
-  _globals['_TRANSPORT']._serialized_start=756
-  _globals['_TRANSPORT']._serialized_end=821
-  _globals['_COLLECTOR']._serialized_start=861
-  _globals['_COLLECTOR']._serialized_end=923
+  _globals['_DIRECTION']._serialized_start=1297
+  _globals['_DIRECTION']._serialized_end=1333
+  _globals['_COLLECTORREPLY']._serialized_start=102
+  _globals['_COLLECTORREPLY']._serialized_end=118
+  _globals['_RECORDS']._serialized_start=120
+  _globals['_RECORDS']._serialized_end=162
+  _globals['_RECORD']._serialized_start=165
+  _globals['_RECORD']._serialized_end=961
+  _globals['_DUPMAPENTRY']._serialized_start=963
+  _globals['_DUPMAPENTRY']._serialized_end=1046
+  _globals['_DATALINK']._serialized_start=1048
+  _globals['_DATALINK']._serialized_end=1092
+  _globals['_NETWORK']._serialized_start=1094
+  _globals['_NETWORK']._serialized_end=1177
+  _globals['_IP']._serialized_start=1179
+  _globals['_IP']._serialized_end=1228
+  _globals['_TRANSPORT']._serialized_start=1230
+  _globals['_TRANSPORT']._serialized_end=1295
+  _globals['_COLLECTOR']._serialized_start=1335
+  _globals['_COLLECTOR']._serialized_end=1397
 # @@protoc_insertion_point(module_scope)

@@ -1,5 +1,6 @@
 import datetime
 
+from google.protobuf import duration_pb2 as _duration_pb2
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
@@ -28,7 +29,7 @@ class Records(_message.Message):
     def __init__(self, entries: _Optional[_Iterable[_Union[Record, _Mapping]]] = ...) -> None: ...
 
 class Record(_message.Message):
-    __slots__ = ("eth_protocol", "direction", "time_flow_start", "time_flow_end", "data_link", "network", "transport", "bytes", "packets", "interface", "agent_ip", "flags", "icmp_type", "icmp_code", "sampling")
+    __slots__ = ("eth_protocol", "direction", "time_flow_start", "time_flow_end", "data_link", "network", "transport", "bytes", "packets", "interface", "agent_ip", "flags", "icmp_type", "icmp_code", "pkt_drop_bytes", "pkt_drop_packets", "pkt_drop_latest_flags", "pkt_drop_latest_state", "pkt_drop_latest_drop_cause", "dns_id", "dns_flags", "dns_latency", "time_flow_rtt", "dns_errno", "dup_list", "sampling", "dns_name")
     ETH_PROTOCOL_FIELD_NUMBER: _ClassVar[int]
     DIRECTION_FIELD_NUMBER: _ClassVar[int]
     TIME_FLOW_START_FIELD_NUMBER: _ClassVar[int]
@@ -43,7 +44,19 @@ class Record(_message.Message):
     FLAGS_FIELD_NUMBER: _ClassVar[int]
     ICMP_TYPE_FIELD_NUMBER: _ClassVar[int]
     ICMP_CODE_FIELD_NUMBER: _ClassVar[int]
+    PKT_DROP_BYTES_FIELD_NUMBER: _ClassVar[int]
+    PKT_DROP_PACKETS_FIELD_NUMBER: _ClassVar[int]
+    PKT_DROP_LATEST_FLAGS_FIELD_NUMBER: _ClassVar[int]
+    PKT_DROP_LATEST_STATE_FIELD_NUMBER: _ClassVar[int]
+    PKT_DROP_LATEST_DROP_CAUSE_FIELD_NUMBER: _ClassVar[int]
+    DNS_ID_FIELD_NUMBER: _ClassVar[int]
+    DNS_FLAGS_FIELD_NUMBER: _ClassVar[int]
+    DNS_LATENCY_FIELD_NUMBER: _ClassVar[int]
+    TIME_FLOW_RTT_FIELD_NUMBER: _ClassVar[int]
+    DNS_ERRNO_FIELD_NUMBER: _ClassVar[int]
+    DUP_LIST_FIELD_NUMBER: _ClassVar[int]
     SAMPLING_FIELD_NUMBER: _ClassVar[int]
+    DNS_NAME_FIELD_NUMBER: _ClassVar[int]
     eth_protocol: int
     direction: Direction
     time_flow_start: _timestamp_pb2.Timestamp
@@ -58,8 +71,30 @@ class Record(_message.Message):
     flags: int
     icmp_type: int
     icmp_code: int
+    pkt_drop_bytes: int
+    pkt_drop_packets: int
+    pkt_drop_latest_flags: int
+    pkt_drop_latest_state: int
+    pkt_drop_latest_drop_cause: int
+    dns_id: int
+    dns_flags: int
+    dns_latency: _duration_pb2.Duration
+    time_flow_rtt: _duration_pb2.Duration
+    dns_errno: int
+    dup_list: _containers.RepeatedCompositeFieldContainer[DupMapEntry]
     sampling: int
-    def __init__(self, eth_protocol: _Optional[int] = ..., direction: _Optional[_Union[Direction, str]] = ..., time_flow_start: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., time_flow_end: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., data_link: _Optional[_Union[DataLink, _Mapping]] = ..., network: _Optional[_Union[Network, _Mapping]] = ..., transport: _Optional[_Union[Transport, _Mapping]] = ..., bytes: _Optional[int] = ..., packets: _Optional[int] = ..., interface: _Optional[str] = ..., agent_ip: _Optional[_Union[IP, _Mapping]] = ..., flags: _Optional[int] = ..., icmp_type: _Optional[int] = ..., icmp_code: _Optional[int] = ..., sampling: _Optional[int] = ...) -> None: ...
+    dns_name: str
+    def __init__(self, eth_protocol: _Optional[int] = ..., direction: _Optional[_Union[Direction, str]] = ..., time_flow_start: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., time_flow_end: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., data_link: _Optional[_Union[DataLink, _Mapping]] = ..., network: _Optional[_Union[Network, _Mapping]] = ..., transport: _Optional[_Union[Transport, _Mapping]] = ..., bytes: _Optional[int] = ..., packets: _Optional[int] = ..., interface: _Optional[str] = ..., agent_ip: _Optional[_Union[IP, _Mapping]] = ..., flags: _Optional[int] = ..., icmp_type: _Optional[int] = ..., icmp_code: _Optional[int] = ..., pkt_drop_bytes: _Optional[int] = ..., pkt_drop_packets: _Optional[int] = ..., pkt_drop_latest_flags: _Optional[int] = ..., pkt_drop_latest_state: _Optional[int] = ..., pkt_drop_latest_drop_cause: _Optional[int] = ..., dns_id: _Optional[int] = ..., dns_flags: _Optional[int] = ..., dns_latency: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., time_flow_rtt: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., dns_errno: _Optional[int] = ..., dup_list: _Optional[_Iterable[_Union[DupMapEntry, _Mapping]]] = ..., sampling: _Optional[int] = ..., dns_name: _Optional[str] = ...) -> None: ...
+
+class DupMapEntry(_message.Message):
+    __slots__ = ("interface", "direction", "udn")
+    INTERFACE_FIELD_NUMBER: _ClassVar[int]
+    DIRECTION_FIELD_NUMBER: _ClassVar[int]
+    UDN_FIELD_NUMBER: _ClassVar[int]
+    interface: str
+    direction: Direction
+    udn: str
+    def __init__(self, interface: _Optional[str] = ..., direction: _Optional[_Union[Direction, str]] = ..., udn: _Optional[str] = ...) -> None: ...
 
 class DataLink(_message.Message):
     __slots__ = ("src_mac", "dst_mac")

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from flowkit.ebpf import CollectionSpec
+from flowkit.model import KEY_DTYPE, VALUE_DTYPE
 
 ROOT = Path(__file__).resolve().parents[2]
 SOURCE = ROOT / "csrc" / "bpf" / "flowkit.bpf.c"
@@ -65,7 +66,7 @@ def test_the_object_declares_the_programs_maps_and_settings() -> None:
     assert spec.maps["flow_selector"].initial_values == {0: "flows_a"}
     assert set(spec.variables) >= VARIABLES
     flows = spec.maps["flows_a"]
-    assert (flows.key_size, flows.value_size) == (60, 40)
+    assert (flows.key_size, flows.value_size) == (KEY_DTYPE.itemsize, VALUE_DTYPE.itemsize)
 
 
 def test_the_object_loads_and_runs_on_a_frame() -> None:

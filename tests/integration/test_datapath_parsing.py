@@ -85,7 +85,8 @@ def run_one(datapath: tuple[object, KernelDrainer, KernelMaps], frame: bytes) ->
         "sport": int(key["src_port"]), "dport": int(key["dst_port"]),
         "icmp_type": int(key["icmp_type"]), "icmp_code": int(key["icmp_code"]),
         "src_ip": bytes(key["src_ip"]), "dst_ip": bytes(key["dst_ip"]),
-        "src_mac": bytes(key["src_mac"]), "pad": bytes(key["pad"]),
+        "src_mac": bytes(value["src_mac"]), "dst_mac": bytes(value["dst_mac"]),
+        "netns": int(key["netns"]),
         "packets": int(value["packets"]), "bytes": int(value["bytes"]),
         "flags": int(value["flags"]), "dscp": int(value["dscp"]),
         "first": int(value["first_ns"]), "last": int(value["last_ns"]),
@@ -98,10 +99,10 @@ def test_ipv4_udp_key_value_and_zero_padding(datapath) -> None:  # type: ignore[
     assert (flow["etype"], flow["proto"], flow["sport"], flow["dport"]) == (0x0800, 17, 1111,
                                                                              2222)
     assert (flow["src_ip"], flow["dst_ip"]) == (ip_to_16(V4_SRC), ip_to_16(V4_DST))
-    assert flow["src_mac"] == SRC_MAC
+    assert (flow["src_mac"], flow["dst_mac"]) == (SRC_MAC, DST_MAC)
     assert (flow["packets"], flow["bytes"]) == (1, len(frame))
     assert flow["dscp"] == 46
-    assert flow["pad"] == b"\0\0"
+    assert flow["netns"] == 0
     assert 0 < flow["first"] <= flow["last"]
 
 

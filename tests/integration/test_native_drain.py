@@ -24,7 +24,7 @@ from flowkit.accounting import (
     read_kernel_counters,
 )
 from flowkit.components import Interface, KernelMaps
-from flowkit.model import RECORD_DTYPE, VALUE_DTYPE, FlowArray, FlowBatch
+from flowkit.model import KEY_DTYPE, RECORD_DTYPE, VALUE_DTYPE, FlowArray, FlowBatch
 from flowkit.native import NativeError, ffi, lib
 from flowkit_plugins.native_accounter import NativeAccounter
 from flowkit_plugins.python_accounter import PythonAccounter
@@ -360,8 +360,8 @@ def flow_maps() -> Iterator[Any]:
             fds.append(fd)
             return fd
 
-        map0 = created(lib.fk_map_create(map_type, 60, value_size, max_entries, -1))
-        map1 = created(lib.fk_map_create(map_type, 60, value_size, max_entries, -1))
+        map0 = created(lib.fk_map_create(map_type, KEY_DTYPE.itemsize, value_size, max_entries, -1))
+        map1 = created(lib.fk_map_create(map_type, KEY_DTYPE.itemsize, value_size, max_entries, -1))
         selector = created(lib.fk_map_create(BPF_MAP_TYPE_ARRAY_OF_MAPS, 4, 4, 1, map0))
         return KernelMaps(selector, (map0, map1), -1, -1, max_entries, lib.fk_possible_cpus())
 
@@ -378,7 +378,7 @@ def put(fd: int, port: int, per_cpu: list[tuple[int, int, int, int, int]]) -> No
     key["src_port"] = port
     values = np.zeros(lib.fk_possible_cpus(), dtype=VALUE_DTYPE)
     for cpu, (packets, nbytes, first, last, dscp) in enumerate(per_cpu):
-        values[cpu] = (packets, nbytes, first, last, 0, dscp, 0, 1)
+        values[cpu] = (packets, nbytes, first, last, 0, dscp, 0, 1, [0] * 6, [0] * 6, 0)
     rc = lib.fk_map_update(fd, ffi.from_buffer(key), ffi.from_buffer(values), 0)
     if rc < 0:
         raise NativeError("bpf_map_update_elem", -rc)

@@ -51,11 +51,11 @@ def synthetic_records(
         for name in ("if_index", "direction", "eth_protocol", "src_port", "dst_port", "proto",
                      "icmp_type", "icmp_code"):
             key[name] = k[name]
-        key["src_mac"] = np.frombuffer(k["src_mac"], dtype="u1")
-        key["dst_mac"] = np.frombuffer(k["dst_mac"], dtype="u1")
         key["src_ip"] = np.frombuffer(ip_to_16(k["src_ip"]), dtype="u1")
         key["dst_ip"] = np.frombuffer(ip_to_16(k["dst_ip"]), dtype="u1")
         value = records[row]["value"]
+        value["src_mac"] = np.frombuffer(k["src_mac"], dtype="u1")
+        value["dst_mac"] = np.frombuffer(k["dst_mac"], dtype="u1")
         value["packets"] = 1
         value["bytes"] = packet_bytes
         value["first_ns"] = first_ns

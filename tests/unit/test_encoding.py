@@ -94,34 +94,52 @@ agent_ip = st.sampled_from(
 )
 
 
+dns_name = st.text(alphabet=st.characters(min_codepoint=0x20, max_codepoint=0x7E), max_size=31)
+
+
 @st.composite
 def rows(draw: st.DrawFn) -> tuple[Any, ...]:
     key = (
+        list(draw(ip16)),
+        list(draw(ip16)),
+        draw(_uint(U16)),
+        draw(_uint(U16)),
         draw(if_index),
         draw(st.sampled_from([0, 0x0800, 0x86DD]) | st.integers(0, U16)),
         draw(st.sampled_from([0, 1]) | st.integers(0, U8)),
         draw(st.sampled_from([0, 1, 6, 17, 58, 132]) | st.integers(0, U8)),
-        list(draw(mac)),
-        list(draw(mac)),
-        list(draw(ip16)),
-        list(draw(ip16)),
-        draw(_uint(U16)),
-        draw(_uint(U16)),
         draw(_uint(U8)),
         draw(_uint(U8)),
-        [0, 0],
+        0,
     )
     return (
         key,
-        0,
-        draw(_uint(U64)),
-        draw(_uint(U64)),
+        draw(_uint(U64)),  # packets
+        draw(_uint(U64)),  # bytes
         draw(nanoseconds),
         draw(nanoseconds),
-        draw(_uint(U16)),
-        draw(_uint(U8)),
+        draw(_uint(U16)),  # flags
+        draw(_uint(U8)),  # dscp
+        draw(st.sampled_from([0, 1, 2, 4, 7]) | st.integers(0, U8)),  # features
+        draw(_uint(U32)),  # sampling
+        list(draw(mac)),
+        list(draw(mac)),
+        draw(_uint(U16)),  # drop_flags
+        draw(st.integers(0, 14) | st.just(U8)),  # drop_state
+        draw(_uint(U8)),  # dns_errno
+        draw(_uint(U64)),  # drop_bytes
+        draw(_uint(U64)),  # drop_packets
+        draw(st.integers(0, 140) | _uint(U32)),  # drop_cause
+        draw(_uint(U16)),  # dns_id
+        draw(_uint(U16)),  # dns_flags
+        draw(nanoseconds),  # rtt_ns
+        draw(nanoseconds),  # dns_latency_ns
+        draw(dns_name).encode("ascii"),
+        [0] * 6,
+        [0] * 6,
+        [0] * 6,
         0,
-        draw(_uint(U32)),
+        [0] * 5,
     )
 
 
@@ -131,7 +149,7 @@ def batches(draw: st.DrawFn, max_size: int = 12) -> FlowBatch:
     return FlowBatch(array, draw(interfaces), draw(agent_ip))
 
 
-PROPERTY = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+PROPERTY = settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
 def _batch(

@@ -18,7 +18,16 @@ from hypothesis import strategies as st
 
 from flowkit.accounting import KERNEL_COUNTERS, FlowTable
 from flowkit.components import Interface, KernelMaps
-from flowkit.model import FLOW_DTYPE, KEY_DTYPE, RECORD_DTYPE, VALUE_DTYPE, FlowArray, FlowBatch
+from flowkit.model import (
+    EVENT_DTYPE,
+    EXTRA_DTYPE,
+    FLOW_DTYPE,
+    KEY_DTYPE,
+    RECORD_DTYPE,
+    VALUE_DTYPE,
+    FlowArray,
+    FlowBatch,
+)
 from flowkit.native import ffi
 from flowkit_plugins import native_accounter
 from flowkit_plugins.native_accounter import NativeAccounter
@@ -58,10 +67,28 @@ class ScriptedTracer:
         pass
 
 
-def make_records(rows: list[tuple[int, int, int, int, int, int, int, int]]) -> FlowArray:
-    """Records from (flow id, packets, bytes, first_ns, last_ns, flags, dscp, sampling)."""
+def make_records(rows: list[tuple[Any, ...]]) -> FlowArray:
+    """Records from (flow id, packets, bytes, first_ns, last_ns, flags, dscp, sampling[, mac,
+    feature data]); feature data is (features, first_ns, last_ns, drop packets, drop_ns, drop
+    cause, rtt_ns, dns_ns, dns_id, name byte)."""
     records = np.zeros(len(rows), dtype=RECORD_DTYPE)
-    for i, (flow, packets, nbytes, first, last, flags, dscp, sampling) in enumerate(rows):
+    for i, row in enumerate(rows):
+        (flow, packets, nbytes, first, last, flags, dscp, sampling) = row[:8]
+        if len(row) > 8:
+            mac, extra = row[8], row[9]
+            value = records[i]["value"]
+            value["src_mac"] = [mac] * 6
+            value["dst_mac"] = [mac, 0, 0, 0, 0, 1]
+            x = records[i]["extra"]
+            (features, x["first_ns"], x["last_ns"], drop_packets, x["drop_ns"], x["drop_cause"],
+             x["rtt_ns"], x["dns_ns"], x["dns_id"], name) = extra
+            x["features"] = features
+            x["drop_packets"] = drop_packets
+            x["drop_bytes"] = drop_packets * 60
+            x["drop_state"] = drop_packets & 7
+            x["dns_flags"] = 0x8180 | (name & 0xF)
+            x["dns_latency_ns"] = name * 1000
+            x["dns_name"] = [3, name, name, name] + [0] * 28
         key = records[i]["key"]
         key["if_index"] = 7
         key["eth_protocol"] = 0x0800
@@ -95,6 +122,13 @@ def test_c_structs_have_the_numpy_layouts() -> None:
     assert ffi.sizeof("struct fk_flow_key") == KEY_DTYPE.itemsize
     assert ffi.sizeof("struct fk_flow_value") == VALUE_DTYPE.itemsize
     assert ffi.sizeof("struct fk_flow_record") == RECORD_DTYPE.itemsize
+    assert ffi.sizeof("struct fk_flow_extra") == EXTRA_DTYPE.itemsize
+    assert ffi.sizeof("struct fk_flow_event") == EVENT_DTYPE.itemsize
+    for ctype, dtype in (("struct fk_flow_out", FLOW_DTYPE), ("struct fk_flow_extra", EXTRA_DTYPE),
+                         ("struct fk_flow_key", KEY_DTYPE), ("struct fk_flow_value", VALUE_DTYPE)):
+        assert dtype.fields is not None
+        for name, (_dt, offset, *_title) in dtype.fields.items():
+            assert ffi.offsetof(ctype, name) == offset, (ctype, name)
     assert ffi.sizeof("struct fk_flow_out") == FLOW_DTYPE.itemsize
     assert FLOW_DTYPE.fields is not None
     assert RECORD_DTYPE.fields is not None
@@ -276,12 +310,31 @@ def test_the_plugin_provides_the_native_accounter() -> None:
 
 _counts = st.integers(0, 2**32)
 _times = st.sampled_from([0, 1, 2, 50, 100, 2**40])
-_row = st.tuples(
-    st.integers(0, 11),  # flow id: few keys, so that merges and ties are common
-    _counts, _counts, _times, _times,
-    st.integers(0, 0x1FF),  # TCP flags
-    st.integers(0, 63),  # DSCP
-    st.sampled_from([0, 1, 2, 100]),  # sampling
+_extra = st.tuples(
+    st.integers(0, 7),  # feature bits
+    _times, _times,
+    st.integers(0, 5),  # drop packets
+    _times,  # drop_ns
+    st.integers(0, 140),  # drop cause
+    _times,  # rtt_ns
+    _times,  # dns_ns
+    st.integers(0, 0xFFFF),  # dns id
+    st.integers(0x61, 0x7A),  # name byte
+)
+_row = st.one_of(
+    st.tuples(
+        st.integers(0, 11),  # flow id: few keys, so that merges and ties are common
+        _counts, _counts, _times, _times,
+        st.integers(0, 0x1FF),  # TCP flags
+        st.integers(0, 63),  # DSCP
+        st.sampled_from([0, 1, 2, 100]),  # sampling
+    ),
+    st.tuples(
+        st.integers(0, 11), _counts, _counts, _times, _times, st.integers(0, 0x1FF),
+        st.integers(0, 63), st.sampled_from([0, 1, 2, 100]),
+        st.integers(0, 3),  # MAC byte
+        _extra,
+    ),
 )
 _step = st.one_of(
     st.tuples(st.just("poll"), st.lists(_row, max_size=40)),
@@ -292,7 +345,7 @@ _step = st.one_of(
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(steps=st.lists(_step, min_size=1, max_size=12), max_flows=st.integers(1, 14))
 def test_native_and_python_accounters_produce_the_same_flows(
-    steps: list[tuple[str, list[tuple[int, int, int, int, int, int, int, int]]]], max_flows: int
+    steps: list[tuple[str, list[tuple[Any, ...]]]], max_flows: int
 ) -> None:
     """Same input, same batch boundaries, same flows (as multisets per batch)."""
     polls = [make_records(rows) for kind, rows in steps if kind == "poll"]
@@ -315,7 +368,7 @@ def test_native_and_python_accounters_produce_the_same_flows(
 @settings(max_examples=50, deadline=None)
 @given(rows=st.lists(_row, min_size=1, max_size=300), max_flows=st.integers(1, 20))
 def test_add_records_matches_the_reference_record_by_record(
-    rows: list[tuple[int, int, int, int, int, int, int, int]], max_flows: int
+    rows: list[tuple[Any, ...]], max_flows: int
 ) -> None:
     records = make_records(rows)
     reference = PythonAccounter(None, max_flows, OFFSET)
