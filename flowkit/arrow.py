@@ -73,7 +73,7 @@ class _Column:
     field: str  # dtype field name (leaf)
     offset: int  # byte offset in the row
     width: int  # bytes per value
-    kind: str  # "int", "binary", "timestamp"
+    kind: str  # "int", "binary", "timestamp", "list" (fixed-size list of integers)
     numpy: np.dtype[Any]
 
 
@@ -104,9 +104,12 @@ def _columns() -> tuple[_Column, ...]:
         name = leaf if short.count(leaf) == 1 else path.replace(".", "_")
         if dt.subdtype is not None:
             base, shape = dt.subdtype
-            if base != np.dtype("u1") or len(shape) != 1:
+            if len(shape) != 1 or base.kind not in "ui":
                 raise TypeError(f"no Arrow mapping for the record field {path} ({dt})")
-            columns.append(_Column(name, leaf, offset, int(shape[0]), "binary", base))
+            if base == np.dtype("u1") and not leaf.startswith("dup_"):
+                columns.append(_Column(name, leaf, offset, int(shape[0]), "binary", base))
+            else:  # several numbers per flow (the DEDUPER interface list)
+                columns.append(_Column(name, leaf, offset, dt.itemsize, "list", base))
         elif dt.kind == "S":
             columns.append(_Column(name, leaf, offset, dt.itemsize, "binary", dt))
         elif dt.kind in "uif":
@@ -122,6 +125,9 @@ def _arrow_type(pa: Any, column: _Column) -> Any:
         return pa.timestamp("ns", tz="UTC")
     if column.kind == "binary":
         return pa.binary(column.width)
+    if column.kind == "list":
+        item = column.numpy.newbyteorder("=")
+        return pa.list_(pa.from_numpy_dtype(item), column.width // item.itemsize)
     return pa.from_numpy_dtype(column.numpy.newbyteorder("="))
 
 
@@ -214,6 +220,12 @@ def to_arrow(batch: FlowBatch) -> pa.RecordBatch:
     arrays = []
     for column, start in zip(columns, starts, strict=True):
         data = buffer.slice(start, column.width * n)
+        if column.kind == "list":
+            item_type = _arrow_type(pa, column)
+            count = column.width // column.numpy.itemsize
+            items = pa.Array.from_buffers(item_type.value_type, n * count, [None, data])
+            arrays.append(pa.FixedSizeListArray.from_arrays(items, count))
+            continue
         arrays.append(pa.Array.from_buffers(_arrow_type(pa, column), n, [None, data]))
         if column.name == "if_index":
             if_index = storage[start:start + 4 * n].view(np.uint32)
@@ -260,6 +272,9 @@ def from_arrow(data: Any) -> FlowBatch:
             raw = np.frombuffer(values.buffers()[1], dtype=np.uint8,
                                 count=column.width * (values.offset + n))
             raw = raw[column.width * values.offset:].reshape(n, column.width)
+        elif column.kind == "list":
+            flat = values.flatten().to_numpy(zero_copy_only=False)
+            raw = flat.astype(column.numpy).view(np.uint8).reshape(n, column.width)
         else:
             if column.kind == "timestamp":
                 values = values.cast(pa.int64())

@@ -23,7 +23,7 @@ def random_batch(n: int, seed: int = 7) -> FlowBatch:
     array["end_ns"] = array["start_ns"] + rng.integers(0, 10**9, n, dtype=np.uint64)
     array["key"]["direction"] %= 2
     array["key"]["if_index"] = rng.integers(1, 5, n)
-    array["key"]["pad"] = array["pad"] = array["pad2"] = 0  # as the C code writes them
+    array["pad"] = 0  # as the C code writes it
     return FlowBatch(array, {1: "lo", 2: "eth0", 3: "eth1"}, "198.18.0.9")
 
 
