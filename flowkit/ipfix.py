@@ -332,7 +332,7 @@ def _reference_record(
         int(row["dscp"]),
         (int(row["dscp"]) << 2) & 0xFF,
     )
-    out += bytes(key["src_mac"]) + bytes(key["dst_mac"])
+    out += bytes(row["src_mac"]) + bytes(row["dst_mac"])
     out += struct.pack(
         "!HIIII",
         int(key["eth_protocol"]),

@@ -279,8 +279,8 @@ static uint8_t *fk_ipfix_record(const struct fk_ipfix_names *t, const struct fk_
     *p++ = k->direction;
     *p++ = f->dscp;
     *p++ = (uint8_t)(f->dscp << 2);
-    memcpy(p, k->src_mac, 6);
-    memcpy(p + 6, k->dst_mac, 6);
+    memcpy(p, f->src_mac, 6);
+    memcpy(p + 6, f->dst_mac, 6);
     p += 12;
     p = fk_be16(p, k->eth_protocol);
     p = fk_be32(p, k->direction == FK_DIRECTION_INGRESS ? k->if_index : 0);
