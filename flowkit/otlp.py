@@ -251,8 +251,8 @@ def _flow_attributes(row: Any, names: Mapping[int, str]) -> list[tuple[str, str 
         ("flowkit.dscp", int(row["dscp"])),
         ("flowkit.sampling", int(row["sampling"])),
         ("flowkit.ethernet.type", int(key["eth_protocol"])),
-        ("flowkit.source.mac", mac_to_str(bytes(key["src_mac"]))),
-        ("flowkit.destination.mac", mac_to_str(bytes(key["dst_mac"]))),
+        ("flowkit.source.mac", mac_to_str(bytes(row["src_mac"]))),
+        ("flowkit.destination.mac", mac_to_str(bytes(row["dst_mac"]))),
         ("flowkit.interface.index", if_index),
     ]
     return attrs

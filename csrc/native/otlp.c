@@ -143,9 +143,9 @@ static uint8_t *fk_otlp_record(const struct fk_ipfix_names *t, const struct fk_f
     p = FK_INT(p, "flowkit.dscp", f->dscp);
     p = FK_INT(p, "flowkit.sampling", f->sampling);
     p = FK_INT(p, "flowkit.ethernet.type", k->eth_protocol);
-    len = fk_mac_text(k->src_mac, text);
+    len = fk_mac_text(f->src_mac, text);
     p = FK_STR(p, "flowkit.source.mac", text, len);
-    len = fk_mac_text(k->dst_mac, text);
+    len = fk_mac_text(f->dst_mac, text);
     p = FK_STR(p, "flowkit.destination.mac", text, len);
     p = FK_INT(p, "flowkit.interface.index", k->if_index);
     return p;

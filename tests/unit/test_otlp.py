@@ -34,23 +34,24 @@ def _uint(top: int) -> st.SearchStrategy[int]:
 
 @st.composite
 def rows(draw: st.DrawFn) -> tuple[Any, ...]:
-    key = (
-        draw(st.integers(0, 6) | st.just(U32)),
-        draw(st.sampled_from([0x0800, 0x86DD]) | _uint(U16)),
-        draw(st.sampled_from([0, 1])),
-        draw(st.sampled_from([1, 6, 17, 58, 132]) | _uint(U8)),
-        list(draw(st.binary(min_size=6, max_size=6))),
-        list(draw(st.binary(min_size=6, max_size=6))),
-        list(draw(ip16)),
-        list(draw(ip16)),
-        draw(_uint(U16)),
-        draw(_uint(U16)),
-        draw(_uint(U8)),
-        draw(_uint(U8)),
-        [0, 0],
-    )
-    return (key, 0, draw(_uint(I63)), draw(_uint(I63)), draw(_uint(I63)), draw(_uint(I63)),
-            draw(_uint(U16)), draw(_uint(U8)), 0, draw(_uint(U32)))
+    row = np.zeros((), dtype=FLOW_DTYPE)
+    key = row["key"]
+    key["if_index"] = draw(st.integers(0, 6) | st.just(U32))
+    key["eth_protocol"] = draw(st.sampled_from([0x0800, 0x86DD]) | _uint(U16))
+    key["direction"] = draw(st.sampled_from([0, 1]))
+    key["proto"] = draw(st.sampled_from([1, 6, 17, 58, 132]) | _uint(U8))
+    row["src_mac"] = list(draw(st.binary(min_size=6, max_size=6)))
+    row["dst_mac"] = list(draw(st.binary(min_size=6, max_size=6)))
+    key["src_ip"] = list(draw(ip16))
+    key["dst_ip"] = list(draw(ip16))
+    key["src_port"] = draw(_uint(U16))
+    key["dst_port"] = draw(_uint(U16))
+    key["icmp_type"] = draw(_uint(U8))
+    key["icmp_code"] = draw(_uint(U8))
+    for name, bound in (("packets", I63), ("bytes", I63), ("start_ns", I63), ("end_ns", I63),
+                        ("flags", U16), ("dscp", U8), ("sampling", U32)):
+        row[name] = draw(_uint(bound))
+    return row.item()  # type: ignore[no-any-return]
 
 
 names = st.text(max_size=20) | st.sampled_from(["", "eth0", "e" * 200])
