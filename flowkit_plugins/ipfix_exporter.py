@@ -9,24 +9,23 @@ UDP: each batch is sent at once from the exporter's thread, in messages that fil
 again every ``IPFIX_TEMPLATE_REFRESH`` and every ``IPFIX_TEMPLATE_REFRESH_MESSAGES`` messages,
 and after a send error (the collector may have restarted). A datagram the kernel accepts counts
 as exported; one it refuses (collector port unreachable, no buffer space) is tried once more,
-then dropped and counted (``ipfix_dropped_flows{reason="send_error"}``).
+then dropped and counted (``ipfix_dropped_flows{reason="error"}``).
 
-TCP: ``export`` only queues a copy of the batch (bounded by ``IPFIX_BUFFER_MAX_FLOWS``; flows that
-do not fit are counted with ``reason="buffer_full"``); a sender thread connects, sends the
-templates once per connection, then messages of up to ``IPFIX_TCP_MAX_MESSAGE`` bytes. A lost
-connection is re-made with jittered exponential backoff; each connection is a new transport
-session (templates again, sequence numbers from 0) and sending resumes with the first message not
-yet written. At shutdown what could not be sent before the deadline is counted with
+TCP follows flowkit's one delivery rule (:mod:`flowkit.delivery`): ``export`` only queues the
+batch (bounded by ``IPFIX_BUFFER_MAX_FLOWS``, the rest counted with ``reason="buffer_full"``, or
+written to the disk spool of ``IPFIX_SPOOL_DIR``); the sender thread connects, sends the templates
+once per connection, then messages of up to ``IPFIX_TCP_MAX_MESSAGE`` bytes. A lost connection is
+re-made with jittered exponential backoff; each connection is a new transport session
+(templates again, sequence numbers from 0) and sending resumes with the first record not yet
+written. At shutdown what could not be sent before the deadline is spooled or counted with
 ``reason="shutdown"``.
 """
 
 from __future__ import annotations
 
-import collections
 import errno
 import ipaddress
 import logging
-import random
 import select
 import socket
 import threading
@@ -37,8 +36,10 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from flowkit import hookimpl
 from flowkit.components import ComponentContext, ExporterSpec
+from flowkit.delivery import Outcome, RetryPolicy, Sender, Split
 from flowkit.ratelimit import RateLimitedLog
-from flowkit.settings_types import Duration
+from flowkit.settings_types import ByteSize, Duration
+from flowkit.spool import check_spool_settings, open_spool
 
 if TYPE_CHECKING:
     from flowkit.ipfix import IpfixMessage, IpfixParams
@@ -117,6 +118,27 @@ class IpfixSettings(BaseModel):
     ipfix_timeout: Duration = Field(
         default=10.0, gt=0, description="TCP: deadline of a connection attempt and of one send."
     )
+    ipfix_spool_dir: str = Field(
+        default="",
+        description="TCP: absolute path of a directory for an on-disk spool: while the collector "
+        "is unreachable, batches are written there and sent in order once it is back, also "
+        "after a restart. Empty: no spool.",
+    )
+    ipfix_spool_max_bytes: ByteSize = Field(
+        default=1 << 30,
+        ge=0,
+        description="Most bytes the spool takes on disk (e.g. 512MiB); beyond it the oldest "
+        "segments are dropped and counted (reason spool_full).",
+    )
+    ipfix_spool_segment_bytes: ByteSize = Field(
+        default=16 << 20,
+        ge=0,
+        description="Size at which the spool starts a new segment file.",
+    )
+    ipfix_spool_fsync: Literal["always", "segment", "never"] = Field(
+        default="segment",
+        description="When spooled data is forced to disk: always, segment or never.",
+    )
 
     @model_validator(mode="after")
     def _check(self) -> IpfixSettings:
@@ -139,6 +161,8 @@ class IpfixSettings(BaseModel):
             raise ValueError(
                 "IPFIX_RETRY_MAX_BACKOFF must not be shorter than IPFIX_RETRY_INITIAL_BACKOFF"
             )
+        check_spool_settings("IPFIX", self.ipfix_spool_dir, self.ipfix_spool_max_bytes,
+                             self.ipfix_spool_segment_bytes)
         return self
 
     def _family_guess(self) -> int:
@@ -237,7 +261,7 @@ class UdpIpfixExporter:
                     batch, params, export_time=int(now), sequence=self._sequence
                 )
             except ValueError as exc:  # a record larger than a message (huge interface name)
-                self._counters.drop("too_large", len(batch))
+                self._counters.drop("encode", len(batch))
                 self._problems.emit("encode", logging.ERROR, "ipfix: %s; dropped", exc)
                 return
             for message in messages:
@@ -246,7 +270,7 @@ class UdpIpfixExporter:
                     self._counters.sent_flows.inc(message.records)
                     self._messages_since_templates += 1
                 else:
-                    self._counters.drop("send_error", message.records)
+                    self._counters.drop("error", message.records)
                 # Records that could not be sent still advance the sequence number: the
                 # collector sees the gap as loss, which it is.
                 self._sequence = (self._sequence + message.records) & 0xFFFF_FFFF
@@ -307,173 +331,112 @@ class UdpIpfixExporter:
         self._socket.close()
 
 
-class _Pending:
-    """A batch waiting for the TCP sender; ``done`` flows of it were already sent."""
-
-    __slots__ = ("batch", "done")
-
-    def __init__(self, batch: FlowBatch) -> None:
-        self.batch = batch
-        self.done = 0
-
-    @property
-    def left(self) -> int:
-        return len(self.batch) - self.done
-
-
 class TcpIpfixExporter:
-    """IPFIX over TCP from a sender thread with a bounded buffer (see the module docstring)."""
+    """IPFIX over TCP through a :class:`~flowkit.delivery.Sender` (see the module docstring).
+
+    The payloads the sender buffers (and spools) are whole batches in the spool's raw format,
+    not IPFIX messages: sequence numbers and templates belong to a connection, so messages are
+    encoded when they are written.
+    """
 
     def __init__(self, settings: IpfixSettings, metrics: Metrics) -> None:
         self.settings = settings
         self._counters = _Counters(metrics, "tcp")
         self._problems = RateLimitedLog(log)
-        self._cond = threading.Condition()
-        self._pending: collections.deque[_Pending] = collections.deque()
-        self._buffered = 0
-        self._busy = False
-        metrics.gauge_callback(
-            "ipfix_buffered_flows",
-            "Flows waiting to be sent to the IPFIX collector (TCP)",
-            lambda: float(self._buffered),
-        )
         self._socket: socket.socket | None = None
         self._sequence = 0
         self._session_params: IpfixParams | None = None
-        self._closing = threading.Event()
-        self._abort = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="flowkit-ipfix-tcp", daemon=True)
-        self._thread.start()
+        spool = open_spool(
+            "IPFIX",
+            settings.ipfix_spool_dir,
+            settings.ipfix_spool_max_bytes,
+            settings.ipfix_spool_segment_bytes,
+            settings.ipfix_spool_fsync,
+            name="ipfix",
+            metrics=metrics,
+            on_drop=self._counters.drop,
+        )
+        self._sender = Sender(
+            "ipfix",
+            self._send_one,
+            max_buffered_flows=settings.ipfix_buffer_max_flows,
+            retry=RetryPolicy(settings.ipfix_retry_initial_backoff,
+                              settings.ipfix_retry_max_backoff),
+            spool=spool,
+            on_drop=self._counters.drop,
+            on_delivered=self._counters.sent_flows.inc,
+            target=f"collector {settings.target}",
+            buffer_setting="IPFIX_BUFFER_MAX_FLOWS",
+        )
+        metrics.gauge_callback(
+            "ipfix_buffered_flows",
+            "Flows waiting to be sent to the IPFIX collector (TCP)",
+            lambda: float(self._sender.buffered_flows),
+        )
         log.info("ipfix exporter sending to %s over TCP", settings.target)
 
     # -- Exporter protocol ------------------------------------------------------------------
     def export(self, batch: FlowBatch) -> None:
-        """Queue a copy of the batch (bounded); never waits for the collector."""
-        total = len(batch)
-        if total == 0:
-            return
-        if self._closing.is_set():
-            self._counters.drop("shutdown", total)
-            return
-        with self._cond:
-            keep = max(0, min(total, self.settings.ipfix_buffer_max_flows - self._buffered))
-            if keep:
-                from flowkit.model import FlowBatch
+        """Queue the batch (bounded, or spooled); never waits for the collector."""
+        from flowkit.spool import encode_batch
 
-                kept = batch.copy() if keep == total else FlowBatch(
-                    batch.array[:keep].copy(), dict(batch.interfaces), batch.agent_ip
-                )
-                self._pending.append(_Pending(kept))
-                self._buffered += keep
-                self._cond.notify_all()
-        if keep < total:
-            self._counters.drop("buffer_full", total - keep)
-            self._problems.emit(
-                "overflow",
-                logging.ERROR,
-                "ipfix: buffer full (IPFIX_BUFFER_MAX_FLOWS=%d): dropped %d flows",
-                self.settings.ipfix_buffer_max_flows,
-                total - keep,
-            )
-        else:
-            self._problems.recovered("overflow", logging.INFO, "ipfix: buffer has room again")
+        if len(batch):
+            self._sender.offer([(encode_batch(batch), len(batch))])
+
+    def spooled_flows(self) -> int:
+        """Flows waiting in the disk spool (0 without one)."""
+        return self._sender.spooled_flows()
 
     def flush(self, timeout: float) -> bool:
         """Wait until every buffered flow was sent; False on timeout."""
-        deadline = time.monotonic() + timeout
-        with self._cond:
-            while self._pending or self._busy:
-                left = deadline - time.monotonic()
-                if left <= 0 or self._abort.is_set():
-                    return False
-                self._cond.wait(min(left, 0.2))
-        return True
+        return self._sender.flush(timeout)
 
     def shutdown(self, timeout: float) -> None:
-        """Send what can be sent within ``timeout``; count the rest as dropped; close."""
-        deadline = time.monotonic() + timeout
-        self._closing.set()
-        self.flush(max(0.0, deadline - time.monotonic()))
-        self._abort.set()
-        with self._cond:
-            self._cond.notify_all()
-        self._thread.join(max(0.5, deadline - time.monotonic()))
-        with self._cond:
-            left = self._buffered
-            self._pending.clear()
-            self._buffered = 0
-        if left:
-            self._counters.drop("shutdown", left)
-            log.warning("ipfix: stopped with %d flows not sent to %s", left,
-                        self.settings.target)
+        """Send what can be sent within ``timeout``; spool or count the rest; close."""
+        self._sender.shutdown(timeout)
         self._disconnect()
 
-    # -- sender thread ----------------------------------------------------------------------
-    def _run(self) -> None:
-        attempt = 0
-        while not self._abort.is_set():
-            with self._cond:
-                while not self._pending and not self._abort.is_set():
-                    if self._closing.is_set():
-                        return
-                    self._cond.wait(0.5)
-                if self._abort.is_set():
-                    return
-                item = self._pending[0]
-                self._busy = True
-            try:
-                ok = self._send_item(item)
-            finally:
-                with self._cond:
-                    self._busy = False
-                    self._cond.notify_all()
-            if ok:
-                attempt = 0
-                continue
-            attempt += 1
-            self._abort.wait(self._backoff(attempt))
-
-    def _backoff(self, attempt: int) -> float:
-        s = self.settings
-        ceiling = min(s.ipfix_retry_max_backoff,
-                      s.ipfix_retry_initial_backoff * 2.0 ** min(attempt - 1, 32))
-        return ceiling / 2 + random.uniform(0, ceiling / 2)  # noqa: S311 - not cryptographic
-
-    def _send_item(self, item: _Pending) -> bool:
-        """Send what is left of the head batch; False to back off and retry."""
+    # -- one attempt (called by the sender thread) --------------------------------------------
+    def _send_one(self, payload: bytes, flows: int) -> Outcome | Split:
+        """Write one batch; after a failure part-way, report the written part as a part."""
         from flowkit.ipfix import encode_messages
+        from flowkit.spool import decode_batch
 
-        params = _params(self.settings, item.batch.agent_ip, self.settings.ipfix_tcp_max_message)
+        if not payload:  # the written part of a batch that failed part-way (see below)
+            return Outcome.SENT
+        try:
+            batch = decode_batch(payload)
+        except ValueError as exc:
+            self._problems.emit("decode", logging.ERROR, "ipfix: unreadable batch: %s", exc)
+            return Outcome.REJECTED
+        params = _params(self.settings, batch.agent_ip, self.settings.ipfix_tcp_max_message)
         if self._socket is not None and params != self._session_params:
             self._disconnect()  # other templates: a new session announces them
         if self._socket is None and not self._connect(params):
-            return False
+            return Outcome.RETRY
         try:
             messages = encode_messages(
-                item.batch, params, export_time=int(time.time()), sequence=self._sequence,
-                start=item.done,
+                batch, params, export_time=int(time.time()), sequence=self._sequence
             )
         except ValueError as exc:
-            self._counters.drop("too_large", item.left)
             self._problems.emit("encode", logging.ERROR, "ipfix: %s; dropped", exc)
-            self._finish(item, item.left)
-            return True
+            return Outcome.REJECTED
+        written = 0
         for message in messages:
             if not self._write(message):
-                return False
-            self._sequence = (self._sequence + message.records) & 0xFFFF_FFFF
-            self._counters.sent_flows.inc(message.records)
-            self._counters.sent_messages.inc()
-            self._finish(item, message.records)
-        return True
+                if not written:
+                    return Outcome.RETRY
+                # The collector has the first `written` flows: they count as delivered (the
+                # empty part), the rest is sent again on the next connection.
+                from flowkit.model import FlowBatch
+                from flowkit.spool import encode_batch
 
-    def _finish(self, item: _Pending, flows: int) -> None:
-        with self._cond:
-            item.done += flows
-            self._buffered -= flows
-            if item.left <= 0 and self._pending and self._pending[0] is item:
-                self._pending.popleft()
-            self._cond.notify_all()
+                rest = FlowBatch(batch.array[written:], batch.interfaces, batch.agent_ip)
+                return Split([(b"", written), (encode_batch(rest), len(rest))])
+            self._sequence = (self._sequence + message.records) & 0xFFFF_FFFF
+            self._counters.sent_messages.inc()
+            written += message.records
+        return Outcome.SENT
 
     def _connect(self, params: IpfixParams) -> bool:
         from flowkit.ipfix import template_message
@@ -505,7 +468,8 @@ class TcpIpfixExporter:
 
     def _write(self, message: IpfixMessage) -> bool:
         sock = self._socket
-        assert sock is not None
+        if sock is None:
+            return False
         try:
             # A collector never writes to us: readable means it closed or reset the connection,
             # and anything written now would be lost.

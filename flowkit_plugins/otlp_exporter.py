@@ -7,27 +7,25 @@ series plus one overflow series. Requests go over gRPC (``OTLP_PROTOCOL=grpc``, 
 ``LogsService/Export`` and ``MetricsService/Export`` calls) or HTTP (``http/protobuf``, POST
 ``/v1/logs`` and ``/v1/metrics``), plain text or TLS, with ``OTLP_HEADERS``.
 
-Failure behaviour (the same rule as the ``grpc`` exporter): ``export`` encodes and queues, never
-waiting for the collector; the queue holds at most ``OTLP_BUFFER_MAX_FLOWS`` flows, more are
-dropped and counted (``otlp_dropped_flows{reason="buffer_full"}``); a sender thread delivers
-requests in order and retries the transient failures OTLP defines (gRPC UNAVAILABLE, ...; HTTP
-429, 502, 503, 504, connection errors) after a jittered exponential backoff; a permanent refusal
-drops the request (``reason="rejected"``), as do records a collector reports as rejected in a
-partial success; ``shutdown`` interrupts the backoff, sends until its deadline and counts the
-rest (``reason="shutdown"``).
+Failure behaviour is flowkit's one delivery rule (:mod:`flowkit.delivery`, as the ``grpc``
+exporter): ``export`` encodes and queues, never waiting for the collector; the queue holds at most
+``OTLP_BUFFER_MAX_FLOWS`` flows, more are dropped and counted
+(``otlp_dropped_flows{reason="buffer_full"}``) or written to the disk spool of ``OTLP_SPOOL_DIR``;
+a sender thread delivers requests in order and retries the transient failures OTLP defines (gRPC
+UNAVAILABLE, ...; HTTP 429, 502, 503, 504, connection errors) after a jittered exponential
+backoff; a permanent refusal drops the request (``reason="rejected"``), as do records a
+collector reports as rejected in a partial success; ``shutdown`` interrupts the backoff, sends
+until its deadline and spools or counts the rest (``reason="shutdown"``).
 
 ``opentelemetry-proto`` and ``grpcio`` (extra ``flowkit[otlp]``) are imported by the factory.
 """
 
 from __future__ import annotations
 
-import collections
 import http.client
 import logging
-import random
 import socket
 import ssl
-import threading
 import time
 import urllib.parse
 from pathlib import Path
@@ -37,8 +35,10 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from flowkit import hookimpl
 from flowkit.components import ComponentContext, ExporterSpec
+from flowkit.delivery import Outcome, RetryPolicy, Sender, Split
 from flowkit.ratelimit import RateLimitedLog
-from flowkit.settings_types import Bool, CommaList, Duration
+from flowkit.settings_types import Bool, ByteSize, CommaList, Duration
+from flowkit.spool import check_spool_settings, open_spool
 
 if TYPE_CHECKING:
     from flowkit.metrics import Metrics
@@ -150,6 +150,24 @@ class OtlpSettings(BaseModel):
     otlp_service_name: str = Field(
         default="flowkit-agent", description="service.name resource attribute."
     )
+    otlp_spool_dir: str = Field(
+        default="",
+        description="Absolute path of a directory for an on-disk spool: while the collector is "
+        "unreachable, requests are written there and sent in order once it is back, also after "
+        "a restart. Empty: no spool.",
+    )
+    otlp_spool_max_bytes: ByteSize = Field(
+        default=1 << 30, ge=0,
+        description="Most bytes the spool takes on disk; beyond it the oldest segments are "
+        "dropped and counted (reason spool_full).",
+    )
+    otlp_spool_segment_bytes: ByteSize = Field(
+        default=16 << 20, ge=0, description="Size at which the spool starts a new segment file."
+    )
+    otlp_spool_fsync: Literal["always", "segment", "never"] = Field(
+        default="segment", description="When spooled data is forced to disk: always, segment or "
+        "never."
+    )
 
     @field_validator("otlp_headers")
     @classmethod
@@ -195,6 +213,8 @@ class OtlpSettings(BaseModel):
         if self.otlp_retry_max_backoff < self.otlp_retry_initial_backoff:
             raise ValueError("OTLP_RETRY_MAX_BACKOFF must not be shorter than "
                              "OTLP_RETRY_INITIAL_BACKOFF")
+        check_spool_settings("OTLP", self.otlp_spool_dir, self.otlp_spool_max_bytes,
+                             self.otlp_spool_segment_bytes)
         return self
 
     @property
@@ -229,16 +249,6 @@ class OtlpSettings(BaseModel):
     def target(self) -> str:
         host, port, _ = self.address
         return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
-class _Pending:
-    __slots__ = ("data", "flows", "kind", "records")
-
-    def __init__(self, kind: str, data: bytes, flows: int, records: int) -> None:
-        self.kind = kind  # "logs" or "metrics"
-        self.data = data
-        self.flows = flows  # flows this request accounts for (exported when it is delivered)
-        self.records = records  # log records in it (partial success)
 
 
 class _Outcome:
@@ -287,11 +297,11 @@ class _GrpcTransport:
         }
         self._metadata = parse_headers(settings.otlp_headers) or None
 
-    def send(self, item: _Pending) -> tuple[str, str, Any]:
+    def send(self, kind: str, data: bytes) -> tuple[str, str, Any]:
         grpc = self._grpc
         try:
-            response = self._calls[item.kind](
-                item.data, timeout=self._settings.otlp_timeout, metadata=self._metadata
+            response = self._calls[kind](
+                data, timeout=self._settings.otlp_timeout, metadata=self._metadata
             )
         except grpc.RpcError as exc:
             code = exc.code() if hasattr(exc, "code") else None
@@ -332,11 +342,11 @@ class _HttpTransport:
                 self._connection = http.client.HTTPConnection(host, port, timeout=timeout)
         return self._connection
 
-    def send(self, item: _Pending) -> tuple[str, str, Any]:
-        path = "/v1/logs" if item.kind == "logs" else "/v1/metrics"
+    def send(self, kind: str, data: bytes) -> tuple[str, str, Any]:
+        path = "/v1/logs" if kind == "logs" else "/v1/metrics"
         try:
             connection = self._connect()
-            connection.request("POST", path, body=item.data, headers=self._headers)
+            connection.request("POST", path, body=data, headers=self._headers)
             response = connection.getresponse()
             body = response.read()
         except (OSError, http.client.HTTPException) as exc:
@@ -345,7 +355,7 @@ class _HttpTransport:
             return _Outcome.RETRY, name, str(exc)
         if response.status == 200:
             message = (self._proto.logs_service.ExportLogsServiceResponse
-                       if item.kind == "logs"
+                       if kind == "logs"
                        else self._proto.metrics_service.ExportMetricsServiceResponse)
             try:
                 return _Outcome.SENT, "OK", message.FromString(body)
@@ -361,7 +371,14 @@ class _HttpTransport:
 
 
 class OtlpExporter:
-    """Sends flows to an OTLP collector from a background thread (see the module docstring)."""
+    """Sends flows to an OTLP collector through :class:`~flowkit.delivery.Sender` (see the
+    module docstring).
+
+    The signal that carries the flow accounting (logs, or metrics when ``OTLP_LOGS=false``) has
+    the spool; with both signals on, metrics requests go through a second sender without spool,
+    whose losses are counted in ``otlp_dropped_metric_requests`` (the flows are accounted for
+    by the logs).
+    """
 
     def __init__(self, settings: OtlpSettings, metrics: Metrics, agent_ip: str | None) -> None:
         from flowkit import otlp
@@ -384,25 +401,56 @@ class OtlpExporter:
         )
         dropped = metrics.counter("otlp_dropped_flows", "Flows the otlp exporter could not "
                                   "deliver", ["reason"])
-        self._dropped = {r: dropped.labels(reason=r)
-                         for r in ("buffer_full", "rejected", "shutdown", "encode")}
         self._sent_flows = metrics.counter("otlp_sent_flows", "Flows delivered to the collector")
         self._sent_requests = metrics.counter("otlp_sent_requests", "OTLP requests delivered",
                                               ["signal"])
         self._errors = metrics.counter("otlp_send_errors", "Failed OTLP requests by status",
                                        ["code"])
-        self._lock = threading.Condition()
-        self._pending: collections.deque[_Pending] = collections.deque()
-        self._buffered = 0
-        metrics.gauge_callback("otlp_buffered_flows", "Flows waiting for the OTLP collector",
-                               lambda: float(self._buffered))
-        self._in_flight = False
-        self._closing = threading.Event()
-        self._abort = threading.Event()
+        dropped_metrics = metrics.counter(
+            "otlp_dropped_metric_requests",
+            "Metrics requests not delivered while logs carry the flows", ["reason"])
         self._problems = RateLimitedLog(log)
         self._last_metrics_ns = time.time_ns()
-        self._thread = threading.Thread(target=self._run, name="flowkit-otlp-sender", daemon=True)
-        self._thread.start()
+
+        def on_drop(reason: str, flows: int) -> None:
+            dropped.labels(reason=reason).inc(flows)
+
+        spool = open_spool(
+            "OTLP",
+            settings.otlp_spool_dir,
+            settings.otlp_spool_max_bytes,
+            settings.otlp_spool_segment_bytes,
+            settings.otlp_spool_fsync,
+            name="otlp",
+            metrics=metrics,
+            on_drop=on_drop,
+        )
+        retry = RetryPolicy(settings.otlp_retry_initial_backoff, settings.otlp_retry_max_backoff)
+        target = f"collector {settings.target}"
+        self._logs: Sender | None = None
+        self._metrics: Sender | None = None
+        if settings.otlp_logs:
+            self._logs = Sender(
+                "otlp", lambda data, flows: self._send_one("logs", data, flows),
+                max_buffered_flows=settings.otlp_buffer_max_flows, retry=retry, spool=spool,
+                on_drop=on_drop, on_delivered=self._sent_flows.inc, target=target,
+                buffer_setting="OTLP_BUFFER_MAX_FLOWS",
+            )
+        if settings.otlp_metrics:
+            carries = self._logs is None
+            self._metrics = Sender(
+                "otlp-metrics", lambda data, flows: self._send_one("metrics", data, flows),
+                max_buffered_flows=settings.otlp_buffer_max_flows, retry=retry,
+                spool=spool if carries else None,
+                on_drop=on_drop if carries
+                else (lambda reason, flows: dropped_metrics.labels(reason=reason).inc()),
+                on_delivered=self._sent_flows.inc if carries else (lambda flows: None),
+                target=target, buffer_setting="OTLP_BUFFER_MAX_FLOWS",
+            )
+        metrics.gauge_callback(
+            "otlp_buffered_flows", "Flows waiting for the OTLP collector",
+            lambda: float((self._logs or self._metrics).buffered_flows),  # type: ignore[union-attr]
+        )
         log.info("otlp exporter sending %s to %s over %s (%s)",
                  "+".join(s for s, on in (("logs", settings.otlp_logs),
                                           ("metrics", settings.otlp_metrics)) if on),
@@ -414,145 +462,68 @@ class OtlpExporter:
         total = len(batch)
         if total == 0:
             return
-        if self._closing.is_set():
-            self._dropped["shutdown"].inc(total)
-            return
-        with self._lock:
-            room = self.settings.otlp_buffer_max_flows - self._buffered
-        keep = max(0, min(total, room))
-        if keep < total:
-            self._dropped["buffer_full"].inc(total - keep)
-            self._problems.emit("overflow", logging.ERROR,
-                                "otlp exporter buffer is full (OTLP_BUFFER_MAX_FLOWS=%d): "
-                                "dropped %d flows", self.settings.otlp_buffer_max_flows,
-                                total - keep)
-        else:
-            self._problems.recovered("overflow", logging.INFO, "otlp exporter buffer has room")
-        if keep == 0:
-            return
-        try:
-            items = self._encode(batch, keep)
-        except Exception as exc:  # e.g. a value out of the int64 range OTLP allows
-            self._dropped["encode"].inc(keep)
-            self._problems.emit("encode", logging.ERROR, "otlp: cannot encode %d flows: %r",
-                                keep, exc)
-            return
-        with self._lock:
-            self._pending.extend(items)
-            self._buffered += keep
-            self._lock.notify_all()
-
-    def _encode(self, batch: FlowBatch, keep: int) -> list[_Pending]:
         s = self.settings
         otlp = self._otlp
-        items: list[_Pending] = []
-        if s.otlp_logs:
-            records = otlp.encode_log_records(batch, 0, keep)
-            step = s.otlp_message_max_flows
+        if self._logs is not None:
+            records = otlp.encode_log_records(batch)
+            payloads = []
             begin = 0
-            for first in range(0, keep, step):
-                last = min(first + step, keep)
+            for first in range(0, total, s.otlp_message_max_flows):
+                last = min(first + s.otlp_message_max_flows, total)
                 end = records.ends[last - 1]
-                data = otlp.wrap_log_records(records.data[begin:end], *self._framing)
-                items.append(_Pending("logs", data, last - first, last - first))
+                payloads.append((otlp.wrap_log_records(records.data[begin:end], *self._framing),
+                                 last - first))
                 begin = end
-        if s.otlp_metrics:
-            from flowkit.model import FlowBatch
-
-            view = batch if keep == len(batch) else FlowBatch(batch.array[:keep],
-                                                              batch.interfaces, batch.agent_ip)
-            series = otlp.aggregate(view, s.otlp_metrics_attributes, s.otlp_metrics_max_series)
+            self._logs.offer(payloads)
+        if self._metrics is not None:
+            series = otlp.aggregate(batch, s.otlp_metrics_attributes, s.otlp_metrics_max_series)
             now = time.time_ns()
             data = otlp.metrics_request(series, self._resource, self._last_metrics_ns, now)
             self._last_metrics_ns = now
-            items.append(_Pending("metrics", data, 0 if s.otlp_logs else keep, 0))
-        return items
+            self._metrics.offer([(data, total)])
+
+    def _senders(self) -> list[Sender]:
+        return [x for x in (self._logs, self._metrics) if x is not None]
+
+    def spooled_flows(self) -> int:
+        """Flows waiting in the disk spool (0 without one)."""
+        return sum(x.spooled_flows() for x in self._senders())
 
     def flush(self, timeout: float) -> bool:
         """Wait until every queued request was delivered (or dropped); False on timeout."""
         deadline = time.monotonic() + timeout
-        with self._lock:
-            while self._pending or self._in_flight:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0 or self._abort.is_set():
-                    return False
-                self._lock.wait(min(remaining, 0.5))
-        return True
+        return all(x.flush(max(0.0, deadline - time.monotonic())) for x in self._senders())
 
     def shutdown(self, timeout: float) -> None:
-        """Send what can be sent within ``timeout``, count the rest as dropped, close."""
+        """Send what can be sent within ``timeout``, spool or count the rest, close."""
         deadline = time.monotonic() + timeout
-        self._closing.set()
-        self.flush(max(0.0, deadline - time.monotonic()))
-        self._abort.set()
-        with self._lock:
-            self._lock.notify_all()
-        self._thread.join(max(0.1, deadline - time.monotonic()))
-        with self._lock:
-            left = self._buffered
-            self._pending.clear()
-            self._buffered = 0
-        if left:
-            self._dropped["shutdown"].inc(left)
-            log.warning("otlp exporter stopped with %d flows not delivered to %s", left,
-                        self.settings.target)
+        for sender in self._senders():
+            sender.shutdown(max(0.1, deadline - time.monotonic()))
         self._transport.close()
 
-    # -- sender thread ----------------------------------------------------------------------
-    def _run(self) -> None:
-        attempt = 0
-        while not self._abort.is_set():
-            with self._lock:
-                while not self._pending and not self._abort.is_set():
-                    if self._closing.is_set():
-                        return
-                    self._lock.wait(0.5)
-                if self._abort.is_set():
-                    return
-                item = self._pending[0]
-                self._in_flight = True
-            try:
-                retry = self._send_one(item)
-            finally:
-                with self._lock:
-                    self._in_flight = False
-                    self._lock.notify_all()
-            if retry:
-                attempt += 1
-                s = self.settings
-                ceiling = min(s.otlp_retry_max_backoff,
-                              s.otlp_retry_initial_backoff * 2.0 ** min(attempt - 1, 32))
-                self._abort.wait(ceiling / 2 + random.uniform(0, ceiling / 2))  # noqa: S311
-            else:
-                attempt = 0
-
-    def _done(self, item: _Pending) -> None:
-        with self._lock:
-            if self._pending and self._pending[0] is item:
-                self._pending.popleft()
-                self._buffered -= item.flows
-            self._lock.notify_all()
-
-    def _send_one(self, item: _Pending) -> bool:
-        """Send the head request; True to back off and retry it."""
-        outcome, code, detail = self._transport.send(item)
+    # -- one attempt (called by a sender thread) ----------------------------------------------
+    def _send_one(self, kind: str, data: bytes, flows: int) -> Outcome | Split:
+        # The parts of a partial success (see below): delivered, and rejected by the collector.
+        if data == b"":
+            return Outcome.SENT
+        if data == b"R":
+            return Outcome.REJECTED
+        outcome, code, detail = self._transport.send(kind, data)
         target = self.settings.target
         if outcome == _Outcome.SENT:
-            rejected = 0
-            partial = getattr(detail, "partial_success", None)
-            if partial is not None and item.kind == "logs":
-                rejected = min(item.flows, int(partial.rejected_log_records))
-            if rejected and partial is not None:
-                self._dropped["rejected"].inc(rejected)
-                self._problems.emit("partial", logging.WARNING,
-                                    "otlp: collector %s rejected %d of %d log records: %s",
-                                    target, rejected, item.records, partial.error_message)
-            self._sent_flows.inc(item.flows - rejected)
-            self._sent_requests.labels(signal=item.kind).inc()
-            self._done(item)
+            self._sent_requests.labels(signal=kind).inc()
             self._problems.recovered("send", logging.INFO, "otlp collector %s is reachable "
                                      "again", target)
-            return False
+            partial = getattr(detail, "partial_success", None)
+            rejected = 0
+            if partial is not None and kind == "logs":
+                rejected = min(flows, int(partial.rejected_log_records))
+            if rejected and partial is not None:
+                self._problems.emit("partial", logging.WARNING,
+                                    "otlp: collector %s rejected %d of %d log records: %s",
+                                    target, rejected, flows, partial.error_message)
+                return Split([(b"", flows - rejected), (b"R", rejected)])
+            return Outcome.SENT
         self._errors.labels(code=code).inc()
         if outcome == _Outcome.RETRY:
             hint = ""
@@ -563,14 +534,11 @@ class OtlpExporter:
             self._problems.emit("send", logging.ERROR,
                                 "otlp: cannot send to collector %s (%s: %s); keeping flows and "
                                 "retrying%s", target, code, detail.strip()[:300], hint)
-            return True
-        self._dropped["rejected"].inc(item.flows)
-        self._done(item)
+            return Outcome.RETRY
         self._problems.emit("send", logging.ERROR,
                             "otlp: collector %s refused a %s request of %d flows (%s: %s); "
-                            "dropped it", target, item.kind, item.flows, code,
-                            detail.strip()[:300])
-        return False
+                            "dropped it", target, kind, flows, code, detail.strip()[:300])
+        return Outcome.REJECTED
 
 
 def _make_exporter(context: ComponentContext) -> OtlpExporter:

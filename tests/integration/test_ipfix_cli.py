@@ -69,25 +69,27 @@ def test_tcp_collector_down_buffers_bounded_counts_drops_and_logs_rarely() -> No
     env = clean_env(
         SYNTHETIC, EXPORT="ipfix+tcp", TARGET_HOST="127.0.0.1",
         TARGET_PORT=str(closed_port(socket.SOCK_STREAM)), SYNTHETIC_FLOWS="50",
-        SYNTHETIC_MAX_RECORDS="5000", SYNTHETIC_RATE="0", CACHE_ACTIVE_TIMEOUT="200ms",
-        IPFIX_BUFFER_MAX_FLOWS="30", IPFIX_RETRY_INITIAL_BACKOFF="20ms",
+        SYNTHETIC_MAX_RECORDS="5000", SYNTHETIC_RATE="2000", CACHE_ACTIVE_TIMEOUT="200ms",
+        IPFIX_BUFFER_MAX_FLOWS="100", IPFIX_RETRY_INITIAL_BACKOFF="20ms",
         IPFIX_RETRY_MAX_BACKOFF="100ms", SHUTDOWN_TIMEOUT="1s",
     )
     with AgentProcess([], env) as agent:
         time.sleep(3)  # ~30 connection attempts
         assert agent.stop() == 0
     stats = _stats(agent)
-    assert stats["evicted_flows"] >= 50
+    assert stats["evicted_flows"] >= 200
     assert stats.get("ipfix_sent_flows", 0) == 0
-    # Every evicted flow is counted: the buffer kept 30, the rest overflowed, and the 30 were
-    # given up at shutdown.
+    # Every evicted flow is counted: the buffer kept two batches of 50, later batches overflowed,
+    # and the 100 kept were given up at shutdown.
     assert stats["ipfix_dropped_flows"] == stats["evicted_flows"]
     assert stats["ipfix_send_errors"] >= 5
     errors = [r for r in agent.log_records() if "cannot connect" in r.get("msg", "")]
     assert 1 <= len(errors) <= 2, errors  # rate-limited: once, then at most every 30 s
     assert "Connection refused" in errors[0]["msg"]
-    assert any("30 flows not sent" in r.get("msg", "") for r in agent.log_records()), (
+    assert any("100 flows not delivered" in r.get("msg", "") for r in agent.log_records()), (
         agent.stderr_lines[-10:])
+    assert any("buffer is full (IPFIX_BUFFER_MAX_FLOWS=100)" in r.get("msg", "")
+               for r in agent.log_records())
 
 
 def test_udp_collector_down_keeps_running_and_accounts_for_every_flow() -> None:

@@ -331,12 +331,13 @@ def test_collector_down_then_up_receives_everything_in_order(receivers: Any, har
 
 
 def test_buffer_bound_drops_and_counts(harness: Any) -> None:
-    h = harness(otlp_endpoint=f"127.0.0.1:{free_port()}", otlp_buffer_max_flows=10)
-    h.exporter.export(synthetic_flows(n_flows=8))
-    h.exporter.export(synthetic_flows(n_flows=8))
-    assert h.value("otlp_dropped_flows_total", reason="buffer_full") == 6
+    h = harness(otlp_endpoint=f"127.0.0.1:{free_port()}", otlp_buffer_max_flows=10,
+                otlp_message_max_flows=4)
+    h.exporter.export(synthetic_flows(n_flows=8))  # two requests of 4: both fit
+    h.exporter.export(synthetic_flows(n_flows=8))  # room for none of its requests
+    assert h.value("otlp_dropped_flows_total", reason="buffer_full") == 8
     h.exporter.shutdown(0.2)
-    assert h.value("otlp_dropped_flows_total", reason="shutdown") == 10
+    assert h.value("otlp_dropped_flows_total", reason="shutdown") == 8
 
 
 def test_refused_request_is_dropped_and_counted(receivers: Any, harness: Any) -> None:
@@ -452,3 +453,25 @@ def test_missing_extra_names_what_to_install(tmp_path: Path) -> None:
     result = run([], env)
     assert result.returncode != 0
     assert "pip install 'flowkit[otlp]'" in result.stderr
+
+
+def test_spool_keeps_requests_across_an_outage_and_a_restart(
+    receivers: Any, tmp_path: Path
+) -> None:
+    port = free_port()
+    spool = str(tmp_path / "otlp-spool")
+    down = Harness(otlp_endpoint=f"127.0.0.1:{port}", otlp_spool_dir=spool,
+                   otlp_buffer_max_flows=5)
+    for _ in range(4):
+        down.exporter.export(synthetic_flows(n_flows=6))  # 24 flows, beyond the memory bound
+    down.exporter.shutdown(0.3)
+    assert down.value("otlp_sent_flows_total") == 0
+    assert down.value("otlp_dropped_flows_total", reason="buffer_full") == 0
+    receiver = receivers(port=port)
+    up = Harness(otlp_endpoint=f"127.0.0.1:{port}", otlp_spool_dir=spool)
+    try:
+        assert up.exporter.flush(20)
+        assert len(receiver.records()) == 24
+        assert up.value("otlp_sent_flows_total") == 24
+    finally:
+        up.exporter.shutdown(1)
