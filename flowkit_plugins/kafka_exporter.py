@@ -62,6 +62,8 @@ _SASL_MECHANISM = {"plain": "PLAIN", "scramSHA512": "SCRAM-SHA-512"}
 _POLL_INTERVAL = 0.2
 # Delivery-report errors of messages purged at shutdown.
 _PURGED = frozenset({"_PURGE_QUEUE", "_PURGE_INFLIGHT"})
+# Delivery errors that mean "no broker took it in time", not "the broker refuses it".
+_BROKER_AWAY = frozenset({"_MSG_TIMED_OUT", "_TIMED_OUT", "_TRANSPORT", "_ALL_BROKERS_DOWN"})
 
 
 class KafkaSettings(BaseModel):
@@ -459,8 +461,12 @@ class KafkaExporter:
     def _on_delivery(self, error: Any, message: Any) -> None:
         if error is None:
             return
-        if self._spool is not None:
+        if self._spool is not None and (
+            error.name() in _PURGED or error.name() in _BROKER_AWAY or error.retriable()
+        ):
             # Not lost: back to the spool (written by the thread that polled, see _take_back).
+            # Permanent refusals (a message too large, no authorisation) fall through: spooling
+            # them would replay them forever.
             with self._undelivered_lock:
                 self._undelivered.append((message.key(), message.value() or b""))
             if error.name() not in _PURGED:
