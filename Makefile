@@ -21,6 +21,10 @@ $(STAMP): pyproject.toml setup.py $(NATIVE_SRC) scripts/install-system-deps.sh
 	bash scripts/install-system-deps.sh
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
+	# The distribution was renamed flowkit -> flowkit-ebpf: drop an old install of it (and its
+	# metadata in the source tree), whose entry points would otherwise clash with the new one's.
+	$(BIN)/pip uninstall -q -y flowkit 2>/dev/null || true
+	rm -rf flowkit.egg-info
 	$(BIN)/pip install -q -e '.[all,test]'
 	touch $(STAMP)
 

@@ -1,5 +1,8 @@
 """flowkit: network flows from eBPF, exported through plugins.
 
+Published as the distribution ``flowkit-ebpf`` (``pip install flowkit-ebpf``); the import
+package is ``flowkit``.
+
 Public API: :data:`hookimpl` (mark plugin hook implementations), :class:`Agent`,
 :class:`AgentConfig`, :func:`capture`, :func:`replay` (a pcap/pcapng file through the eBPF
 program), and the data model :class:`Flow` / :class:`FlowBatch`.
@@ -14,7 +17,7 @@ from flowkit.hookspecs import hookimpl
 from flowkit.model import Flow, FlowBatch
 
 try:
-    __version__ = version("flowkit")
+    __version__ = version("flowkit-ebpf")
 except PackageNotFoundError:  # pragma: no cover - running from a source tree
     __version__ = "0.0.0"
 

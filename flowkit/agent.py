@@ -20,9 +20,11 @@ from flowkit import privileges
 from flowkit.components import (
     Accounter,
     ComponentContext,
+    ComponentStartError,
     Exporter,
     Informer,
     Interface,
+    PluginError,
     Tracer,
 )
 from flowkit.config import AgentConfig
@@ -205,6 +207,17 @@ class Agent:
             **extra,
         )
 
+    def _build(self, component: PipelineComponent, **extra: Any) -> Any:
+        """Call ``component``'s factory; a failure becomes one
+        :class:`~flowkit.components.ComponentStartError` naming it and its distribution."""
+        try:
+            return component.spec.factory(self._context(component, **extra))
+        except (ComponentStartError, PluginError, privileges.PrivilegeError):
+            raise
+        except Exception as exc:
+            log.debug("%s failed to start", component.describe(), exc_info=True)
+            raise ComponentStartError(component.describe(), exc) from exc
+
     def check_privileges(self) -> None:
         """Raise :class:`~flowkit.privileges.PrivilegeError` if a component lacks capabilities."""
         for component in self.pipeline.components():
@@ -224,17 +237,22 @@ class Agent:
         cfg = self.config
         try:
             for component in pipeline.exporters:
-                exporter = component.spec.factory(self._context(component))
+                exporter = self._build(component)
                 self._workers.append(
                     ExporterWorker(component.name, exporter, cfg.buffers_length, self.metrics)
                 )
-            self.tracer = pipeline.tracer.spec.factory(self._context(pipeline.tracer))
+            self.tracer = self._build(pipeline.tracer)
             self.tracer.start()
-            self.accounter = pipeline.accounter.spec.factory(
-                self._context(pipeline.accounter, tracer=self.tracer)
-            )
-            self.informer = pipeline.informer.spec.factory(self._context(pipeline.informer))
+            self.accounter = self._build(pipeline.accounter, tracer=self.tracer)
+            self.informer = self._build(pipeline.informer)
         except BaseException:
+            # Everything already built is stopped: exporters get their shutdown().
+            for worker in self._workers:
+                try:
+                    worker.exporter.shutdown(1.0)
+                except Exception:
+                    log.exception("exporter %s failed to shut down", worker.name)
+            self._workers.clear()
             self._close_components()
             raise
         self._names.update(self.tracer.interface_names())

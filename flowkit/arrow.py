@@ -1,6 +1,6 @@
 """Flows as Apache Arrow data: the schema of :meth:`FlowBatch.to_arrow` and its conversion.
 
-pyarrow is optional (``pip install 'flowkit[arrow]'``); this module imports it on first use and
+pyarrow is optional (``pip install 'flowkit-ebpf[arrow]'``); this module imports it on first use and
 says which extra to install when it is missing.
 
 The schema is derived from :data:`flowkit.model.FLOW_DTYPE`: every field of the C record (the
@@ -62,7 +62,7 @@ def require_pyarrow(what: str = "Arrow export") -> Any:
         import pyarrow
     except ImportError as exc:
         raise ArrowMissingError(
-            f"{what} needs pyarrow, which is not installed: pip install 'flowkit[arrow]'"
+            f"{what} needs pyarrow, which is not installed: pip install 'flowkit-ebpf[arrow]'"
         ) from exc
     return pyarrow
 

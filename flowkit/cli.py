@@ -19,11 +19,11 @@ from typing import Any, NoReturn
 import orjson
 
 import flowkit
+from flowkit.components import ComponentStartError
 from flowkit.config import ConfigError, SettingInfo, load_config, settings_table
 from flowkit.pipeline import Pipeline, resolve_pipeline
 from flowkit.plugins import PluginError, PluginManager
 from flowkit.privileges import PrivilegeError
-from flowkit.settings_types import format_duration
 
 PROG = "flowkit-agent"
 COMMANDS = ("run", "replay", "top", "plugins", "check", "inspect")
@@ -71,21 +71,6 @@ def _fail(message: str, status: int) -> int:
     return status
 
 
-def _default_text(info: SettingInfo) -> str:
-    field = info.field
-    if field.default_factory is not None:
-        value: Any = field.default_factory()  # type: ignore[call-arg]
-    else:
-        value = field.default
-    if value is None or value == "" or value == []:
-        return "unset"
-    if isinstance(value, list):
-        return ",".join(str(v) for v in value)
-    if isinstance(value, float) and "Duration" in str(field.metadata) + str(field.annotation):
-        return format_duration(value)
-    return str(value).lower() if isinstance(value, bool) else str(value)
-
-
 class _Parser(argparse.ArgumentParser):
     """Reports a usage error as one line (the full usage lists every setting: see --help)."""
 
@@ -119,8 +104,11 @@ def build_run_parser(table: dict[str, SettingInfo]) -> argparse.ArgumentParser:
             "dest": name,
             "default": None,
             "metavar": "VALUE",
-            "help": f"{info.field.description or ''}{owner} (env {info.env}, default "
-            f"{_default_text(info)})".replace("%", "%%"),
+            "help": (
+                f"{info.field.description or ''}{owner} (env {info.env}, "
+                + ("required" if info.field.is_required() else f"default {info.default_text}")
+                + ")"
+            ).replace("%", "%%"),
         }
         if info.field.annotation is bool:
             kwargs.update(nargs="?", const="true", metavar="BOOL")
@@ -185,6 +173,7 @@ def run_agent(pipeline: Pipeline) -> int:
     config = pipeline.config
     configure_logging(config.log_level)
     log = logging.getLogger("flowkit.cli")
+    pm.log_messages()
     agent = flowkit.Agent(pipeline)
     if config.metrics_enable:
         from prometheus_client import start_http_server
@@ -198,6 +187,8 @@ def run_agent(pipeline: Pipeline) -> int:
         agent.start()
     except PrivilegeError as exc:
         return _fail(str(exc), 1)
+    except ComponentStartError as exc:
+        return _fail(str(exc), exc.exit_status)
     except (ConfigError, PluginError) as exc:
         return _fail(str(exc), 2)
     except Exception as exc:
@@ -259,6 +250,8 @@ def cmd_plugins(argv: Sequence[str]) -> int:
         described = pm.describe()
     except PluginError as exc:
         return _fail(str(exc), 2)
+    configure_logging("info")
+    pm.log_messages()
     sys.stdout.write(orjson.dumps(described, option=orjson.OPT_INDENT_2).decode() + "\n")
     return 0
 
@@ -287,9 +280,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     handlers = {"run": cmd_run, "replay": cmd_replay, "top": cmd_top, "plugins": cmd_plugins,
                 "check": cmd_check, "inspect": cmd_inspect}
     try:
-        return handlers[command](args)
+        status = handlers[command](args)
+        sys.stdout.flush()
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # The reader went away (`flowkit-agent check | head -1`): what it wanted, it has.
+        # Point stdout at /dev/null so that the interpreter's final flush does not fail again.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 0
+    return status
 
 
 if __name__ == "__main__":

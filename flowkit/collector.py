@@ -226,7 +226,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         import_grpc()
     except ImportError:
-        parser.exit(2, "flowkit-collector: needs grpcio; install flowkit[grpc]\n")
+        parser.exit(2, "flowkit-collector: needs grpcio; install flowkit-ebpf[grpc]\n")
 
     stop = threading.Event()
     printer = JsonLinesPrinter(sys.stdout.buffer, on_closed=stop.set)

@@ -8,6 +8,7 @@ A plugin returns specs from its hooks (see :mod:`flowkit.hookspecs`). Each spec 
 
 from __future__ import annotations
 
+import importlib.util
 import ipaddress
 import re
 import threading
@@ -31,6 +32,20 @@ class InvalidSpecError(ValueError):
 
 class PluginError(Exception):
     """A plugin could not be loaded or provides something invalid."""
+
+
+class ComponentStartError(Exception):
+    """A component's factory raised. One line names the component, its distribution and the
+    cause; :attr:`exit_status` is 2 when the cause is a bad setting (the factory raised
+    ``ValueError``) and 1 for a runtime failure (anything else)."""
+
+    def __init__(self, what: str, cause: BaseException) -> None:
+        text = str(cause).strip() or type(cause).__name__
+        if isinstance(cause, ImportError) and cause.name:
+            text = f"{text} (a dependency of the plugin is not installed)"
+        super().__init__(f"cannot start {what}: {text}")
+        self.cause = cause
+        self.exit_status = 2 if isinstance(cause, ValueError) else 1
 
 
 class UnknownComponentError(PluginError):
@@ -58,6 +73,24 @@ class ComponentSpec:
     capabilities: tuple[str, ...] = ()
     """Linux capabilities the component needs (e.g. ``("CAP_BPF", "CAP_NET_ADMIN")``); the agent
     checks them before starting anything and names the missing ones."""
+    requires: tuple[str, ...] = ()
+    """Python modules the factory imports (``("confluent_kafka",)``): a missing one is reported,
+    with how to install it, before anything starts, and shown by ``flowkit-agent plugins``."""
+    extra: str = ""
+    """The extra of the plugin's distribution that installs :attr:`requires` (``"kafka"`` gives
+    ``pip install 'your-dist[kafka]'``)."""
+
+    def missing_modules(self) -> list[str]:
+        """The modules of :attr:`requires` that cannot be imported here."""
+        missing = []
+        for module in self.requires:
+            try:
+                found = importlib.util.find_spec(module) is not None
+            except (ImportError, ValueError):
+                found = False
+            if not found:
+                missing.append(module)
+        return missing
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str):

@@ -32,7 +32,14 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
 from pydantic.fields import FieldInfo
 
-from flowkit.settings_types import Bool, CidrList, CommaList, Duration
+from flowkit.settings_types import (
+    Bool,
+    CidrList,
+    CommaList,
+    Duration,
+    format_byte_size,
+    format_duration,
+)
 
 if TYPE_CHECKING:
     from flowkit.plugins import Component
@@ -236,6 +243,37 @@ class SettingInfo:
     @property
     def flag(self) -> str:
         return "--" + self.name.replace("_", "-")
+
+    @property
+    def default_text(self) -> str:
+        """The default as a user would write it (``5s``, ``64MiB``, ``a,b``), ``required`` or
+        ``unset``: what ``--help`` and docs/configuration.md show."""
+        return default_text(self.field)
+
+
+def _validator_names(field: FieldInfo) -> set[str]:
+    return {getattr(getattr(m, "func", None), "__name__", "") for m in field.metadata}
+
+
+def default_text(field: FieldInfo) -> str:
+    """A setting's default written as its value would be (see :attr:`SettingInfo.default_text`)."""
+    if field.is_required():
+        return "required"
+    value: Any = field.get_default(call_default_factory=True)
+    if value is None or value == "" or value == []:
+        return "unset"
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, list):
+        return ",".join(str(v) for v in value)
+    validators = _validator_names(field)
+    if "parse_duration" in validators:
+        return format_duration(float(value))
+    if "parse_byte_size" in validators:
+        return format_byte_size(int(value))
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)
 
 
 def _field_table(

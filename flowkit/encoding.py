@@ -261,14 +261,14 @@ def reference_json_each(batch: FlowBatch) -> list[bytes]:
 
 
 def reference_records(batch: FlowBatch) -> list[bytes]:
-    """``encode_records(batch).split()`` computed with protobuf (needs ``flowkit[grpc]``)."""
+    """``encode_records(batch).split()`` computed with protobuf (needs ``flowkit-ebpf[grpc]``)."""
     from flowkit.pbflow.convert import flow_to_record
 
     return [flow_to_record(f).SerializeToString() for f in batch]
 
 
 def reference_records_message(batch: FlowBatch, start: int = 0, stop: int | None = None) -> bytes:
-    """:func:`encode_records_message` computed with protobuf (needs ``flowkit[grpc]``)."""
+    """:func:`encode_records_message` computed with protobuf (needs ``flowkit-ebpf[grpc]``)."""
     from flowkit.pbflow.convert import flow_to_record
     from flowkit.pbflow.flow_pb2 import Records
 

@@ -472,12 +472,12 @@ class FlowBatch:
         """Every flow as a NetObserv JSON dict (the format of the stdout exporter)."""
         return [flow_to_json_dict(f) for f in self]
 
-    # -- Arrow (pyarrow is the optional extra ``flowkit[arrow]``) ------------------------------
+    # -- Arrow (pyarrow is the optional extra ``flowkit-ebpf[arrow]``) -------------------------
     def to_arrow(self) -> Any:
         """The flows as a ``pyarrow.RecordBatch`` (schema: :func:`flowkit.arrow.flow_schema`).
 
         The record batch owns its memory (it outlives :meth:`release`). Needs pyarrow
-        (``pip install 'flowkit[arrow]'``).
+        (``pip install 'flowkit-ebpf[arrow]'``).
         """
         from flowkit.arrow import to_arrow
 

@@ -13,7 +13,7 @@ with the attribute ``otel.metric.overflow = true`` (OpenTelemetry's convention f
 cardinality limit), so totals are always preserved. Both are delta-temporality monotonic sums:
 ``flowkit.flow.bytes`` (unit ``By``) and ``flowkit.flow.packets`` (unit ``{packet}``).
 
-Building requests needs the extra ``flowkit[otlp]`` (``opentelemetry-proto``).
+Building requests needs the extra ``flowkit-ebpf[otlp]`` (``opentelemetry-proto``).
 """
 
 from __future__ import annotations
@@ -100,7 +100,7 @@ def import_otlp_proto() -> Any:
         from opentelemetry.proto.resource.v1 import resource_pb2
     except ImportError as exc:
         raise ImportError(
-            "the otlp exporter needs opentelemetry-proto and grpcio: pip install 'flowkit[otlp]'"
+            "the otlp exporter needs opentelemetry-proto and grpcio: pip install 'flowkit-ebpf[otlp]'"
         ) from exc
 
     class Proto:

@@ -9,6 +9,7 @@ is built.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
@@ -84,8 +85,16 @@ def _resolve_one(
     if found is None:
         unknown = UnknownComponentError(kind.name, name, available)
         raise ConfigError(f"invalid setting {kind.env}={name!r}: {unknown}", kind.env)
+    component = PipelineComponent(kind.name, found.spec, None, found.plugin, found.distribution)
+    missing = found.spec.missing_modules()
+    if missing:
+        raise ConfigError(
+            f"cannot use {component.describe()}: it needs the Python module "
+            f"{', '.join(missing)}, which is not installed: {found.install_hint()}",
+            kind.env,
+        )
     settings = config.settings_for(kind.name, found.spec.name, found.spec.settings_model)
-    return PipelineComponent(kind.name, found.spec, settings, found.plugin, found.distribution)
+    return dataclasses.replace(component, settings=settings)
 
 
 def resolve_pipeline(config: AgentConfig, source: ComponentSource) -> Pipeline:

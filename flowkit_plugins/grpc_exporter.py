@@ -24,7 +24,7 @@ before its deadline and spools or drops the rest (``reason="shutdown"``). Proble
 once when they start (a TLS verification failure names the CA setting), then at most every 30
 seconds, and recovery is logged once. No tracebacks.
 
-grpcio (extra ``flowkit[grpc]``) is imported by the factory only.
+grpcio (extra ``flowkit-ebpf[grpc]``) is imported by the factory only.
 """
 
 from __future__ import annotations
@@ -423,6 +423,8 @@ def flowkit_exporters() -> list[ExporterSpec]:
             name="grpc",
             factory=_make_exporter,
             settings_model=GrpcSettings,
+            requires=("grpc", "google.protobuf"),
+            extra="grpc",
             description="gRPC: pbflow.Records messages to a NetObserv-compatible collector "
             "(TARGET_HOST:TARGET_PORT), optional TLS / mutual TLS",
         )

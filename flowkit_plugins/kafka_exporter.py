@@ -24,7 +24,7 @@ there; once a broker answers again the spool is replayed oldest first, each reco
 when librdkafka confirmed the delivery of all its messages (a message it gives up goes back to
 the spool). At shutdown, what librdkafka still holds is written to the spool for the next start.
 
-confluent-kafka (extra ``flowkit[kafka]``) is imported by the factory only.
+confluent-kafka (extra ``flowkit-ebpf[kafka]``) is imported by the factory only.
 """
 
 from __future__ import annotations
@@ -838,6 +838,8 @@ def flowkit_exporters() -> list[ExporterSpec]:
             name="kafka",
             factory=_make_exporter,
             settings_model=KafkaSettings,
+            requires=("confluent_kafka",),
+            extra="kafka",
             description="Kafka: one message per flow (protobuf pbflow.Record or NetObserv JSON), "
             "keyed by the flow's address pair.",
         )

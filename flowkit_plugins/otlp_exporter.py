@@ -17,7 +17,7 @@ backoff; a permanent refusal drops the request (``reason="rejected"``), as do re
 collector reports as rejected in a partial success; ``shutdown`` interrupts the backoff, sends
 until its deadline and spools or counts the rest (``reason="shutdown"``).
 
-``opentelemetry-proto`` and ``grpcio`` (extra ``flowkit[otlp]``) are imported by the factory.
+``opentelemetry-proto`` and ``grpcio`` (extra ``flowkit-ebpf[otlp]``) are imported by the factory.
 """
 
 from __future__ import annotations
@@ -554,6 +554,8 @@ def flowkit_exporters() -> list[ExporterSpec]:
             name="otlp",
             factory=_make_exporter,
             settings_model=OtlpSettings,
+            requires=("opentelemetry.proto", "grpc"),
+            extra="otlp",
             description="OpenTelemetry: one OTLP log record per flow (and optional bytes/packets "
             "metrics) over gRPC or HTTP/protobuf to OTLP_ENDPOINT",
         )

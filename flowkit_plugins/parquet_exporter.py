@@ -342,7 +342,9 @@ def flowkit_exporters() -> list[ExporterSpec]:
             name="parquet",
             factory=_make,
             settings_model=ParquetSettings,
+            requires=("pyarrow",),
+            extra="arrow",
             description="Parquet files, hive-partitioned by date and hour, zstd, rotated by "
-            "size and age (needs flowkit[arrow])",
+            "size and age",
         )
     ]

@@ -23,7 +23,6 @@ import tomllib
 import types
 import typing
 from pathlib import Path
-from typing import Any
 
 from pydantic.fields import FieldInfo
 
@@ -35,10 +34,9 @@ if str(ROOT) not in sys.path:  # run from a checkout without installing
     sys.path.insert(0, str(ROOT))
 
 from flowkit.config import SettingInfo, settings_table  # noqa: E402
-from flowkit.plugins import ENTRY_POINT_GROUP, PluginManager  # noqa: E402
+from flowkit.config import default_text as config_default_text  # noqa: E402
+from flowkit.plugins import ENTRY_POINT_GROUP, Component, PluginManager  # noqa: E402
 from flowkit.settings_types import (  # noqa: E402
-    format_byte_size,
-    format_duration,
     parse_bool,
     parse_byte_size,
     parse_duration,
@@ -152,23 +150,13 @@ def accepted_values(field: FieldInfo) -> str:
 
 
 def default_text(field: FieldInfo) -> str:
-    """The default of a setting as a user would write it."""
-    if field.is_required():
+    """The default of a setting as a user would write it (the text ``--help`` shows)."""
+    text = config_default_text(field)
+    if text == "required" and field.is_required():
         return "**required**"
-    value: Any = field.get_default(call_default_factory=True)
-    if value is None or value == "" or value == []:
-        return "unset"
-    if isinstance(value, bool):
-        return f"`{str(value).lower()}`"
-    if isinstance(value, list):
-        return "`" + ",".join(str(v) for v in value) + "`"
-    if parse_duration.__name__ in _validators(field):
-        return f"`{format_duration(float(value))}`"
-    if parse_byte_size.__name__ in _validators(field):
-        return f"`{format_byte_size(int(value))}`"
-    if isinstance(value, float):
-        return f"`{value:g}`"
-    return f"`{value}`"
+    if text == "unset":
+        return text
+    return f"`{text}`"
 
 
 def _cell(text: str) -> str:
@@ -201,8 +189,15 @@ def render(pm: PluginManager | None = None) -> str:
     sections: dict[str, list[SettingInfo]] = {}
     for info in table.values():
         sections.setdefault(info.owners[0], []).append(info)
+
+    def described(comp: Component) -> str:
+        text: str = comp.spec.description
+        if comp.spec.extra:
+            text += f" (needs `pip install '{comp.distribution}[{comp.spec.extra}]'`)"
+        return text
+
     descriptions = {
-        f"{kind} {name}": comp.spec.description
+        f"{kind} {name}": described(comp)
         for kind, comps in pm.all_components().items()
         for name, comp in comps.items()
     }
@@ -221,7 +216,7 @@ def render(pm: PluginManager | None = None) -> str:
     out.append("|---|---|---|")
     for kind in KIND_ORDER:
         for name, comp in pm.components(kind).items():
-            out.append(f"| {kind} | `{name}` | {_cell(comp.spec.description)} |")
+            out.append(f"| {kind} | `{name}` | {_cell(described(comp))} |")
     out.append("")
     header = ("| Environment | Flag | YAML key | Default | Accepted values | Meaning |\n"
               "|---|---|---|---|---|---|")

@@ -6,7 +6,7 @@
 * :mod:`flowkit.pbflow.service` — the ``pbflow.Collector`` gRPC client and server glue.
 
 Importing this package alone needs nothing beyond flowkit; the submodules need ``protobuf`` (and
-``grpcio`` for ``service``), both in the ``flowkit[grpc]`` extra.
+``grpcio`` for ``service``), both in the ``flowkit-ebpf[grpc]`` extra.
 """
 
 from __future__ import annotations

@@ -15,7 +15,7 @@ Decoding (:func:`record_to_flow`) is the exact inverse for every field the recor
 interface index is not on the wire and comes back as 0. :func:`record_to_json_dict` goes through
 :class:`flowkit.model.Flow` so that the collector prints exactly the stdout exporter's JSON.
 
-Needs the ``protobuf`` package (extra ``flowkit[grpc]``).
+Needs the ``protobuf`` package (extra ``flowkit-ebpf[grpc]``).
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ flowkit free of the minimum grpcio version that generated service modules enforc
 * :func:`collector_handler` — the server side: a generic handler calling ``on_records`` with each
   decoded ``Records`` message, to pass to ``grpc.Server.add_generic_rpc_handlers``.
 
-Needs ``grpcio`` and ``protobuf`` (extra ``flowkit[grpc]``).
+Needs ``grpcio`` and ``protobuf`` (extra ``flowkit-ebpf[grpc]``).
 """
 
 from __future__ import annotations

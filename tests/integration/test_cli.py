@@ -84,7 +84,7 @@ def test_plugins_prints_every_distribution_and_component_as_json() -> None:
     assert result.returncode == 0, result.stderr
     described = json.loads(result.stdout)
     by_dist = {entry["distribution"]: entry for entry in described}
-    own = by_dist["flowkit"]
+    own = by_dist["flowkit-ebpf"]
     assert own["version"] == flowkit.__version__
     assert set(own["components"]) == {"informer", "tracer", "accounter", "exporter"}
     names = {kind: {c["name"] for c in comps} for kind, comps in own["components"].items()}

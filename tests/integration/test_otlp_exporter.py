@@ -452,7 +452,7 @@ def test_missing_extra_names_what_to_install(tmp_path: Path) -> None:
                     SYNTHETIC_RATE="0", PYTHONPATH=str(tmp_path))
     result = run([], env)
     assert result.returncode != 0
-    assert "pip install 'flowkit[otlp]'" in result.stderr
+    assert "pip install 'flowkit-ebpf[otlp]'" in result.stderr
 
 
 def test_spool_keeps_requests_across_an_outage_and_a_restart(

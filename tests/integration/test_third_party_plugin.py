@@ -136,7 +136,7 @@ def test_a_duplicate_component_name_is_reported_with_both_distributions(
         assert len(lines) == 1, result.stderr
         assert "exporter 'stdout' is provided twice" in lines[0]
         assert DUPLICATE in lines[0]
-        assert "by flowkit (plugin 'stdout')" in lines[0]
+        assert "by flowkit-ebpf (plugin 'stdout')" in lines[0]
         assert "FLOWKIT_DISABLE_PLUGINS" in lines[0]
 
 

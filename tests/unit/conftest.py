@@ -21,7 +21,7 @@ def builtin_pm() -> PluginManager:
     """A plugin manager holding flowkit's built-in plugins only (no entry points loaded)."""
     pm = PluginManager(load_entrypoints=False, disabled=())
     for name, module in BUILTIN_MODULES.items():
-        pm.register(module, name=name, distribution="flowkit", version="test")
+        pm.register(module, name=name, distribution="flowkit-ebpf", version="test")
     return pm
 
 

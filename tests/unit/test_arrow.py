@@ -156,6 +156,6 @@ def test_missing_pyarrow_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> Non
 
     monkeypatch.setitem(sys.modules, "pyarrow", None)
     batch = random_batch(3)
-    with pytest.raises(ArrowMissingError, match=r"pip install 'flowkit\[arrow\]'"):
+    with pytest.raises(ArrowMissingError, match=r"pip install 'flowkit-ebpf\[arrow\]'"):
         batch.to_arrow()
     assert len(batch.to_dicts()) == 3  # the core keeps working

@@ -249,7 +249,7 @@ def test_the_installed_entry_points_provide_the_builtins() -> None:
     for kind, info in COMPONENT_KINDS.items():
         components = pm.components(kind)
         for name in info.builtins:
-            assert components[name].distribution == "flowkit"
+            assert components[name].distribution == "flowkit-ebpf"
 
 
 def test_missing_builtins_are_reported_as_a_broken_install(
@@ -278,7 +278,7 @@ def test_plugins_are_disabled_by_entry_point_name_from_the_environment(
 
 
 def test_a_whole_distribution_can_be_disabled() -> None:
-    pm = PluginManager(load_entrypoints=False, disabled=("flowkit",))
+    pm = PluginManager(load_entrypoints=False, disabled=("flowkit-ebpf",))
     pm.load_entrypoints()
     assert pm.components("exporter").get("stdout") is None
 
