@@ -7,6 +7,7 @@ Exit status: 0 success, 1 runtime failure (e.g. a missing capability), 2 bad con
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import os
 import signal
@@ -155,9 +156,10 @@ def prepare_config(
     try:
         config = load_config(cli=cli, config_file=args.config, plugin_manager=pm,
                              defaults=defaults)
-        return resolve_pipeline(config, pm)
+        pipeline = resolve_pipeline(config, pm)
     except ConfigError as exc:
         return _fail(str(exc), 2)
+    return dataclasses.replace(pipeline, load_messages=tuple(pm.messages))
 
 
 def cmd_run(argv: Sequence[str]) -> int:
@@ -173,7 +175,8 @@ def run_agent(pipeline: Pipeline) -> int:
     config = pipeline.config
     configure_logging(config.log_level)
     log = logging.getLogger("flowkit.cli")
-    pm.log_messages()
+    for level, message in pipeline.load_messages:  # plugin loading, now that logs show
+        logging.getLogger("flowkit.plugins").log(level, "%s", message)
     agent = flowkit.Agent(pipeline)
     if config.metrics_enable:
         from prometheus_client import start_http_server

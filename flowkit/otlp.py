@@ -100,7 +100,8 @@ def import_otlp_proto() -> Any:
         from opentelemetry.proto.resource.v1 import resource_pb2
     except ImportError as exc:
         raise ImportError(
-            "the otlp exporter needs opentelemetry-proto and grpcio: pip install 'flowkit-ebpf[otlp]'"
+            "the otlp exporter needs opentelemetry-proto and grpcio: "
+            "pip install 'flowkit-ebpf[otlp]'"
         ) from exc
 
     class Proto:

@@ -68,6 +68,9 @@ class Pipeline:
     tracer: PipelineComponent
     accounter: PipelineComponent
     exporters: tuple[PipelineComponent, ...]
+    load_messages: tuple[tuple[int, str], ...] = ()
+    """What loading the plugins had to say, as ``(level, message)``, for the caller to log once
+    logging is set up (see :attr:`flowkit.plugins.PluginManager.messages`)."""
 
     def components(self) -> tuple[PipelineComponent, ...]:
         """Every component, in pipeline order (informer, tracer, accounter, exporters)."""
