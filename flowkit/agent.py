@@ -28,6 +28,7 @@ from flowkit.components import (
     Tracer,
 )
 from flowkit.config import AgentConfig
+from flowkit.dedup import FirstComeDeduper
 from flowkit.interfaces import InterfaceFilter
 from flowkit.metrics import Metrics
 from flowkit.model import FlowBatch
@@ -179,6 +180,7 @@ class Agent:
         self._interfaces: dict[int, Interface] = {}
         self._attached: dict[int, Interface] = {}
         self._names: dict[int, str] = {}
+        self._retired: dict[int, float] = {}
         self._lock = threading.Lock()
         self._threads: list[threading.Thread] = []
         self._workers: list[ExporterWorker] = []
@@ -192,6 +194,17 @@ class Agent:
         )
         self._attach_errors = self.metrics.counter(
             "errors", "Errors by component and kind", ["component", "error"]
+        )
+        self._deduper: FirstComeDeduper | None = None
+        if self.config.deduper == "firstCome":
+            self._deduper = FirstComeDeduper(
+                self.config.deduper_fc_expiry or 2 * self.config.cache_active_timeout,
+                max_remembered=4 * self.config.cache_max_flows,
+            )
+        self._deduplicated = self.metrics.counter(
+            "deduplicated_flows",
+            "Flows not exported because another interface reported the same conversation "
+            "(DEDUPER=firstCome); listed in that flow's Interfaces",
         )
         self._started = False
         self._shutdown_lock = threading.Lock()
@@ -296,25 +309,29 @@ class Agent:
     def _on_added(self, iface: Interface) -> None:
         assert self.tracer is not None
         with self._lock:
-            self._interfaces[iface.index] = iface
-            self._names[iface.index] = iface.name
-            if iface.index in self._attached or not self._filter.allows(iface):
+            self._interfaces[iface.key] = iface
+            self._names[iface.key] = iface.qualified_name
+            if iface.key in self._attached or not self._filter.allows(iface):
                 return
             try:
                 self.tracer.attach(iface)
             except Exception as exc:
                 self._attach_errors.labels(component="tracer", error="attach").inc()
-                log.warning("cannot trace interface %s (index %d): %s", iface.name, iface.index,
-                            exc)
+                log.warning("cannot trace interface %s (index %d): %s", iface.qualified_name,
+                            iface.index, exc)
                 return
-            self._attached[iface.index] = iface
-        log.info("tracing interface %s (index %d)", iface.name, iface.index)
+            self._attached[iface.key] = iface
+        log.info("tracing interface %s (index %d)", iface.qualified_name, iface.index)
 
     def _on_deleted(self, iface: Interface) -> None:
         assert self.tracer is not None
         with self._lock:
-            self._interfaces.pop(iface.index, None)
-            attached = self._attached.pop(iface.index, None)
+            self._interfaces.pop(iface.key, None)
+            if iface.netns:
+                # Flows of the interface may still be evicted: keep its name for two periods
+                # (the agent's own interfaces keep theirs; here every new namespace adds keys).
+                self._retired[iface.key] = time.monotonic()
+            attached = self._attached.pop(iface.key, None)
             if attached is None:
                 return
             try:
@@ -322,7 +339,7 @@ class Agent:
             except Exception as exc:
                 self._attach_errors.labels(component="tracer", error="detach").inc()
                 log.warning("detaching from %s failed: %s", attached.name, exc)
-        log.info("stopped tracing interface %s (index %d)", iface.name, iface.index)
+        log.info("stopped tracing interface %s (index %d)", iface.qualified_name, iface.index)
 
     @property
     def attached_interfaces(self) -> list[Interface]:
@@ -352,20 +369,43 @@ class Agent:
         self._dispatch(self.accounter.evict(), "stop")
 
     def _dispatch(self, batch: FlowBatch, source: str) -> None:
-        n = len(batch)
         self._evictions.labels(source=source).inc()
+        if self._deduper is not None and len(batch):
+            batch = self._deduplicate(batch)
+        n = len(batch)
         if n == 0:
             batch.release()
             return
         self._evicted_flows.labels(source=source).inc(n)
         with self._lock:
             batch.interfaces = dict(self._names)
+            if self._retired:
+                self._forget_retired_names()
         batch.agent_ip = self.config.agent_ip
         for listener in self._batch_listeners:
             listener(batch)
         shared = _SharedBatch(batch, len(self._workers))
         for worker in self._workers:
             worker.offer(shared)
+
+    def _deduplicate(self, batch: FlowBatch) -> FlowBatch:
+        """DEDUPER=firstCome: a batch without the flows another interface reported."""
+        assert self._deduper is not None
+        try:
+            folded = self._deduper.apply(batch.array)
+        finally:
+            before = len(batch)
+            batch.release()
+        self._deduplicated.inc(before - len(folded))
+        return FlowBatch(folded)
+
+    def _forget_retired_names(self) -> None:
+        horizon = time.monotonic() - 2 * self.config.cache_active_timeout
+        for key, since in list(self._retired.items()):
+            if since < horizon:
+                del self._retired[key]
+                if key not in self._attached:
+                    self._names.pop(key, None)
 
     def add_batch_listener(self, listener: Any) -> None:
         """Call ``listener(batch)`` synchronously for every batch (before exporters see it)."""

@@ -167,6 +167,19 @@ class Interface:
     addresses: tuple[str, ...] = ()
     mac: str = ""
     netns: str | None = None
+    """Name of the network namespace (under /var/run/netns); ``None``: the agent's own."""
+    netns_id: int = 0
+    """Id of that namespace in flows (16 bits, :func:`flowkit.netns.netns_id`); 0: the own."""
+
+    @property
+    def key(self) -> int:
+        """Unique across namespaces: ``netns_id << 32 | index`` (the index in the agent's own)."""
+        return (self.netns_id << 32) | self.index
+
+    @property
+    def qualified_name(self) -> str:
+        """``<namespace>/<name>`` in another namespace, else ``name``: the flows' interface."""
+        return f"{self.netns}/{self.name}" if self.netns else self.name
 
     def ip_addresses(self) -> list[ipaddress.IPv4Address | ipaddress.IPv6Address]:
         """The interface addresses as ``ipaddress`` objects (scope suffixes removed)."""

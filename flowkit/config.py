@@ -29,7 +29,15 @@ from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic.fields import FieldInfo
 
 from flowkit.settings_types import (
@@ -107,6 +115,26 @@ class AgentConfig(BaseModel):
         default_factory=list,
         description="Only trace interfaces with an address in one of these CIDRs.",
     )
+    network_namespaces: CommaList = Field(
+        default_factory=list,
+        description="Named network namespaces (under /var/run/netns, names or /regex/, e.g. "
+        "/.*/ for all) whose interfaces are traced too, including namespaces created while the "
+        "agent runs; their flows' interface is <namespace>/<interface>. Needs "
+        "LISTEN_INTERFACES=watch and CAP_SYS_ADMIN (to enter the namespaces).",
+    )
+    deduper: Literal["none", "firstCome"] = Field(
+        default="none",
+        description="none: a packet seen on several interfaces (a veth and its bridge) is "
+        "reported once per interface. firstCome: such a flow is reported once, by the first "
+        "interface that saw it, and its Interfaces/IfDirections (pbflow dup_list) list every "
+        "interface and direction it was seen on.",
+    )
+    deduper_fc_expiry: Duration = Field(
+        default=0.0,
+        ge=0,
+        description="With DEDUPER=firstCome: how long a flow's first interface is remembered "
+        "after its last packet (0: twice CACHE_ACTIVE_TIMEOUT).",
+    )
     buffers_length: int = Field(
         default=50, gt=0, description="Length of the queues between stages (batches per exporter)."
     )
@@ -150,7 +178,7 @@ class AgentConfig(BaseModel):
         default_factory=lambda: MappingProxyType({})
     )
 
-    @field_validator("interfaces", "exclude_interfaces")
+    @field_validator("interfaces", "exclude_interfaces", "network_namespaces")
     @classmethod
     def _check_regexes(cls, value: list[str]) -> list[str]:
         for entry in value:
@@ -161,6 +189,15 @@ class AgentConfig(BaseModel):
                     raise ValueError(f"{entry!r} is not a valid regular expression: {exc}") \
                         from None
         return value
+
+    @model_validator(mode="after")
+    def _namespaces_need_watch(self) -> AgentConfig:
+        if self.network_namespaces and self.listen_interfaces != "watch":
+            raise ValueError(
+                "NETWORK_NAMESPACES needs LISTEN_INTERFACES=watch (the poll informer only "
+                "lists the agent's own namespace)"
+            )
+        return self
 
     @field_validator("agent_ip")
     @classmethod

@@ -32,6 +32,7 @@ import orjson
 
 from flowkit.model import (
     FEATURE_DROPS,
+    MAX_DUPS,
     TCP_STATE_NAMES,
     FlowBatch,
     flow_to_json_dict,
@@ -57,7 +58,8 @@ __all__ = [
 # to zero it first.
 _alloc_uninitialised = ffi.new_allocator(should_clear_after_alloc=False)
 
-_MAX_IF_INDEX = 0xFFFF_FFFF
+_MAX_IF_ID = (0xFFFF << 32) | 0xFFFF_FFFF  # interface_key(): 16-bit netns, 32-bit index
+_NO_ID = np.uint64(1 << 63)  # matches no interface
 
 
 class EncodedFlows(NamedTuple):
@@ -115,7 +117,7 @@ class _BatchEncoder:
         indexes: list[int] = []
         names: list[bytes] = []
         for if_index, name in interfaces.items():
-            if not name or not 0 <= if_index <= _MAX_IF_INDEX:
+            if not name or not 0 <= if_index <= _MAX_IF_ID:
                 continue  # an empty name encodes like no name; other indexes never match
             try:
                 names.append(name.encode("utf-8"))
@@ -123,7 +125,7 @@ class _BatchEncoder:
                 self._bad_names[if_index] = exc
                 continue
             indexes.append(if_index)
-        index_array = np.array(indexes, dtype=np.uint32)
+        index_array = np.array(indexes, dtype=np.uint64)
         offsets = np.zeros(len(names) + 1, dtype=np.uint64)
         np.cumsum([len(n) for n in names], out=offsets[1:])
         blob = b"".join(names)
@@ -136,7 +138,7 @@ class _BatchEncoder:
             agent_ip16 = ffi.from_buffer("uint8_t[]", ip_to_16(address))
         err = ffi.new("int *")
         encoder = lib.fk_encoder_new(
-            ffi.from_buffer("uint32_t[]", index_array),
+            ffi.from_buffer("uint64_t[]", index_array),
             ffi.from_buffer("uint64_t[]", offsets),
             ffi.from_buffer("uint8_t[]", blob),
             len(names),
@@ -153,10 +155,16 @@ class _BatchEncoder:
         """Raise what the Python encoders raise when a flow's interface name is not UTF-8."""
         if not self._bad_names:
             return
-        if_indexes = self._array["key"]["if_index"][start:stop]
-        used = np.isin(if_indexes, list(self._bad_names))
+        rows = self._array[start:stop]
+        key = rows["key"]
+        ids = (key["netns"].astype(np.uint64) << np.uint64(32)) | key["if_index"]
+        dups = (rows["dup_netns"].astype(np.uint64) << np.uint64(32)) | rows["dup_if_index"]
+        listed = np.arange(MAX_DUPS) < np.minimum(rows["dup_count"], MAX_DUPS)[:, None]
+        # In encoding order: a flow's own interface, then its list.
+        candidates = np.concatenate([ids[:, None], np.where(listed, dups, _NO_ID)], axis=1)
+        used = np.isin(candidates.ravel(), np.array(list(self._bad_names), dtype=np.uint64))
         if used.any():
-            if_index = int(if_indexes[used.argmax()])
+            if_index = int(candidates.ravel()[used.argmax()])
             if json:
                 raise orjson.JSONEncodeError("str is not valid UTF-8: surrogates not allowed")
             raise self._bad_names[if_index]

@@ -42,10 +42,17 @@ class InterfaceFilter:
         return name in names or any(p.search(name) for p in patterns)
 
     def allows(self, interface: Interface) -> bool:
-        """True when ``interface`` should be traced."""
-        if self._matches(interface.name, self._exclude):
+        """True when ``interface`` should be traced.
+
+        An interface of another network namespace is matched by its name and by its
+        ``<namespace>/<name>``: ``lo`` excludes every namespace's loopback, ``ns1/eth0`` or
+        ``/^ns1\\//`` select within one namespace.
+        """
+        names = (interface.name, interface.qualified_name) if interface.netns else (
+            interface.name,)
+        if any(self._matches(name, self._exclude) for name in names):
             return False
-        if not self._include_all and not self._matches(interface.name, self._include):
+        if not self._include_all and not any(self._matches(n, self._include) for n in names):
             return False
         if self._networks:
             addresses = interface.ip_addresses()

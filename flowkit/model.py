@@ -39,6 +39,7 @@ DNS_NAME_LEN = 32
 """Bytes of the queried DNS name kept per flow."""
 MAX_DUPS = 6
 """Interfaces a flow can list (DEDUPER)."""
+_FROM_FLOWS_INDEX = 0xFFFF_0000  # keys FlowBatch.from_flows makes up for interfaces named only
 
 KEY_DTYPE = np.dtype(
     [
@@ -255,6 +256,10 @@ class Flow:
     ``skb_drop_reason`` value of the latest drop. ``rtt_ns``: the largest smoothed TCP RTT seen.
     ``dns_*``: id, flags, response latency, tracking errno and queried name of the latest DNS
     message of the flow.
+
+    ``netns``: the network namespace of the interface (0: the agent's own; see
+    NETWORK_NAMESPACES). ``interfaces`` / ``if_directions`` (DEDUPER=firstCome): every interface
+    the flow was seen on and its direction there, this flow's own first; empty otherwise.
     """
 
     if_index: int
@@ -290,6 +295,9 @@ class Flow:
     dns_latency_ns: int = 0
     dns_errno: int = 0
     dns_name: str = ""
+    netns: int = 0
+    interfaces: tuple[str, ...] = ()
+    if_directions: tuple[int, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         """The NetObserv JSON object for this flow (see :func:`flow_to_json_dict`)."""
@@ -342,9 +350,30 @@ def flow_to_json_dict(flow: Flow) -> dict[str, Any]:
         out["DnsLatencyMs"] = flow.dns_latency_ns // 1_000_000
         out["DnsErrno"] = flow.dns_errno
         out["DnsName"] = flow.dns_name
+    if flow.interfaces:
+        out["Interfaces"] = list(flow.interfaces)
+        out["IfDirections"] = list(flow.if_directions)
     if flow.agent_ip is not None:
         out["AgentIP"] = str(flow.agent_ip)
     return out
+
+
+def interface_key(if_index: int, netns: int = 0) -> int:
+    """The key of :attr:`FlowBatch.interfaces` for an interface: ``netns << 32 | if_index``."""
+    return (netns << 32) | if_index
+
+
+def dup_entries(
+    dup_if_index: Any, dup_netns: Any, dup_direction: Any, dup_count: int
+) -> list[tuple[int, int]]:
+    """(interface key, direction) of each interface listed in a flow record (at most 6).
+
+    The arguments are a record's ``dup_*`` fields (sequences of 6, e.g. from ``tolist()``).
+    """
+    return [
+        ((int(dup_netns[j]) << 32) | int(dup_if_index[j]), int(dup_direction[j]))
+        for j in range(min(dup_count, MAX_DUPS))
+    ]
 
 
 _FLOW_COLUMNS = (
@@ -362,6 +391,9 @@ class FlowBatch:
     Exporters get batches that stay valid until every exporter has finished with them.
 
     Columns are cheap: ``batch.array["bytes"]``, ``batch.array["key"]["dst_port"]``.
+
+    ``interfaces`` names interfaces by :func:`interface_key` (``netns << 32 | if_index``: the
+    plain index for the agent's own namespace).
     """
 
     __slots__ = ("_array", "_release", "agent_ip", "interfaces")
@@ -403,13 +435,26 @@ class FlowBatch:
             key["dst_port"] = f.dst_port
             key["icmp_type"] = f.icmp_type
             key["icmp_code"] = f.icmp_code
+            key["netns"] = f.netns
             row["src_mac"] = np.frombuffer(f.src_mac, dtype="u1")
             row["dst_mac"] = np.frombuffer(f.dst_mac, dtype="u1")
             for name in _FLOW_COLUMNS:
                 row[name] = getattr(f, name)
             row["dns_name"] = f.dns_name.encode("ascii", "replace")[:DNS_NAME_LEN]
             if f.interface:
-                names[f.if_index] = f.interface
+                names[interface_key(f.if_index, f.netns)] = f.interface
+            for j, (name, direction) in enumerate(
+                list(zip(f.interfaces, f.if_directions, strict=True))[:MAX_DUPS]
+            ):
+                if name == f.interface:
+                    index, netns = f.if_index, f.netns
+                else:  # an interface known by name only: give it a key of its own
+                    index, netns = _FROM_FLOWS_INDEX + len(names), 0
+                    names[interface_key(index, netns)] = name
+                row["dup_if_index"][j] = index
+                row["dup_netns"][j] = netns
+                row["dup_direction"][j] = direction
+                row["dup_count"] = j + 1
         return cls(array, names, agent_ip)
 
     @property
@@ -430,11 +475,13 @@ class FlowBatch:
         for row in array.tolist():
             (key, packets, nbytes, start, end, flags, dscp, features, sampling, smac, dmac,
              drop_flags, drop_state, dns_errno, drop_bytes, drop_packets, drop_cause, dns_id,
-             dns_flags, rtt_ns, dns_latency_ns, dns_name, *_dups) = row
-            (sip, dip, sport, dport, if_index, etype, direction, proto, itype, icode, _ns) = key
+             dns_flags, rtt_ns, dns_latency_ns, dns_name, dup_index, dup_netns, dup_dir,
+             dup_count, _pad) = row
+            (sip, dip, sport, dport, if_index, etype, direction, proto, itype, icode, ns) = key
+            dups = dup_entries(dup_index, dup_netns, dup_dir, dup_count) if dup_count else ()
             yield Flow(
                 if_index=if_index,
-                interface=names.get(if_index, ""),
+                interface=names.get((ns << 32) | if_index, ""),
                 direction=direction,
                 eth_protocol=etype,
                 src_mac=bytes(smac),
@@ -466,6 +513,9 @@ class FlowBatch:
                 dns_latency_ns=dns_latency_ns,
                 dns_errno=dns_errno,
                 dns_name=dns_name.decode("ascii", "replace"),
+                netns=ns,
+                interfaces=tuple(names.get(k, "") for k, _d in dups),
+                if_directions=tuple(d for _k, d in dups),
             )
 
     def to_dicts(self) -> list[dict[str, Any]]:

@@ -97,12 +97,14 @@ class EbpfTracer:
         sampling: int = 0,
         direction: Literal["both", "ingress", "egress"] = "both",
         metrics: Metrics | None = None,
+        network_namespaces: bool = False,
     ) -> None:
         self.settings = settings
         self.cache_max_flows = cache_max_flows
         self.sampling = sampling
         self.direction = direction
         self._metrics = metrics
+        self.network_namespaces = network_namespaces
         self._collection: Any = None
         self._attacher: Attacher | None = None
         self._kernel_maps: KernelMaps | None = None
@@ -123,6 +125,7 @@ class EbpfTracer:
             sampling=config.sampling,
             direction=config.direction,
             metrics=metrics,
+            network_namespaces=bool(config.network_namespaces),
         )
 
     # -- lifecycle ----------------------------------------------------------------------------
@@ -142,6 +145,8 @@ class EbpfTracer:
         spec.variables["trace_ingress"].set(1 if self.direction in ("both", "ingress") else 0)
         spec.variables["trace_egress"].set(1 if self.direction in ("both", "egress") else 0)
         spec.variables["precise_timestamps"].set(1 if self.settings.ebpf_precise_timestamps else 0)
+        if self.network_namespaces:
+            self._enable_netns(spec)
         for name in MAP_FLOWS:
             spec.maps[name].max_entries = self.cache_max_flows
         spec.maps[MAP_EVENTS].max_entries = self.settings.ebpf_ringbuf_size
@@ -178,25 +183,48 @@ class EbpfTracer:
                 lambda: float(len(self._names)),
             )
 
+    @staticmethod
+    def _enable_netns(spec: Any) -> None:
+        """NETWORK_NAMESPACES: the programs write the namespace of each packet into its key."""
+        from flowkit import privileges
+        from flowkit.netns import own_inode
+
+        privileges.require("NETWORK_NAMESPACES", ("CAP_SYS_ADMIN",))
+        missing = {"trace_netns", "host_netns_inum"} - set(spec.variables)
+        if missing:
+            raise RuntimeError(
+                f"the eBPF object has no {', '.join(sorted(missing))}: it cannot tell network "
+                "namespaces apart (rebuild it with `make bpf`, or unset NETWORK_NAMESPACES)"
+            )
+        spec.variables["trace_netns"].set(1)
+        spec.variables["host_netns_inum"].set(own_inode())
+
     def attach(self, interface: Interface) -> None:
         """Attach the ingress and egress programs to ``interface``."""
         attacher = self._require_started()
-        attachment = attacher.attach(interface.index, interface.name)
+        if interface.netns and not self.network_namespaces:
+            raise RuntimeError(
+                f"{interface.qualified_name} is in another network namespace and the programs "
+                "were loaded without NETWORK_NAMESPACES"
+            )
+        attachment = attacher.attach(
+            interface.index, interface.name, netns=interface.netns, netns_id=interface.netns_id
+        )
         with self._lock:
-            self._names[interface.index] = interface.name
-        log.debug("attached to %s (index %d) with %s", interface.name, interface.index,
+            self._names[interface.key] = interface.qualified_name
+        log.debug("attached to %s (index %d) with %s", interface.qualified_name, interface.index,
                   attachment.mode)
 
     def detach(self, interface: Interface) -> None:
         """Release the links or filters of ``interface`` (fine if it is already gone)."""
         if self._attacher is None:
             return
-        self._attacher.detach(interface.index)
+        self._attacher.detach(interface.index, interface.netns_id)
         with self._lock:
-            self._names.pop(interface.index, None)
+            self._names.pop(interface.key, None)
 
     def interface_names(self) -> dict[int, str]:
-        """Names of the interfaces traced now, by index."""
+        """Names of the interfaces traced now, by :attr:`~flowkit.components.Interface.key`."""
         with self._lock:
             return dict(self._names)
 

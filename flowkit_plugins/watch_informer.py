@@ -9,16 +9,28 @@ The notifications are read from a plain netlink socket with a short timeout, so 
 request is honoured within about half a second. If the kernel drops notifications (the socket
 buffer overflowed during heavy churn), the informer re-reads the interface list and reports the
 difference: no interface is missed.
+
+With NETWORK_NAMESPACES set, the informer also follows the named network namespaces it selects
+(``ip netns add``: bind mounts under ``/var/run/netns``). It looks at that directory every half
+second; for each selected namespace it opens the namespace, enters it just long enough to open a
+netlink socket and list its interfaces there, and from then on reports that namespace's
+interfaces like its own, with ``netns`` (the name) and ``netns_id`` (the inode) set. When the
+namespace's file disappears (``ip netns delete``) or is replaced, every interface of it is
+reported ``deleted`` and the socket and namespace fd are closed: flowkit holds nothing that keeps
+a deleted namespace alive.
 """
 
 from __future__ import annotations
 
 import errno
 import logging
+import select
 import socket
 import struct
 import threading
+import time
 from collections.abc import Iterator
+from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
 from flowkit import hookimpl
@@ -28,6 +40,7 @@ from flowkit.components import (
     Interface,
     InterfaceEvent,
 )
+from flowkit.netns import NamespaceGone, NamespaceSelector, NetnsHandle, list_named, own_inode
 
 log = logging.getLogger(__name__)
 
@@ -88,16 +101,53 @@ def _mac(raw: bytes | None) -> str:
     return ":".join(f"{b:02x}" for b in raw) if raw and len(raw) == 6 else ""
 
 
-class WatchInformer:
-    """Reports interfaces from rtnetlink notifications (implements ``Informer``)."""
+class _Namespace:
+    """One watched network namespace: its netlink socket and the interfaces it reported."""
 
-    def __init__(self) -> None:
-        self._sock: socket.socket | None = None
-        self._known: dict[int, Interface] = {}
+    def __init__(self, handle: NetnsHandle | None) -> None:
+        self.handle = handle
+        self.name = handle.name if handle is not None else None
+        self.inode = handle.inode if handle is not None else 0
+        self.id = (handle.id or 0) if handle is not None else 0
+        self.sock: socket.socket | None = None
+        self.known: dict[int, Interface] = {}
+
+    def inside(self) -> AbstractContextManager[None]:
+        """Context in which sockets and pyroute2 calls reach this namespace."""
+        return self.handle.entered() if self.handle is not None else nullcontext()
+
+    def interface(self, name: str, index: int, addresses: tuple[str, ...], mac: str) -> Interface:
+        return Interface(name, index, addresses, mac, self.name, self.id)
+
+    def close(self) -> None:
+        sock, self.sock = self.sock, None
+        if sock is not None:
+            sock.close()
+        if self.handle is not None:
+            self.handle.close()
+
+
+class WatchInformer:
+    """Reports interfaces from rtnetlink notifications (implements ``Informer``).
+
+    ``namespaces`` (NETWORK_NAMESPACES): names or ``/regex/`` of named network namespaces whose
+    interfaces are reported too.
+    """
+
+    def __init__(self, namespaces: tuple[str, ...] | list[str] = (),
+                 rescan_period: float = _RECV_TIMEOUT) -> None:
+        self._selector = NamespaceSelector(namespaces)
+        self._rescan_period = rescan_period
+        self._home = _Namespace(None)
+        self._others: dict[str, _Namespace] = {}
+        self._unusable: set[str] = set()
+        self._own_inode = 0
         self._lock = threading.Lock()
+        self._closed = False
 
     # -- netlink ------------------------------------------------------------------------------
-    def _open(self) -> socket.socket:
+    @staticmethod
+    def _open() -> socket.socket:
         sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_ROUTE)
         try:
             try:
@@ -112,11 +162,11 @@ class WatchInformer:
         return sock
 
     @staticmethod
-    def _snapshot() -> dict[int, Interface]:
+    def _snapshot(ns: _Namespace) -> dict[int, Interface]:
         """Every interface with its addresses, read with one link and one address dump."""
         from pyroute2 import IPRoute
 
-        with IPRoute() as ipr:
+        with ns.inside(), IPRoute() as ipr:
             links = list(ipr.get_links())
             addrs = list(ipr.get_addr())
         by_index: dict[int, list[str]] = {}
@@ -127,20 +177,20 @@ class WatchInformer:
         out = {}
         for link in links:
             index = int(link["index"])
-            out[index] = Interface(
-                name=str(link.get_attr("IFLA_IFNAME")),
-                index=index,
-                addresses=tuple(sorted(by_index.get(index, ()))),
-                mac=str(link.get_attr("IFLA_ADDRESS") or ""),
+            out[index] = ns.interface(
+                str(link.get_attr("IFLA_IFNAME")),
+                index,
+                tuple(sorted(by_index.get(index, ()))),
+                str(link.get_attr("IFLA_ADDRESS") or ""),
             )
         return out
 
     @staticmethod
-    def _addresses(index: int) -> tuple[str, ...]:
+    def _addresses(ns: _Namespace, index: int) -> tuple[str, ...]:
         from pyroute2 import IPRoute
 
         try:
-            with IPRoute() as ipr:
+            with ns.inside(), IPRoute() as ipr:
                 msgs = list(ipr.get_addr(index=index))
         except OSError:
             return ()
@@ -151,53 +201,126 @@ class WatchInformer:
     def events(self, stop: threading.Event) -> Iterator[InterfaceEvent]:
         """Existing interfaces first (``added``), then changes, until ``stop`` is set."""
         # Subscribe before the snapshot so that nothing happening in between is missed; the
-        # bookkeeping in _known makes duplicate notifications harmless.
-        self._sock = self._open()
-        yield from self._resync()
-        while not stop.is_set():
-            sock = self._sock
-            if sock is None:
+        # bookkeeping in `known` makes duplicate notifications harmless.
+        self._own_inode = own_inode()
+        self._home.sock = self._open()
+        yield from self._resync(self._home)
+        next_scan = 0.0
+        while not stop.is_set() and not self._closed:
+            if self._selector and time.monotonic() >= next_scan:
+                yield from self._rescan_namespaces()
+                next_scan = time.monotonic() + self._rescan_period
+            with self._lock:
+                spaces = [ns for ns in (self._home, *self._others.values()) if ns.sock]
+            if not spaces:
                 return
             try:
-                data = sock.recv(1 << 16)
-            except TimeoutError:
-                continue
-            except OSError as exc:
-                if exc.errno == errno.ENOBUFS:
-                    log.info("netlink notifications were dropped; re-reading interfaces")
-                    yield from self._resync()
-                    continue
-                if stop.is_set() or self._sock is None:
+                socks = [ns.sock for ns in spaces if ns.sock is not None]
+                ready, _, _ = select.select(socks, [], [], _RECV_TIMEOUT)
+            except (OSError, ValueError):  # a socket was closed by close()
+                if stop.is_set() or self._closed:
                     return
                 raise
-            yield from self._handle(data)
+            for ns in spaces:
+                if ns.sock in ready:
+                    yield from self._receive(ns, stop)
 
-    def _resync(self) -> Iterator[InterfaceEvent]:
-        current = self._snapshot()
+    def _receive(self, ns: _Namespace, stop: threading.Event) -> Iterator[InterfaceEvent]:
+        sock = ns.sock
+        if sock is None:
+            return
+        try:
+            data = sock.recv(1 << 16)
+        except TimeoutError:
+            return
+        except OSError as exc:
+            if exc.errno == errno.ENOBUFS:
+                log.info("netlink notifications were dropped; re-reading interfaces")
+                yield from self._resync(ns)
+                return
+            if stop.is_set() or self._closed or ns.sock is None:
+                return
+            raise
+        yield from self._handle(ns, data)
+
+    def _rescan_namespaces(self) -> Iterator[InterfaceEvent]:
+        """Follow selected namespaces appearing in and disappearing from /var/run/netns."""
+        present = {
+            name: inode
+            for name, inode in list_named().items()
+            if inode != self._own_inode and self._selector.selects(name)
+        }
+        for name, ns in list(self._others.items()):
+            if present.get(name) != ns.inode:
+                yield from self._forget_namespace(ns)
+        self._unusable &= set(present)
+        for name, inode in sorted(present.items()):
+            if name in self._others or name in self._unusable:
+                continue
+            try:
+                handle = NetnsHandle.open(name, inode)
+            except NamespaceGone:
+                continue
+            if handle.id is None:
+                handle.close()
+                self._unusable.add(name)
+                log.warning("cannot trace network namespace %s: its inode %#x is not of the form "
+                            "0xf000xxxx that flows can carry", name, inode)
+                continue
+            ns = _Namespace(handle)
+            try:
+                with ns.inside():
+                    ns.sock = self._open()
+            except OSError as exc:
+                ns.close()
+                log.warning("cannot watch network namespace %s: %s", name, exc)
+                continue
+            with self._lock:
+                self._others[name] = ns
+            log.info("watching network namespace %s", name)
+            try:
+                yield from self._resync(ns)
+            except OSError as exc:  # deleted while being listed: the next scan forgets it
+                log.info("listing interfaces of network namespace %s failed: %s", name, exc)
+
+    def _forget_namespace(self, ns: _Namespace) -> Iterator[InterfaceEvent]:
         with self._lock:
-            known = dict(self._known)
+            if ns.name is not None:
+                self._others.pop(ns.name, None)
+            gone = list(ns.known.values())
+            ns.known.clear()
+        # Close first: our socket and fd are what could keep a deleted namespace alive.
+        ns.close()
+        log.info("network namespace %s is gone", ns.name)
+        for iface in gone:
+            yield InterfaceEvent("deleted", iface)
+
+    def _resync(self, ns: _Namespace) -> Iterator[InterfaceEvent]:
+        current = self._snapshot(ns)
+        with self._lock:
+            known = dict(ns.known)
         for index, old in known.items():
             new = current.get(index)
             if new is None or new.name != old.name:
                 with self._lock:
-                    self._known.pop(index, None)
+                    ns.known.pop(index, None)
                 yield InterfaceEvent("deleted", old)
         for index in sorted(current):
             new = current[index]
             with self._lock:
-                old_iface = self._known.get(index)
-                self._known[index] = new
+                old_iface = ns.known.get(index)
+                ns.known[index] = new
             if old_iface != new:
                 yield InterfaceEvent("added", new)
 
-    def _handle(self, data: bytes) -> Iterator[InterfaceEvent]:
+    def _handle(self, ns: _Namespace, data: bytes) -> Iterator[InterfaceEvent]:
         for kind, index, attrs in parse_messages(data):
             with self._lock:
-                known = self._known.get(index)
+                known = ns.known.get(index)
             if kind == RTM_DELLINK:
                 if known is not None:
                     with self._lock:
-                        self._known.pop(index, None)
+                        ns.known.pop(index, None)
                     yield InterfaceEvent("deleted", known)
                 continue
             if kind == RTM_NEWLINK:
@@ -206,35 +329,40 @@ class WatchInformer:
                     continue  # state change (up/down, MTU...): nothing for the agent
                 if known is not None:  # renamed: report as gone and new
                     yield InterfaceEvent("deleted", known)
-                iface = Interface(
-                    name=name,
-                    index=index,
-                    addresses=self._addresses(index),
-                    mac=_mac(attrs.get(IFLA_ADDRESS)),
+                iface = ns.interface(
+                    name, index, self._addresses(ns, index), _mac(attrs.get(IFLA_ADDRESS))
                 )
                 with self._lock:
-                    self._known[index] = iface
+                    ns.known[index] = iface
                 yield InterfaceEvent("added", iface)
                 continue
             # An address changed: report the interface again with its current addresses.
             if known is None:
                 continue
-            addresses = self._addresses(index)
+            addresses = self._addresses(ns, index)
             if addresses != known.addresses:
-                iface = Interface(known.name, index, addresses, known.mac, known.netns)
+                iface = ns.interface(known.name, index, addresses, known.mac)
                 with self._lock:
-                    self._known[index] = iface
+                    ns.known[index] = iface
                 yield InterfaceEvent("added", iface)
 
+    def watched_namespaces(self) -> dict[str, int]:
+        """Named namespaces followed now, with their inodes."""
+        with self._lock:
+            return {name: ns.inode for name, ns in self._others.items()}
+
     def close(self) -> None:
-        """Close the netlink socket (an ``events`` loop in progress ends)."""
-        sock, self._sock = self._sock, None
-        if sock is not None:
-            sock.close()
+        """Close every netlink socket and namespace fd (an ``events`` loop in progress ends)."""
+        self._closed = True
+        with self._lock:
+            spaces = [self._home, *self._others.values()]
+            self._others.clear()
+        for ns in spaces:
+            ns.close()
 
 
 def _make(context: ComponentContext) -> Any:
-    return WatchInformer()
+    return WatchInformer(getattr(context.config, "network_namespaces", ()))
 
 
 @hookimpl

@@ -119,6 +119,33 @@ volatile const __u8 trace_egress = 1;
  * skb->cb[] (see FK_REPLAY_CB_*), set through the test run's context. Live programs are loaded
  * with 0 and the verifier drops the replay branches. */
 volatile const __u8 replay = 0;
+/* NETWORK_NAMESPACES: 1 writes the namespace of the packet's device into the key (`netns`: the
+ * low 16 bits of its inode number, 0 for `host_netns_inum`, the agent's own namespace). 0: the
+ * verifier removes that code and `netns` stays 0. */
+volatile const __u8 trace_netns = 0;
+volatile const __u32 host_netns_inum = 0;
+
+/* ---- kernel types read with CO-RE (relocated against the running kernel's BTF) ---- */
+
+struct ns_common {
+    unsigned int inum;
+} __attribute__((preserve_access_index));
+struct net {
+    struct ns_common ns;
+} __attribute__((preserve_access_index));
+typedef struct {
+    struct net *net;
+} possible_net_t;
+struct net_device {
+    possible_net_t nd_net;
+} __attribute__((preserve_access_index));
+struct sk_buff {
+    struct net_device *dev;
+} __attribute__((preserve_access_index));
+
+/* The kernel's sk_buff behind a TC program's context (Linux >= 6.3; weak so that the object
+ * still loads without it when NETWORK_NAMESPACES is off). */
+extern void *bpf_cast_to_kern_ctx(void *) __ksym __weak;
 
 /* ---- maps ---- */
 
@@ -488,6 +515,12 @@ static __always_inline int account(struct __sk_buff *skb, __u8 direction)
     __builtin_memset(&p, 0, sizeof(p));
     p.key.if_index = replay ? replay_word(skb, FK_REPLAY_CB_IFINDEX) : skb->ifindex;
     p.key.direction = direction;
+    if (trace_netns) {
+        struct sk_buff *kskb = bpf_cast_to_kern_ctx(skb);
+        struct net_device *dev = kskb->dev;
+        __u32 inum = dev ? dev->nd_net.net->ns.inum : host_netns_inum;
+        p.key.netns = inum == host_netns_inum ? 0 : (__u16)inum;
+    }
     if (!parse_linear(skb, &p) && !parse_copied(skb, &p)) {
         count(FK_COUNTER_RUNT);
         return TC_ACT_UNSPEC;

@@ -15,12 +15,12 @@
 /* What an encoder needs besides the flows: interface names and the agent address. Opaque. */
 struct fk_encoder;
 
-/* Build an encoder. `if_indexes[i]` is named by the UTF-8 bytes
- * names[name_offsets[i] .. name_offsets[i + 1]) (so name_offsets has n_names + 1 entries, in any
- * if_index order, no duplicate index). `agent_text` (JSON "AgentIP", agent_text_len bytes) and
+/* Build an encoder. Interface `if_ids[i]` (netns << 32 | if_index, flowkit.model.interface_key)
+ * is named by the UTF-8 bytes names[name_offsets[i] .. name_offsets[i + 1]) (so name_offsets has
+ * n_names + 1 entries, in any order, no duplicate id). `agent_text` (JSON "AgentIP", agent_text_len bytes) and
  * `agent_ip16` (protobuf agent_ip, 16 bytes, IPv4 mapped) are both NULL when the agent address
  * is unknown. Returns NULL with *err set (-ENOMEM, -EINVAL) on failure. */
-struct fk_encoder *fk_encoder_new(const uint32_t *if_indexes, const uint64_t *name_offsets,
+struct fk_encoder *fk_encoder_new(const uint64_t *if_ids, const uint64_t *name_offsets,
                                   const uint8_t *names, uint32_t n_names,
                                   const uint8_t *agent_text, uint32_t agent_text_len,
                                   const uint8_t *agent_ip16, int *err);

@@ -36,10 +36,9 @@
 #define FK_IP_PB_MAX 18
 
 struct fk_iface {
-    uint32_t if_index;
+    uint64_t id;        /* netns << 32 | if_index (flowkit.model.interface_key) */
     uint32_t json_len;  /* escaped, quotes included */
     uint32_t pb_len;    /* raw UTF-8 bytes */
-    uint32_t pad;
     uint64_t json_off;  /* into fk_encoder.json_names */
     uint64_t pb_off;    /* into fk_encoder.pb_names */
 };
@@ -55,7 +54,7 @@ struct fk_names {
 
 struct fk_encoder {
     struct fk_names names[FK_NAMES_KINDS];
-    struct fk_iface *ifaces; /* sorted by if_index */
+    struct fk_iface *ifaces; /* sorted by id */
     uint32_t n_ifaces;
     uint32_t max_json_name;
     uint32_t max_pb_name;
@@ -230,14 +229,14 @@ void fk_encoder_free(struct fk_encoder *e)
 
 static int fk_iface_cmp(const void *a, const void *b)
 {
-    uint32_t x = ((const struct fk_iface *)a)->if_index;
-    uint32_t y = ((const struct fk_iface *)b)->if_index;
+    uint64_t x = ((const struct fk_iface *)a)->id;
+    uint64_t y = ((const struct fk_iface *)b)->id;
     return (x > y) - (x < y);
 }
 
 static uint8_t *fk_put_ip_message(uint8_t *p, const uint8_t *ip);
 
-struct fk_encoder *fk_encoder_new(const uint32_t *if_indexes, const uint64_t *name_offsets,
+struct fk_encoder *fk_encoder_new(const uint64_t *if_ids, const uint64_t *name_offsets,
                                   const uint8_t *names, uint32_t n_names,
                                   const uint8_t *agent_text, uint32_t agent_text_len,
                                   const uint8_t *agent_ip16, int *err)
@@ -265,7 +264,7 @@ struct fk_encoder *fk_encoder_new(const uint32_t *if_indexes, const uint64_t *na
             return NULL;
         }
         struct fk_iface *f = &e->ifaces[i];
-        f->if_index = if_indexes[i];
+        f->id = if_ids[i];
         f->pb_off = start - name_offsets[0];
         f->pb_len = (uint32_t)(end - start);
         memcpy(e->pb_names + f->pb_off, names + start, f->pb_len);
@@ -356,7 +355,9 @@ int fk_encoder_set_names(struct fk_encoder *e, uint32_t kind, const uint32_t *va
 
 uint64_t fk_encoder_json_bound(const struct fk_encoder *e, uint64_t n)
 {
-    uint64_t per_flow = FK_JSON_FLOW_MAX + (uint64_t)e->max_json_name + e->agent_json_len;
+    /* The interface list: its keys, 6 names and 6 directions of at most 3 digits. */
+    uint64_t dups = 40 + FK_MAX_DUPS * ((uint64_t)e->max_json_name + 2 + 4);
+    uint64_t per_flow = FK_JSON_FLOW_MAX + (uint64_t)e->max_json_name + e->agent_json_len + dups;
     for (int i = 0; i < FK_NAMES_KINDS; i++)
         per_flow += e->names[i].max_len;
     return n * per_flow;
@@ -365,31 +366,46 @@ uint64_t fk_encoder_json_bound(const struct fk_encoder *e, uint64_t n)
 uint64_t fk_encoder_records_bound(const struct fk_encoder *e, uint64_t n)
 {
     /* Records adds a tag and a length (at most 5 bytes) per entry. */
-    uint64_t per_flow = FK_PB_FLOW_MAX + 6 + (uint64_t)e->max_pb_name + e->agent_pb_len;
+    /* dup_list: per entry a 2-byte key, a length, the name with its key and length, and the
+     * direction with its key. */
+    uint64_t dups = FK_MAX_DUPS * ((uint64_t)e->max_pb_name + 2 + 5 + 1 + 5 + 2);
+    uint64_t per_flow = FK_PB_FLOW_MAX + 6 + (uint64_t)e->max_pb_name + e->agent_pb_len + dups;
     return n * per_flow;
 }
 
-/* The encoder's entry for if_index, or NULL. `hint` remembers the last hit: batches usually
- * hold runs of flows from the same interface. */
-static inline const struct fk_iface *fk_lookup(const struct fk_encoder *e, uint32_t if_index,
+/* The key of an interface in the encoder (flowkit.model.interface_key). */
+static inline uint64_t fk_iface_id(uint32_t if_index, uint16_t netns)
+{
+    return ((uint64_t)netns << 32) | if_index;
+}
+
+/* The encoder's entry for interface `id`, or NULL. `hint` remembers the last hit: batches
+ * usually hold runs of flows from the same interface. */
+static inline const struct fk_iface *fk_lookup(const struct fk_encoder *e, uint64_t id,
                                                const struct fk_iface **hint)
 {
-    if (*hint && (*hint)->if_index == if_index)
+    if (*hint && (*hint)->id == id)
         return *hint;
     uint32_t lo = 0, hi = e->n_ifaces;
     while (lo < hi) {
         uint32_t mid = lo + (hi - lo) / 2;
-        uint32_t v = e->ifaces[mid].if_index;
-        if (v == if_index) {
+        uint64_t v = e->ifaces[mid].id;
+        if (v == id) {
             *hint = &e->ifaces[mid];
             return *hint;
         }
-        if (v < if_index)
+        if (v < id)
             lo = mid + 1;
         else
             hi = mid;
     }
     return NULL;
+}
+
+/* Entries of a flow's interface list (DEDUPER), at most FK_MAX_DUPS. */
+static inline uint32_t fk_dup_count(const struct fk_flow_out *f)
+{
+    return f->dup_count < FK_MAX_DUPS ? f->dup_count : FK_MAX_DUPS;
 }
 
 /* ---------------------------------------------------------------------------------------- */
@@ -523,6 +539,30 @@ static uint8_t *fk_json_flow(const struct fk_encoder *e, const struct fk_flow_ou
         FK_PUT_LIT(p, ",\"DnsName\":");
         p += fk_json_escape(f->dns_name, strnlen((const char *)f->dns_name, FK_DNS_NAME_LEN), p);
     }
+    uint32_t ndups = fk_dup_count(f);
+    if (ndups) {
+        const struct fk_iface *hint = NULL;
+        FK_PUT_LIT(p, ",\"Interfaces\":[");
+        for (uint32_t j = 0; j < ndups; j++) {
+            if (j)
+                *p++ = ',';
+            const struct fk_iface *dup =
+                fk_lookup(e, fk_iface_id(f->dup_if_index[j], f->dup_netns[j]), &hint);
+            if (dup) {
+                memcpy(p, e->json_names + dup->json_off, dup->json_len);
+                p += dup->json_len;
+            } else {
+                FK_PUT_LIT(p, "\"\"");
+            }
+        }
+        FK_PUT_LIT(p, "],\"IfDirections\":[");
+        for (uint32_t j = 0; j < ndups; j++) {
+            if (j)
+                *p++ = ',';
+            p = fk_put_u64(p, f->dup_direction[j]);
+        }
+        *p++ = ']';
+    }
     if (e->has_agent) {
         FK_PUT_LIT(p, ",\"AgentIP\":");
         memcpy(p, e->agent_json, e->agent_json_len);
@@ -544,7 +584,8 @@ int64_t fk_encode_json(const struct fk_encoder *e, const struct fk_flow_out *flo
         if (offsets)
             offsets[i] = pos;
         const struct fk_flow_out *f = &flows[i];
-        const struct fk_iface *iface = fk_lookup(e, f->key.if_index, &hint);
+        const struct fk_iface *iface =
+            fk_lookup(e, fk_iface_id(f->key.if_index, f->key.netns), &hint);
         uint8_t *end = fk_json_flow(e, f, iface, out + pos);
         if (newline)
             *end++ = '\n';
@@ -716,6 +757,26 @@ static uint8_t *fk_record(const struct fk_encoder *e, const struct fk_flow_out *
     if (f->features & FK_FEATURE_RTT)                          /* 24 time_flow_rtt */
         p = fk_put_duration2(p, 0xc2, 0x01, f->rtt_ns);
     p = fk_put_field2(p, 0xc8, 0x01, f->dns_errno);            /* 25 dns_errno */
+    uint32_t ndups = fk_dup_count(f);
+    const struct fk_iface *hint = NULL;
+    for (uint32_t j = 0; j < ndups; j++) {                     /* 26 dup_list */
+        const struct fk_iface *dup =
+            fk_lookup(e, fk_iface_id(f->dup_if_index[j], f->dup_netns[j]), &hint);
+        uint32_t name_len = dup ? dup->pb_len : 0;
+        uint8_t direction = f->dup_direction[j];
+        uint64_t body = (name_len ? 1 + fk_varint_len(name_len) + name_len : 0) +
+                        (direction ? 1 + fk_varint_len(direction) : 0);
+        p[0] = 0xd2;
+        p[1] = 0x01;
+        p = fk_put_varint(p + 2, body);
+        if (name_len) {                                        /* 1 interface */
+            *p++ = 0x0a;
+            p = fk_put_varint(p, name_len);
+            memcpy(p, e->pb_names + dup->pb_off, name_len);
+            p += name_len;
+        }
+        p = fk_put_field(p, 0x10, direction);                  /* 2 direction */
+    }
     p = fk_put_field2(p, 0xe8, 0x01, f->sampling);             /* 29 sampling */
     size_t name_len = strnlen((const char *)f->dns_name, FK_DNS_NAME_LEN);
     if (name_len) {                                            /* 32 dns_name */
@@ -740,7 +801,9 @@ int64_t fk_encode_records(const struct fk_encoder *e, const struct fk_flow_out *
         if (offsets)
             offsets[i] = pos;
         const struct fk_flow_out *f = &flows[i];
-        pos = (uint64_t)(fk_record(e, f, fk_lookup(e, f->key.if_index, &hint), out + pos) - out);
+        const struct fk_iface *iface =
+            fk_lookup(e, fk_iface_id(f->key.if_index, f->key.netns), &hint);
+        pos = (uint64_t)(fk_record(e, f, iface, out + pos) - out);
     }
     if (offsets)
         offsets[n] = pos;
@@ -761,7 +824,9 @@ int64_t fk_encode_records_message(const struct fk_encoder *e, const struct fk_fl
          * than 128 bytes, so one length byte is reserved and the body moved when it is not. */
         uint8_t *entry = out + pos;
         uint8_t *body = entry + 2;
-        uint8_t *end = fk_record(e, f, fk_lookup(e, f->key.if_index, &hint), body);
+        const struct fk_iface *iface =
+            fk_lookup(e, fk_iface_id(f->key.if_index, f->key.netns), &hint);
+        uint8_t *end = fk_record(e, f, iface, body);
         uint64_t size = (uint64_t)(end - body);
         uint32_t size_len = fk_varint_len(size);
         if (size_len > 1)

@@ -13,6 +13,10 @@ ingress and egress programs and attaches them per interface index.
 
 flowkit never deletes a qdisc or filter it did not create: a qdisc it created is deleted on
 detach only when no other filter was added to it meanwhile.
+
+Interfaces of other network namespaces (see :mod:`flowkit.netns`) are attached from inside
+their namespace: the calling thread enters it for the attach (and for a tc detach) and comes
+back. Attachments are keyed by ``netns_id << 32 | ifindex``.
 """
 
 from __future__ import annotations
@@ -23,11 +27,13 @@ import os
 import re
 import threading
 from collections.abc import Iterable, Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 from flowkit.native import NativeError, check, ffi, lib
+from flowkit.netns import NamespaceGone, NetnsHandle, interface_key
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +84,15 @@ class Attachment:
     """clsact attach points (TC_INGRESS / TC_EGRESS) with a flowkit filter (``tc`` mode)."""
     created_qdisc: bool = False
     """flowkit created the clsact qdisc and may delete it when it is left empty."""
+    netns: str | None = None
+    """Named network namespace of the interface (``None``: the agent's own)."""
+    netns_id: int = 0
+    """Inode of that namespace (0: the agent's own)."""
+
+    @property
+    def key(self) -> int:
+        """``netns_id << 32 | ifindex``: unique across namespaces."""
+        return interface_key(self.ifindex, self.netns_id)
 
 
 @dataclass(frozen=True)
@@ -125,46 +140,61 @@ class Attacher:
         self._lock = threading.Lock()
 
     # -- public -----------------------------------------------------------------------------
-    def attach(self, ifindex: int, name: str = "") -> Attachment:
+    def attach(
+        self, ifindex: int, name: str = "", *, netns: str | None = None, netns_id: int = 0
+    ) -> Attachment:
         """Attach both programs to interface ``ifindex``; return what is now held for it.
 
-        Attaching twice to the same index returns the existing attachment.
+        ``netns``/``netns_id``: the interface is in that named namespace, which is entered for
+        the attach (:class:`AttachError` if it is gone or was replaced). Attaching twice to the
+        same interface returns the existing attachment.
         """
+        key = interface_key(ifindex, netns_id)
         with self._lock:
-            existing = self._attached.get(ifindex)
+            existing = self._attached.get(key)
             if existing is not None:
                 return existing
-            label = name or f"index {ifindex}"
-            attachment: Attachment | None = None
-            if self.mode in ("tcx", "any") and self._tcx_supported is not False:
-                try:
-                    attachment = self._attach_tcx(ifindex, name)
-                    self._tcx_supported = True
-                except NativeError as exc:
-                    if exc.errno in _GONE:
-                        raise AttachError(f"interface {label} is gone") from exc
-                    if self.mode == "tcx":
-                        raise AttachError(
-                            f"cannot attach a TCX link to {label}: {exc}; TCX needs Linux >= "
-                            "6.6, set TC_ATTACH_MODE=tc or any to use a clsact qdisc instead"
-                        ) from exc
-                    if self._tcx_supported is None and exc.errno in (
-                        errno.EINVAL, errno.EOPNOTSUPP, 524  # ENOTSUPP (kernel-internal)
-                    ):
-                        self._tcx_supported = False
-                    log.info("TCX attach to %s failed (%s); using a clsact qdisc", label, exc)
-            if attachment is None:
-                attachment = self._attach_tc(ifindex, name)
-            self._attached[ifindex] = attachment
+            label = f"{netns}/{name or ifindex}" if netns else name or f"index {ifindex}"
+            try:
+                with _inside(netns, netns_id):
+                    attachment = self._attach_here(ifindex, name, label)
+            except NamespaceGone as exc:
+                raise AttachError(f"interface {label} is gone: {exc}") from exc
+            attachment.netns, attachment.netns_id = netns, netns_id
+            self._attached[key] = attachment
             return attachment
 
-    def detach(self, ifindex: int) -> bool:
+    def _attach_here(self, ifindex: int, name: str, label: str) -> Attachment:
+        attachment: Attachment | None = None
+        if self.mode in ("tcx", "any") and self._tcx_supported is not False:
+            try:
+                attachment = self._attach_tcx(ifindex, name)
+                self._tcx_supported = True
+            except NativeError as exc:
+                if exc.errno in _GONE:
+                    raise AttachError(f"interface {label} is gone") from exc
+                if self.mode == "tcx":
+                    raise AttachError(
+                        f"cannot attach a TCX link to {label}: {exc}; TCX needs Linux >= "
+                        "6.6, set TC_ATTACH_MODE=tc or any to use a clsact qdisc instead"
+                    ) from exc
+                if self._tcx_supported is None and exc.errno in (
+                    errno.EINVAL, errno.EOPNOTSUPP, 524  # ENOTSUPP (kernel-internal)
+                ):
+                    self._tcx_supported = False
+                log.info("TCX attach to %s failed (%s); using a clsact qdisc", label, exc)
+        if attachment is None:
+            attachment = self._attach_tc(ifindex, name)
+        return attachment
+
+    def detach(self, ifindex: int, netns_id: int = 0) -> bool:
         """Release everything held for ``ifindex`` (also fine when the interface is gone).
 
-        Returns False when flowkit was not attached to it.
+        ``netns_id``: the namespace the interface is in (0: the agent's own). Returns False
+        when flowkit was not attached to it.
         """
         with self._lock:
-            attachment = self._attached.pop(ifindex, None)
+            attachment = self._attached.pop(interface_key(ifindex, netns_id), None)
         if attachment is None:
             return False
         self._release(attachment)
@@ -242,8 +272,14 @@ class Attacher:
     def _release(self, attachment: Attachment) -> None:
         if attachment.mode == "tcx":
             self._close_links(attachment)
-        else:
-            self._release_tc(attachment)
+            return
+        try:
+            with _inside(attachment.netns, attachment.netns_id):
+                self._release_tc(attachment)
+        except NamespaceGone:
+            # The namespace is being destroyed: its devices, qdiscs and filters go with it.
+            attachment.filters = []
+            attachment.created_qdisc = False
 
     def _release_tc(self, attachment: Attachment) -> None:
         label = attachment.name or f"index {attachment.ifindex}"
@@ -296,6 +332,17 @@ class Attacher:
             elif -rc not in _GONE:
                 log.warning("cannot remove stale tc filter %s: %s", f.name, os.strerror(-rc))
         return removed
+
+
+def _inside(netns: str | None, netns_id: int) -> AbstractContextManager[None]:
+    """The calling thread inside named namespace ``netns`` (nothing to do for the own one)."""
+    return _entered_by_name(netns, netns_id) if netns else nullcontext()
+
+
+@contextmanager
+def _entered_by_name(netns: str, netns_id: int) -> Iterator[None]:
+    with NetnsHandle.open(netns, expected_id=netns_id or None) as handle, handle.entered():
+        yield
 
 
 # -- inspection helpers (also used by tests) ---------------------------------------------------

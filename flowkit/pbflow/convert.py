@@ -7,6 +7,8 @@ Encoding rules (the wire contract, see ``flow.proto``):
 * MAC addresses are 48-bit integers, first octet most significant.
 * Times are ``google.protobuf.Timestamp`` (seconds + nanos) from flowkit's unix nanoseconds.
 * ``agent_ip`` is set only when the agent knows its address.
+* DEDUPER: ``dup_list`` holds one ``DupMapEntry`` (interface name, direction) per interface the
+  flow was seen on, the flow's own first; it is empty unless DEDUPER=firstCome.
 * Optional features: the drop, DNS id/flags/errno and name fields are plain proto3 scalars
   (omitted when zero); ``dns_latency`` is present whenever the flow carries DNS data and
   ``time_flow_rtt`` whenever it carries an RTT, so that a decoder restores ``Flow.features``.
@@ -31,6 +33,7 @@ from flowkit.model import (
     FEATURE_RTT,
     Flow,
     FlowBatch,
+    dup_entries,
     ip_to_16,
     mac_to_int,
 )
@@ -122,6 +125,7 @@ def _make_record(
     dns_latency_ns: int = 0,
     dns_errno: int = 0,
     dns_name: str = "",
+    dup_list: list[dict[str, Any]] | None = None,
 ) -> Record:
     # Nested keyword dicts are the fastest way to build a message with the upb backend (about
     # twice as fast as building sub-messages and copying them in).
@@ -135,6 +139,8 @@ def _make_record(
         if features & FEATURE_RTT:
             seconds, nanos = divmod(rtt_ns, _NS_PER_S)
             optional["time_flow_rtt"] = {"seconds": seconds, "nanos": nanos}
+    if dup_list:
+        optional["dup_list"] = dup_list
     return Record(
         eth_protocol=etype,
         direction=direction,  # type: ignore[arg-type]  # Direction is an int enum on the wire
@@ -200,6 +206,8 @@ def flow_to_record(flow: Flow, agent_ip: str | IPAddress | None = None) -> Recor
         flow.dns_latency_ns,
         flow.dns_errno,
         flow.dns_name,
+        [{"interface": name, "direction": direction}
+         for name, direction in zip(flow.interfaces, flow.if_directions, strict=True)],
     )
 
 
@@ -210,8 +218,13 @@ def _iter_records(batch: FlowBatch) -> Iterator[Record]:
     for row in batch.array.tolist():
         (key, packets, nbytes, start, end, flags, dscp, features, sampling, smac, dmac,
          drop_flags, drop_state, dns_errno, drop_bytes, drop_packets, drop_cause, dns_id,
-         dns_flags, rtt_ns, dns_latency_ns, dns_name, *_dups) = row
-        (sip, dip, sport, dport, if_index, etype, direction, proto, itype, icode, _kpad) = key
+         dns_flags, rtt_ns, dns_latency_ns, dns_name, dup_index, dup_netns, dup_dir, dup_count,
+         _pad) = row
+        (sip, dip, sport, dport, if_index, etype, direction, proto, itype, icode, netns) = key
+        dups = [
+            {"interface": names.get(k, ""), "direction": d}
+            for k, d in dup_entries(dup_index, dup_netns, dup_dir, dup_count)
+        ] if dup_count else None
         yield _make_record(
             etype,
             direction,
@@ -227,7 +240,7 @@ def _iter_records(batch: FlowBatch) -> Iterator[Record]:
             proto,
             nbytes,
             packets,
-            names.get(if_index, ""),
+            names.get((netns << 32) | if_index, ""),
             agent,
             flags,
             itype,
@@ -245,6 +258,7 @@ def _iter_records(batch: FlowBatch) -> Iterator[Record]:
             dns_latency_ns,
             dns_errno,
             dns_name.decode("ascii", "replace"),
+            dups,
         )
 
 
@@ -308,6 +322,8 @@ def record_to_flow(record: Record) -> Flow:
         dns_latency_ns=dns_latency_ns,
         dns_errno=record.dns_errno,
         dns_name=record.dns_name,
+        interfaces=tuple(entry.interface for entry in record.dup_list),
+        if_directions=tuple(int(entry.direction) for entry in record.dup_list),
     )
 
 

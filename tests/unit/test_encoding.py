@@ -88,7 +88,11 @@ name_text = st.text(
     alphabet=st.characters(exclude_categories=["Cs"]) | st.sampled_from('"\\\x00\x1f\x7f\n\t/'),
     max_size=24,
 ) | st.sampled_from(["", "eth0", "veth-fk\u00e9", 'a"b\\c', "\x00\x01\x1f", "\u2028x", "e" * 200])
-interfaces = st.dictionaries(st.integers(0, 8) | st.just(U32), name_text, max_size=6)
+netns = st.sampled_from([0, 0, 1, 0x196]) | st.just(U16)
+interfaces = st.dictionaries(
+    st.builds(lambda i, n: (n << 32) | i, st.integers(0, 8) | st.just(U32), netns),
+    name_text, max_size=8,
+)
 agent_ip = st.sampled_from(
     [None, "", "198.18.0.1", "0.0.0.0", "fd00::1", "::", "::ffff:198.18.0.2", "fe80::1%eth0"]
 )
@@ -110,8 +114,9 @@ def rows(draw: st.DrawFn) -> tuple[Any, ...]:
         draw(st.sampled_from([0, 1, 6, 17, 58, 132]) | st.integers(0, U8)),
         draw(_uint(U8)),
         draw(_uint(U8)),
-        0,
+        draw(netns),
     )
+    dup_count = draw(st.sampled_from([0, 0, 1, 2, 6]) | st.integers(0, U8))
     return (
         key,
         draw(_uint(U64)),  # packets
@@ -135,10 +140,10 @@ def rows(draw: st.DrawFn) -> tuple[Any, ...]:
         draw(nanoseconds),  # rtt_ns
         draw(nanoseconds),  # dns_latency_ns
         draw(dns_name).encode("ascii"),
-        [0] * 6,
-        [0] * 6,
-        [0] * 6,
-        0,
+        draw(st.lists(if_index, min_size=6, max_size=6)),
+        draw(st.lists(netns, min_size=6, max_size=6)),
+        draw(st.lists(st.sampled_from([0, 1]) | _uint(U8), min_size=6, max_size=6)),
+        dup_count,
         [0] * 5,
     )
 
