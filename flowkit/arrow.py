@@ -161,7 +161,11 @@ def flow_schema() -> pa.Schema:
 
 
 def _interface_column(pa: Any, if_index: np.ndarray[Any, Any], names: dict[int, str]) -> Any:
-    """Dictionary-encoded interface names (``""`` for indexes without a known name)."""
+    """Dictionary-encoded interface names (``""`` for indexes without a known name).
+
+    ``if_index`` holds :func:`flowkit.model.interface_key` values (``netns << 32 | if_index``),
+    the keys of ``batch.interfaces``.
+    """
     known = sorted((index, name) for index, name in names.items() if name)
     # Dictionary values are unique (pandas categories must be): "" first, then each name once.
     unique = {"": 0}
@@ -172,7 +176,7 @@ def _interface_column(pa: Any, if_index: np.ndarray[Any, Any], names: dict[int, 
     if not known or n == 0:
         indices = np.zeros(n, dtype=np.int32)
     else:
-        keys = np.array([index for index, _ in known], dtype=np.uint32)
+        keys = np.array([index for index, _ in known], dtype=np.uint64)
         values = np.array([unique[name] for _, name in known], dtype=np.int32)
         top = max(int(if_index.max()), int(keys[-1]))
         if top < (1 << 20):
@@ -228,8 +232,9 @@ def to_arrow(batch: FlowBatch) -> pa.RecordBatch:
             continue
         arrays.append(pa.Array.from_buffers(_arrow_type(pa, column), n, [None, data]))
         if column.name == "if_index":
-            if_index = storage[start:start + 4 * n].view(np.uint32)
-            arrays.append(_interface_column(pa, if_index, dict(batch.interfaces)))
+            key = array["key"]
+            ids = (key["netns"].astype(np.uint64) << np.uint64(32)) | key["if_index"]
+            arrays.append(_interface_column(pa, ids, dict(batch.interfaces)))
         elif column.name in ("direction", "proto"):
             index_type, dictionary = dictionaries[f"{column.name}_name"]
             indices = pa.Array.from_buffers(index_type, n, [None, data])
@@ -283,11 +288,11 @@ def from_arrow(data: Any) -> FlowBatch:
         rows[:, column.offset:column.offset + column.width] = raw
     names: dict[int, str] = {}
     if "interface" in table.column_names and n:
-        pairs = pa.table({"i": table.column("if_index"),
+        pairs = pa.table({"i": table.column("if_index"), "ns": table.column("netns"),
                           "n": table.column("interface").cast(pa.string())})
-        for row in pairs.group_by(["i", "n"]).aggregate([]).to_pylist():
+        for row in pairs.group_by(["i", "ns", "n"]).aggregate([]).to_pylist():
             if row["n"]:
-                names[int(row["i"])] = row["n"]
+                names[(int(row["ns"]) << 32) | int(row["i"])] = row["n"]
     agent = None
     if "agent_ip" in table.column_names and n:
         valid = table.column("agent_ip").drop_null()
