@@ -17,6 +17,7 @@ BENCHMARKS: list[tuple[str, list[str]]] = [
     ("kernel", ["bench_kernel.py", "--repeat", "10000000", "--rounds", "5",
                 "--packets", "3000000"]),
     ("rate", ["bench_rate.py", "--seconds", "10"]),
+    ("host-cost", ["bench_host_cost.py", "--seconds", "5", "--rounds", "5"]),
     ("accounter", ["bench_accounter.py", "--repeat", "5", "--output",
                    str(RESULTS / "accounter.json")]),
     ("encoding", ["bench_encoding.py", "--flows", "100000", "--repeat", "3"]),
