@@ -9,11 +9,10 @@ import numpy as np
 from flowkit.dedup import MAX_INTERFACES, FirstComeDeduper
 from flowkit.model import FLOW_DTYPE, FlowArray, ip_to_16
 
-NOW = time.time_ns()
-
 
 def flows(*rows: tuple[int, int, int, int, int, int]) -> FlowArray:
-    """Rows of (if_index, netns, direction, src_port, start offset ms, packets)."""
+    """Rows of (if_index, netns, direction, src_port, start ms from now, packets)."""
+    now = time.time_ns()
     out = np.zeros(len(rows), dtype=FLOW_DTYPE)
     for i, (if_index, netns, direction, sport, start_ms, packets) in enumerate(rows):
         key = out[i]["key"]
@@ -28,8 +27,8 @@ def flows(*rows: tuple[int, int, int, int, int, int]) -> FlowArray:
         key["dst_ip"] = np.frombuffer(ip_to_16("198.18.0.2"), dtype="u1")
         out[i]["packets"] = packets
         out[i]["bytes"] = packets * 100
-        out[i]["start_ns"] = NOW + start_ms * 1_000_000
-        out[i]["end_ns"] = NOW + (start_ms + 5) * 1_000_000
+        out[i]["start_ns"] = now + start_ms * 1_000_000
+        out[i]["end_ns"] = now + (start_ms + 5) * 1_000_000
     return out
 
 
