@@ -28,10 +28,11 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from flowkit.model import FlowBatch, ip_to_16
+from flowkit.model import DNS_NAME_LEN, FlowBatch, ip_to_16
 from flowkit.native import NativeError, check, ffi, lib
 
 __all__ = [
+    "ENTERPRISE_ELEMENTS",
     "HEADER_LENGTH",
     "SET_HEADER_LENGTH",
     "TEMPLATE_V4",
@@ -56,14 +57,18 @@ MAX_INTERFACE_NAME = 15
 """Longest Linux interface name (IFNAMSIZ - 1); the MTU check assumes it."""
 
 _MAPPED = bytes(10) + b"\xff\xff"
+# Interface names are keyed by netns << 32 | if_index (netns is 16 bits, 0 = the agent's own).
+_MAX_NAME_KEY = 0xFFFF << 32 | 0xFFFF_FFFF
 
 
 class Element(NamedTuple):
-    """One information element of a template: IANA id, name, encoded length in bytes."""
+    """One information element of a template: id, name, encoded length in bytes, and whether it
+    is one of flowkit's enterprise-specific elements (sent with the configured PEN)."""
 
     id: int
     name: str
     length: int
+    enterprise: bool = False
 
 
 _HEAD = (
@@ -116,6 +121,50 @@ TEMPLATE_V6: tuple[Element, ...] = (
 )
 """The fixed elements of the IPv6 template, in order."""
 
+ENTERPRISE_ELEMENTS: tuple[Element, ...] = (
+    Element(1, "flowkitFeatures", 1, True),
+    Element(2, "flowkitTcpFlags", 2, True),
+    Element(10, "pktDropBytes", 8, True),
+    Element(11, "pktDropPackets", 8, True),
+    Element(12, "pktDropLatestFlags", 2, True),
+    Element(13, "pktDropLatestState", 1, True),
+    Element(14, "pktDropLatestDropCause", 4, True),
+    Element(20, "flowRttNanoseconds", 8, True),
+    Element(30, "dnsId", 2, True),
+    Element(31, "dnsFlags", 2, True),
+    Element(32, "dnsLatencyNanoseconds", 8, True),
+    Element(33, "dnsErrno", 1, True),
+    Element(34, "dnsName", VARIABLE_LENGTH, True),
+)
+"""flowkit's enterprise-specific elements (sent when ``IpfixParams.enterprise`` is a PEN), after
+the exporter address and before ``interfaceName``. Values are 0 (dnsName empty) unless
+``flowkitFeatures`` has the feature's bit (1 drops, 2 RTT, 4 DNS)."""
+_ENTERPRISE_TYPES = {
+    "flowkitFeatures": "unsigned8",
+    "flowkitTcpFlags": "unsigned16",
+    "pktDropBytes": "unsigned64",
+    "pktDropPackets": "unsigned64",
+    "pktDropLatestFlags": "unsigned16",
+    "pktDropLatestState": "unsigned8",
+    "pktDropLatestDropCause": "unsigned32",
+    "flowRttNanoseconds": "unsigned64",
+    "dnsId": "unsigned16",
+    "dnsFlags": "unsigned16",
+    "dnsLatencyNanoseconds": "unsigned64",
+    "dnsErrno": "unsigned8",
+    "dnsName": "string",
+}
+
+
+def enterprise_iespecs(pen: int) -> list[str]:
+    """flowkit's enterprise elements as IESpecs, ``name(pen/id)<type>[length]`` (the notation
+    of RFC 7013 and of collectors' information-element files), for a collector to load."""
+    return [f"{e.name}({pen}/{e.id})<{_ENTERPRISE_TYPES[e.name]}>[{e.length}]"
+            for e in ENTERPRISE_ELEMENTS]
+
+
+_ENTERPRISE_FIXED = sum(e.length for e in ENTERPRISE_ELEMENTS if e.length != VARIABLE_LENGTH)
+
 EXPORTER_V4 = Element(130, "exporterIPv4Address", 4)
 EXPORTER_V6 = Element(131, "exporterIPv6Address", 16)
 INTERFACE_NAME = Element(82, "interfaceName", VARIABLE_LENGTH)
@@ -136,6 +185,8 @@ class IpfixParams:
     max_message: int = 1472
     template_base: int = 256
     exporter_ip: str | None = None
+    enterprise: int = 0
+    """Private Enterprise Number of flowkit's enterprise elements; 0: they are not sent."""
 
     def __post_init__(self) -> None:
         if not 0 <= self.domain_id <= 0xFFFF_FFFF:
@@ -144,6 +195,8 @@ class IpfixParams:
             raise ValueError(f"IPFIX message size must be within 21..{MAX_MESSAGE} bytes")
         if not 256 <= self.template_base <= 0xFFFE:
             raise ValueError("template ids must be within 256..65535")
+        if not 0 <= self.enterprise <= 0xFFFF_FFFF:
+            raise ValueError("a Private Enterprise Number is within 0..4294967295")
 
     @property
     def exporter_kind(self) -> int:
@@ -159,13 +212,16 @@ class IpfixParams:
             extra = (EXPORTER_V4,)
         elif self.exporter_kind == 6:
             extra = (EXPORTER_V6,)
+        if self.enterprise:
+            extra = (*extra, *ENTERPRISE_ELEMENTS)
         return (*TEMPLATE_V4, *extra, INTERFACE_NAME), (*TEMPLATE_V6, *extra, INTERFACE_NAME)
 
 
 def max_record_length(params: IpfixParams, name_length: int = MAX_INTERFACE_NAME) -> int:
     """Longest data record (IPv6, with an interface name of ``name_length`` bytes)."""
     exporter = {0: 0, 4: 4, 6: 16}[params.exporter_kind]
-    return _FIXED_V6 + exporter + _varlen(name_length)
+    enterprise = _ENTERPRISE_FIXED + 1 + DNS_NAME_LEN if params.enterprise else 0
+    return _FIXED_V6 + exporter + enterprise + _varlen(name_length)
 
 
 def _varlen(length: int) -> int:
@@ -192,6 +248,7 @@ def _c_params(params: IpfixParams, export_time: int, sequence: int) -> Any:
     c.max_message = params.max_message
     c.template_base = params.template_base
     c.exporter_kind = params.exporter_kind
+    c.enterprise = params.enterprise
     if params.exporter_ip:
         raw = ip_to_16(ipaddress.ip_address(params.exporter_ip))
         ffi.memmove(c.exporter_ip, raw, 16)
@@ -201,19 +258,19 @@ def _c_params(params: IpfixParams, export_time: int, sequence: int) -> Any:
 def _names_table(interfaces: Mapping[int, str]) -> Any:
     indexes: list[int] = []
     names: list[bytes] = []
-    for if_index, name in interfaces.items():
-        if not name or not 0 <= if_index <= 0xFFFF_FFFF:
+    for key, name in interfaces.items():
+        if not name or not 0 <= key <= _MAX_NAME_KEY:
             continue
-        indexes.append(if_index)
+        indexes.append(key)
         # interfaceName is a UTF-8 string; a name that is not valid UTF-8 is sent repaired.
         names.append(name.encode("utf-8", "replace")[:0xFFFF])
-    index_array = np.array(indexes, dtype=np.uint32)
+    index_array = np.array(indexes, dtype=np.uint64)
     offsets = np.zeros(len(names) + 1, dtype=np.uint64)
     np.cumsum([len(n) for n in names], out=offsets[1:])
     blob = b"".join(names)
     err = ffi.new("int *")
     table = lib.fk_ipfix_names_new(
-        ffi.from_buffer("uint32_t[]", index_array),
+        ffi.from_buffer("uint64_t[]", index_array),
         ffi.from_buffer("uint64_t[]", offsets),
         ffi.from_buffer("uint8_t[]", blob),
         len(names),
@@ -295,7 +352,12 @@ def reference_template_message(params: IpfixParams, *, export_time: int, sequenc
     body = b""
     for template_id, elements in enumerate(params.templates(), start=params.template_base):
         body += struct.pack("!HH", template_id, len(elements))
-        body += b"".join(struct.pack("!HH", e.id, e.length) for e in elements)
+        body += b"".join(
+            struct.pack("!HHI", 0x8000 | e.id, e.length, params.enterprise)
+            if e.enterprise
+            else struct.pack("!HH", e.id, e.length)
+            for e in elements
+        )
     template_set = struct.pack("!HH", TEMPLATE_SET_ID, SET_HEADER_LENGTH + len(body)) + body
     length = HEADER_LENGTH + len(template_set)
     return _header(length, export_time, sequence, params.domain_id) + template_set
@@ -344,8 +406,26 @@ def _reference_record(
     if params.exporter_ip:
         address = ipaddress.ip_address(params.exporter_ip)
         out += address.packed
-    name = names.get(if_index, "")
-    raw = name.encode("utf-8", "replace")[:0xFFFF] if name and if_index <= 0xFFFF_FFFF else b""
+    if params.enterprise:
+        dns_name = bytes(row["dns_name"]).split(b"\0", 1)[0][:DNS_NAME_LEN]
+        out += struct.pack(
+            "!BHQQHBIQHHQB",
+            int(row["features"]),
+            int(row["flags"]),
+            int(row["drop_bytes"]),
+            int(row["drop_packets"]),
+            int(row["drop_flags"]),
+            int(row["drop_state"]),
+            int(row["drop_cause"]),
+            int(row["rtt_ns"]),
+            int(row["dns_id"]),
+            int(row["dns_flags"]),
+            int(row["dns_latency_ns"]),
+            int(row["dns_errno"]),
+        )
+        out += bytes([len(dns_name)]) + dns_name
+    name = names.get(int(key["netns"]) << 32 | if_index, "")
+    raw = name.encode("utf-8", "replace")[:0xFFFF] if name else b""
     out += bytes([len(raw)]) if len(raw) < 255 else b"\xff" + struct.pack("!H", len(raw))
     return v4, out + raw
 

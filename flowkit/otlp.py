@@ -238,7 +238,7 @@ def _flow_attributes(row: Any, names: Mapping[int, str]) -> list[tuple[str, str 
         ("network.type", "ipv4" if v4 else "ipv6"),
         ("network.io.direction", "receive" if int(key["direction"]) == 0 else "transmit"),
     ]
-    name = names.get(if_index, "")
+    name = names.get(int(key["netns"]) << 32 | if_index, "")
     if name:
         attrs.append(("network.interface.name", _clean_name(name)))
     attrs += [
@@ -312,7 +312,10 @@ def _metric_columns(batch: FlowBatch, attributes: Sequence[str]) -> list[np.ndar
             columns.append(v4.astype(np.uint8))
         elif name == "network.io.direction":
             columns.append(key["direction"])
-        elif name in ("network.interface.name", "flowkit.interface.index"):
+        elif name == "network.interface.name":  # names are keyed by netns << 32 | if_index
+            columns.append(key["if_index"].astype(np.uint64)
+                           | key["netns"].astype(np.uint64) << np.uint64(32))
+        elif name == "flowkit.interface.index":
             columns.append(key["if_index"])
         elif name == "flowkit.dscp":
             columns.append(array["dscp"])

@@ -53,6 +53,8 @@ _UDP_OVERHEAD = {4: 20 + 8, 6: 40 + 8}
 _HEADER_AND_SET = 16 + 4
 # Longest data record: IPv6 template, IPv6 exporter address, a 15-byte interface name.
 _MAX_RECORD = 108 + 16 + 1 + 15
+# ... plus flowkit's enterprise elements when IPFIX_ENTERPRISE_NUMBER is set (a 32-byte DNS name).
+_ENTERPRISE_RECORD = 47 + 1 + 32
 
 
 class IpfixSettings(BaseModel):
@@ -78,6 +80,13 @@ class IpfixSettings(BaseModel):
     )
     ipfix_observation_domain_id: int = Field(
         default=0, ge=0, le=2**32 - 1, description="Observation domain id of every message."
+    )
+    ipfix_enterprise_number: int = Field(
+        default=0,
+        ge=0,
+        le=2**32 - 1,
+        description="IANA Private Enterprise Number under which flowkit's own elements (drops, "
+        "RTT, DNS, NetObserv TCP flags) are sent; 0: they are not sent.",
     )
     ipfix_mtu: int = Field(
         default=1500,
@@ -143,19 +152,20 @@ class IpfixSettings(BaseModel):
     @model_validator(mode="after")
     def _check(self) -> IpfixSettings:
         overhead = _UDP_OVERHEAD[self._family_guess()]
-        need = overhead + _HEADER_AND_SET + _MAX_RECORD
+        record = _MAX_RECORD + (_ENTERPRISE_RECORD if self.ipfix_enterprise_number else 0)
+        need = overhead + _HEADER_AND_SET + record
         if self.ipfix_transport == "udp" and self.ipfix_mtu < need:
             raise ValueError(
                 f"IPFIX_MTU={self.ipfix_mtu} is too small for one IPFIX record: at least {need} "
                 f"bytes are needed ({overhead} of IP/UDP headers, {_HEADER_AND_SET} of IPFIX "
-                "headers, a record of up to " + str(_MAX_RECORD) + ")"
+                f"headers, a record of up to {record})"
             )
         if self.ipfix_mtu - overhead > 65535 and self.ipfix_transport == "udp":
             raise ValueError(f"IPFIX_MTU={self.ipfix_mtu}: an IPFIX message is at most 65535 bytes")
-        if self.ipfix_tcp_max_message < _HEADER_AND_SET + _MAX_RECORD:
+        if self.ipfix_tcp_max_message < _HEADER_AND_SET + record:
             raise ValueError(
                 f"IPFIX_TCP_MAX_MESSAGE={self.ipfix_tcp_max_message} is too small for one IPFIX "
-                f"record: at least {_HEADER_AND_SET + _MAX_RECORD} bytes are needed"
+                f"record: at least {_HEADER_AND_SET + record} bytes are needed"
             )
         if self.ipfix_retry_max_backoff < self.ipfix_retry_initial_backoff:
             raise ValueError(
@@ -215,6 +225,7 @@ def _params(settings: IpfixSettings, agent_ip: str | None, max_message: int) -> 
         domain_id=settings.ipfix_observation_domain_id,
         max_message=max_message,
         exporter_ip=exporter,
+        enterprise=settings.ipfix_enterprise_number,
     )
 
 

@@ -24,16 +24,18 @@ struct fk_ipfix_params {
     uint8_t exporter_kind;  /* 0: no exporter address, 4: exporterIPv4Address, 6: IPv6 */
     uint8_t pad;
     uint8_t exporter_ip[16]; /* IPv4 in the last four bytes when exporter_kind is 4 */
+    uint32_t enterprise;     /* PEN of flowkit's enterprise elements; 0: not sent */
 };
 
-/* Same layout as fk_encoder_new's name arguments. NULL with *err on failure. */
-struct fk_ipfix_names *fk_ipfix_names_new(const uint32_t *if_indexes, const uint64_t *name_offsets,
+/* Interface names by key (netns << 32 | if_index, flowkit.model's interface key): name i is
+ * names[name_offsets[i] .. name_offsets[i + 1]). NULL with *err on failure. */
+struct fk_ipfix_names *fk_ipfix_names_new(const uint64_t *keys, const uint64_t *name_offsets,
                                           const uint8_t *names, uint32_t n_names, int *err);
 void fk_ipfix_names_free(struct fk_ipfix_names *names);
 
-/* The UTF-8 name of if_index (*name points into the table) and its length; 0 when unknown.
- * `hint` (initialised to NULL by the caller) speeds up runs of one interface. */
-uint32_t fk_ipfix_name_of(const struct fk_ipfix_names *names, uint32_t if_index,
+/* The UTF-8 name of the interface of flow key k (*name points into the table) and its length;
+ * 0 when unknown. `hint` (initialised to NULL by the caller) speeds up runs of one interface. */
+uint32_t fk_ipfix_name_of(const struct fk_ipfix_names *names, const struct fk_flow_key *k,
                           const void **hint, const uint8_t **name);
 uint32_t fk_ipfix_names_max(const struct fk_ipfix_names *names);
 

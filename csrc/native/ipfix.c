@@ -79,16 +79,38 @@ static const struct fk_ipfix_field fk_ipfix_v6[] = {
 
 #define FK_IPFIX_N_FIELDS (sizeof(fk_ipfix_v4) / sizeof(fk_ipfix_v4[0]))
 
+/* flowkit's enterprise-specific elements, sent under p->enterprise when it is not 0 (between the
+ * exporter address and interfaceName); flowkit/ipfix.py ENTERPRISE_ELEMENTS has their names. */
+static const struct fk_ipfix_field fk_ipfix_ent[] = {
+    {1, 1},      /* flowkitFeatures */
+    {2, 2},      /* flowkitTcpFlags */
+    {10, 8},     /* pktDropBytes */
+    {11, 8},     /* pktDropPackets */
+    {12, 2},     /* pktDropLatestFlags */
+    {13, 1},     /* pktDropLatestState */
+    {14, 4},     /* pktDropLatestDropCause */
+    {20, 8},     /* flowRttNanoseconds */
+    {30, 2},     /* dnsId */
+    {31, 2},     /* dnsFlags */
+    {32, 8},     /* dnsLatencyNanoseconds */
+    {33, 1},     /* dnsErrno */
+    {34, 0xFFFF}, /* dnsName */
+};
+
+#define FK_IPFIX_N_ENT (sizeof(fk_ipfix_ent) / sizeof(fk_ipfix_ent[0]))
+#define FK_IPFIX_ENT_FIXED 47 /* the enterprise elements but dnsName */
+
 static const uint8_t fk_ipfix_mapped[12] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff};
 
 struct fk_ipfix_name {
-    uint32_t if_index;
+    uint64_t key; /* netns << 32 | if_index, as flowkit.model keys interface names */
     uint32_t len;
+    uint32_t pad;
     uint64_t off;
 };
 
 struct fk_ipfix_names {
-    struct fk_ipfix_name *entries; /* sorted by if_index */
+    struct fk_ipfix_name *entries; /* sorted by key */
     uint32_t n;
     uint32_t max_len;
     uint8_t *blob;
@@ -105,16 +127,16 @@ void fk_ipfix_names_free(struct fk_ipfix_names *names)
 
 static int fk_ipfix_name_cmp(const void *a, const void *b)
 {
-    uint32_t x = ((const struct fk_ipfix_name *)a)->if_index;
-    uint32_t y = ((const struct fk_ipfix_name *)b)->if_index;
+    uint64_t x = ((const struct fk_ipfix_name *)a)->key;
+    uint64_t y = ((const struct fk_ipfix_name *)b)->key;
     return (x > y) - (x < y);
 }
 
-struct fk_ipfix_names *fk_ipfix_names_new(const uint32_t *if_indexes, const uint64_t *name_offsets,
+struct fk_ipfix_names *fk_ipfix_names_new(const uint64_t *keys, const uint64_t *name_offsets,
                                           const uint8_t *names, uint32_t n_names, int *err)
 {
     *err = 0;
-    if (n_names && (!name_offsets || !if_indexes)) {
+    if (n_names && (!name_offsets || !keys)) {
         *err = -EINVAL;
         return NULL;
     }
@@ -134,7 +156,7 @@ struct fk_ipfix_names *fk_ipfix_names_new(const uint32_t *if_indexes, const uint
             return NULL;
         }
         struct fk_ipfix_name *e = &t->entries[i];
-        e->if_index = if_indexes[i];
+        e->key = keys[i];
         e->off = start - name_offsets[0];
         e->len = (uint32_t)(end - start);
         memcpy(t->blob + e->off, names + start, e->len);
@@ -150,21 +172,26 @@ nomem:
     return NULL;
 }
 
+static inline uint64_t fk_ipfix_name_key(const struct fk_flow_key *k)
+{
+    return ((uint64_t)k->netns << 32) | k->if_index;
+}
+
 static inline const struct fk_ipfix_name *fk_ipfix_lookup(const struct fk_ipfix_names *t,
-                                                          uint32_t if_index,
+                                                          uint64_t key,
                                                           const struct fk_ipfix_name **hint)
 {
-    if (*hint && (*hint)->if_index == if_index)
+    if (*hint && (*hint)->key == key)
         return *hint;
     uint32_t lo = 0, hi = t->n;
     while (lo < hi) {
         uint32_t mid = lo + (hi - lo) / 2;
-        uint32_t v = t->entries[mid].if_index;
-        if (v == if_index) {
+        uint64_t v = t->entries[mid].key;
+        if (v == key) {
             *hint = &t->entries[mid];
             return *hint;
         }
-        if (v < if_index)
+        if (v < key)
             lo = mid + 1;
         else
             hi = mid;
@@ -172,11 +199,11 @@ static inline const struct fk_ipfix_name *fk_ipfix_lookup(const struct fk_ipfix_
     return NULL;
 }
 
-uint32_t fk_ipfix_name_of(const struct fk_ipfix_names *t, uint32_t if_index, const void **hint,
-                          const uint8_t **name)
+uint32_t fk_ipfix_name_of(const struct fk_ipfix_names *t, const struct fk_flow_key *k,
+                          const void **hint, const uint8_t **name)
 {
     const struct fk_ipfix_name *e =
-        fk_ipfix_lookup(t, if_index, (const struct fk_ipfix_name **)hint);
+        fk_ipfix_lookup(t, fk_ipfix_name_key(k), (const struct fk_ipfix_name **)hint);
     if (!e || !e->len) {
         *name = NULL;
         return 0;
@@ -223,9 +250,23 @@ static inline uint32_t fk_ipfix_varlen(uint32_t len)
     return len < 255 ? 1 + len : 3 + len;
 }
 
+static inline uint32_t fk_ipfix_ent_max(const struct fk_ipfix_params *p)
+{
+    return p->enterprise ? FK_IPFIX_ENT_FIXED + 1 + FK_DNS_NAME_LEN : 0;
+}
+
 uint32_t fk_ipfix_record_max(const struct fk_ipfix_names *names, const struct fk_ipfix_params *p)
 {
-    return FK_IPFIX_FIXED_V6 + fk_ipfix_exporter_len(p) + fk_ipfix_varlen(names->max_len);
+    return FK_IPFIX_FIXED_V6 + fk_ipfix_exporter_len(p) + fk_ipfix_ent_max(p) +
+           fk_ipfix_varlen(names->max_len);
+}
+
+static inline uint32_t fk_ipfix_dns_name_len(const struct fk_flow_out *f)
+{
+    uint32_t n = 0;
+    while (n < FK_DNS_NAME_LEN && f->dns_name[n])
+        n++;
+    return n;
 }
 
 uint64_t fk_ipfix_bound(const struct fk_ipfix_names *names, const struct fk_ipfix_params *p,
@@ -294,7 +335,25 @@ static uint8_t *fk_ipfix_record(const struct fk_ipfix_names *t, const struct fk_
         memcpy(p, prm->exporter_ip, 16);
         p += 16;
     }
-    const struct fk_ipfix_name *name = fk_ipfix_lookup(t, k->if_index, hint);
+    if (prm->enterprise) {
+        *p++ = f->features;
+        p = fk_be16(p, f->flags);
+        p = fk_be64(p, f->drop_bytes);
+        p = fk_be64(p, f->drop_packets);
+        p = fk_be16(p, f->drop_flags);
+        *p++ = f->drop_state;
+        p = fk_be32(p, f->drop_cause);
+        p = fk_be64(p, f->rtt_ns);
+        p = fk_be16(p, f->dns_id);
+        p = fk_be16(p, f->dns_flags);
+        p = fk_be64(p, f->dns_latency_ns);
+        *p++ = f->dns_errno;
+        uint32_t dns_len = fk_ipfix_dns_name_len(f);
+        *p++ = (uint8_t)dns_len;
+        memcpy(p, f->dns_name, dns_len);
+        p += dns_len;
+    }
+    const struct fk_ipfix_name *name = fk_ipfix_lookup(t, fk_ipfix_name_key(k), hint);
     uint32_t len = name ? name->len : 0;
     if (len < 255) {
         *p++ = (uint8_t)len;
@@ -314,8 +373,9 @@ static inline uint32_t fk_ipfix_record_len(const struct fk_ipfix_names *t,
                                            const struct fk_flow_out *f, int v4,
                                            const struct fk_ipfix_name **hint)
 {
-    const struct fk_ipfix_name *name = fk_ipfix_lookup(t, f->key.if_index, hint);
-    return (v4 ? FK_IPFIX_FIXED_V4 : FK_IPFIX_FIXED_V6) + fk_ipfix_exporter_len(prm) +
+    const struct fk_ipfix_name *name = fk_ipfix_lookup(t, fk_ipfix_name_key(&f->key), hint);
+    uint32_t ent = prm->enterprise ? FK_IPFIX_ENT_FIXED + 1 + fk_ipfix_dns_name_len(f) : 0;
+    return (v4 ? FK_IPFIX_FIXED_V4 : FK_IPFIX_FIXED_V6) + fk_ipfix_exporter_len(prm) + ent +
            fk_ipfix_varlen(name ? name->len : 0);
 }
 
@@ -379,7 +439,7 @@ int64_t fk_ipfix_encode(const struct fk_ipfix_names *t, const struct fk_flow_out
 static uint8_t *fk_ipfix_template(uint8_t *p, const struct fk_ipfix_params *prm, uint16_t id,
                                   const struct fk_ipfix_field *fields, int v4)
 {
-    uint32_t extra = prm->exporter_kind ? 1 : 0;
+    uint32_t extra = (prm->exporter_kind ? 1 : 0) + (prm->enterprise ? FK_IPFIX_N_ENT : 0);
     p = fk_be16(p, id);
     p = fk_be16(p, (uint32_t)(FK_IPFIX_N_FIELDS + extra + 1));
     for (size_t i = 0; i < FK_IPFIX_N_FIELDS; i++) {
@@ -394,6 +454,13 @@ static uint8_t *fk_ipfix_template(uint8_t *p, const struct fk_ipfix_params *prm,
         p = fk_be16(p, 131); /* exporterIPv6Address */
         p = fk_be16(p, 16);
     }
+    if (prm->enterprise) {
+        for (size_t i = 0; i < FK_IPFIX_N_ENT; i++) {
+            p = fk_be16(p, 0x8000u | fk_ipfix_ent[i].id); /* enterprise bit */
+            p = fk_be16(p, fk_ipfix_ent[i].length);
+            p = fk_be32(p, prm->enterprise);
+        }
+    }
     p = fk_be16(p, 82); /* interfaceName */
     return fk_be16(p, FK_IPFIX_VARLEN);
 }
@@ -401,7 +468,8 @@ static uint8_t *fk_ipfix_template(uint8_t *p, const struct fk_ipfix_params *prm,
 int64_t fk_ipfix_template_message(const struct fk_ipfix_params *prm, uint8_t *out,
                                   uint64_t capacity)
 {
-    uint64_t need = FK_IPFIX_HEADER + FK_IPFIX_SET_HEADER + 2 * (4 + 4 * (FK_IPFIX_N_FIELDS + 2));
+    uint64_t need = FK_IPFIX_HEADER + FK_IPFIX_SET_HEADER +
+                    2 * (4 + 4 * (FK_IPFIX_N_FIELDS + 2) + 8 * FK_IPFIX_N_ENT);
     if (capacity < need)
         return -ENOSPC;
     uint8_t *p = fk_ipfix_header(out, prm, prm->sequence);

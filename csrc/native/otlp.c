@@ -130,7 +130,7 @@ static uint8_t *fk_otlp_record(const struct fk_ipfix_names *t, const struct fk_f
     p = k->direction == FK_DIRECTION_INGRESS ? FK_LIT(p, "network.io.direction", "receive")
                                              : FK_LIT(p, "network.io.direction", "transmit");
     const uint8_t *name;
-    len = fk_ipfix_name_of(t, k->if_index, hint, &name);
+    len = fk_ipfix_name_of(t, k, hint, &name);
     if (len)
         p = FK_STR(p, "network.interface.name", name, len);
     p = FK_INT(p, "flowkit.flow.bytes", f->bytes);

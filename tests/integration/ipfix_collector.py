@@ -8,7 +8,9 @@ Modes (run inside the namespace of the agent; both print ``{"ready": true}`` fir
 - ``decode-udp``: read hex-encoded UDP payloads (one message per line) on stdin and print
   their records the same way (``conn`` is 0).
 
-Element values are made JSON-friendly: addresses as text, MACs as ``aa:bb:..``, times as unix
+With ``FK_IPFIX_PEN`` set, flowkit's enterprise elements under that PEN are known to the decoder
+(``flowkit.ipfix.enterprise_iespecs``); otherwise it skips them. Element values are made
+JSON-friendly: addresses as text, MACs as ``aa:bb:..``, times as unix
 milliseconds, everything else as the decoder returns it.
 """
 
@@ -18,6 +20,7 @@ import calendar
 import datetime
 import ipaddress
 import json
+import os
 import socket
 import sys
 from typing import Any
@@ -76,6 +79,11 @@ def decode_udp() -> None:
 
 def main(argv: list[str]) -> None:
     ipfix.ie.use_iana_default()
+    if os.environ.get("FK_IPFIX_PEN"):  # a collector that knows flowkit's enterprise elements
+        from flowkit.ipfix import enterprise_iespecs
+
+        for spec in enterprise_iespecs(int(os.environ["FK_IPFIX_PEN"])):
+            ipfix.ie.for_spec(spec)
     if argv[0] == "tcp":
         serve_tcp(int(argv[1]))
     elif argv[0] == "decode-udp":

@@ -39,6 +39,10 @@ def closed_port(kind: socket.SocketKind) -> int:
          "invalid settings?: .*IPFIX_TCP_MAX_MESSAGE=100 is too small"),
         ({"EXPORT": "ipfix+udp", "IPFIX_OBSERVATION_DOMAIN_ID": "4294967296"},
          "invalid setting IPFIX_OBSERVATION_DOMAIN_ID='4294967296'"),
+        ({"EXPORT": "ipfix+udp", "IPFIX_ENTERPRISE_NUMBER": "4294967296"},
+         "invalid setting IPFIX_ENTERPRISE_NUMBER='4294967296'"),
+        ({"EXPORT": "ipfix+udp", "IPFIX_ENTERPRISE_NUMBER": "32473", "IPFIX_MTU": "230"},
+         "invalid settings?: .*IPFIX_MTU=230 is too small"),
         ({"EXPORT": "ipfix+udp", "TARGET_HOST": ""}, "invalid setting TARGET_HOST"),
         ({"EXPORT": "ipfix+tcp", "TARGET_PORT": ""}, "missing setting TARGET_PORT|invalid setting "
          "TARGET_PORT"),

@@ -43,6 +43,7 @@ HERE = Path(__file__).parent
 TRAFFIC = str(HERE / "traffic.py")
 COLLECTOR = str(HERE / "ipfix_collector.py")
 DSCP_EF = 46
+PEN = 32473  # RFC 5612's documentation PEN: the UDP run sends flowkit's enterprise elements
 
 Key = tuple[Any, ...]
 
@@ -280,7 +281,8 @@ def udp_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]
         try:
             env = agent_env(EXPORT="stdout,ipfix+udp", TARGET_PORT=str(port),
                             INTERFACES=right.ifname, SAMPLING="2", AGENT_IP="198.18.0.254",
-                            IPFIX_OBSERVATION_DOMAIN_ID="77", IPFIX_MTU="576")
+                            IPFIX_OBSERVATION_DOMAIN_ID="77", IPFIX_MTU="576",
+                            IPFIX_ENTERPRISE_NUMBER=str(PEN))
             with AgentRun(right.ns, env) as agent:
                 agent.wait_traced(right.ifname)
                 send_traffic(pair)
@@ -322,11 +324,19 @@ def test_udp_pypi_decoder_reads_every_flow_and_rfc_sequence_numbers(
     payloads = sh("tshark", "-r", str(udp_run["pcap"]), "-T", "fields", "-e", "udp.payload",
                   timeout=60).stdout.split()
     decoder = subprocess.run([sys.executable, COLLECTOR, "decode-udp"], input="\n".join(payloads),
-                             capture_output=True, text=True, timeout=60, check=True)
+                             capture_output=True, text=True, timeout=60, check=True,
+                             env={**os.environ, "FK_IPFIX_PEN": str(PEN)})
     records = [json.loads(line) for line in decoder.stdout.splitlines()[1:]]
     got = [from_pypi(r) for r in records]
     assert collections.Counter(got) == collections.Counter(from_stdout(f)
                                                            for f in udp_run["stdout"])
+    # A collector that knows flowkit's enterprise elements decodes them: NetObserv's full TCP
+    # flags (0x100 SYN+ACK, ...), no feature data in this run.
+    with_flags = [(from_pypi(r), r["flowkitTcpFlags"], r["flowkitFeatures"], r["dnsName"])
+                  for r in records]
+    assert collections.Counter(with_flags) == collections.Counter(
+        (from_stdout(f), f["Flags"], 0, "") for f in udp_run["stdout"])
+    assert any(f["Proto"] == 6 and f["Flags"] for f in udp_run["stdout"])
     # RFC 7011: a message's sequence number counts the data records sent before it (template
     # messages carry the current count).
     counts = collections.Counter(r["seq"] for r in records)

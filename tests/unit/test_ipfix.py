@@ -54,9 +54,15 @@ def rows(draw: st.DrawFn) -> tuple[Any, ...]:
     key["dst_port"] = draw(_uint(U16))
     key["icmp_type"] = draw(_uint(U8))
     key["icmp_code"] = draw(_uint(U8))
+    key["netns"] = draw(st.sampled_from([0, 0, 1, U16]))
     for name, bound in (("packets", U64), ("bytes", U64), ("start_ns", U64), ("end_ns", U64),
-                        ("flags", U16), ("dscp", U8), ("sampling", U32)):
+                        ("flags", U16), ("dscp", U8), ("sampling", U32), ("features", 7),
+                        ("drop_bytes", U64), ("drop_packets", U64), ("drop_flags", U16),
+                        ("drop_state", U8), ("drop_cause", U32), ("rtt_ns", U64),
+                        ("dns_id", U16), ("dns_flags", U16), ("dns_latency_ns", U64),
+                        ("dns_errno", U8)):
         row[name] = draw(_uint(bound))
+    row["dns_name"] = draw(st.sampled_from([b"", b"example.org", b"x" * 32, b"a.b"]))
     return row.item()  # type: ignore[no-any-return]
 
 
@@ -68,7 +74,10 @@ names = st.text(alphabet=st.characters(exclude_categories=["Cs"]), max_size=20) 
 @st.composite
 def batches(draw: st.DrawFn) -> FlowBatch:
     array = np.array(draw(st.lists(rows(), max_size=40)), dtype=FLOW_DTYPE)
-    interfaces = draw(st.dictionaries(st.integers(0, 6) | st.just(U32), names, max_size=5))
+    keys = st.integers(0, 6) | st.just(U32) | st.builds(
+        lambda netns, index: netns << 32 | index, st.sampled_from([1, U16]), st.integers(0, 6)
+    )
+    interfaces = draw(st.dictionaries(keys, names, max_size=5))
     return FlowBatch(array, interfaces, None)
 
 
@@ -78,6 +87,7 @@ params = st.builds(
     max_message=st.sampled_from([200, 512, 1472, 1500, 65535]) | st.integers(160, 65535),
     template_base=st.sampled_from([256, 1000, 65534]),
     exporter_ip=st.sampled_from([None, "198.18.0.254", "fd00::fe", "0.0.0.0"]),
+    enterprise=st.sampled_from([0, 0, 1, 32473, U32]),
 )
 
 
@@ -199,3 +209,28 @@ def test_bad_parameters_are_refused() -> None:
         IpfixParams(domain_id=2**32)
     with pytest.raises(ValueError, match="message size"):
         IpfixParams(max_message=70000)
+
+
+def test_enterprise_elements_carry_the_feature_data_under_the_pen() -> None:
+    flow = make_flow(interface="eth0")
+    batch = FlowBatch.from_flows([flow])
+    row = batch.array[0]
+    row["features"] = 0x07
+    row["drop_bytes"], row["drop_packets"], row["drop_cause"] = 1500, 2, 77
+    row["rtt_ns"] = 123_456
+    row["dns_id"], row["dns_flags"], row["dns_latency_ns"] = 0x1234, 0x8183, 5_000_000
+    row["dns_name"] = b"example.org"
+    p = IpfixParams(enterprise=32473)
+    template = ipfix.reference_template_message(p, export_time=0, sequence=0)
+    assert struct.pack("!HHI", 0x8000 | 34, 0xFFFF, 32473) in template
+    assert struct.pack("!HHI", 0x8000 | 20, 8, 32473) in template
+    (message,) = ipfix.reference_messages(batch, p, export_time=0, sequence=0)
+    record = _parse(message.data)[1][0][1]
+    ent = record[84:]
+    assert ent[0] == 0x07
+    assert struct.unpack("!QQ", ent[3:19]) == (1500, 2)
+    assert struct.unpack("!Q", ent[26:34]) == (123_456,)
+    assert struct.unpack("!HHQ", ent[34:46]) == (0x1234, 0x8183, 5_000_000)
+    assert ent[47:59] == b"\x0bexample.org"
+    assert ent[59:] == b"\x04eth0"
+    assert ipfix.encode_messages(batch, p, export_time=0, sequence=0) == [message]

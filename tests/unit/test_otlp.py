@@ -48,6 +48,7 @@ def rows(draw: st.DrawFn) -> tuple[Any, ...]:
     key["dst_port"] = draw(_uint(U16))
     key["icmp_type"] = draw(_uint(U8))
     key["icmp_code"] = draw(_uint(U8))
+    key["netns"] = draw(st.sampled_from([0, 0, 1, U16]))
     for name, bound in (("packets", I63), ("bytes", I63), ("start_ns", I63), ("end_ns", I63),
                         ("flags", U16), ("dscp", U8), ("sampling", U32)):
         row[name] = draw(_uint(bound))
@@ -60,7 +61,10 @@ names = st.text(max_size=20) | st.sampled_from(["", "eth0", "e" * 200])
 @st.composite
 def batches(draw: st.DrawFn) -> FlowBatch:
     array = np.array(draw(st.lists(rows(), max_size=20)), dtype=FLOW_DTYPE)
-    interfaces = draw(st.dictionaries(st.integers(0, 6) | st.just(U32), names, max_size=5))
+    keys = st.integers(0, 6) | st.just(U32) | st.builds(
+        lambda netns, index: netns << 32 | index, st.sampled_from([1, U16]), st.integers(0, 6)
+    )
+    interfaces = draw(st.dictionaries(keys, names, max_size=5))
     return FlowBatch(array, interfaces, None)
 
 
