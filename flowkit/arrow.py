@@ -299,3 +299,34 @@ def from_arrow(data: Any) -> FlowBatch:
         if len(valid):
             agent = str(valid[0].as_py())
     return FlowBatch(out, names, agent)
+
+
+def ip_strings(addresses: Any) -> pa.Array:
+    """Format a ``src_ip`` / ``dst_ip`` column (16-byte addresses) as strings: IPv4 dotted
+    (``198.18.0.1``), IPv6 compressed (``fd00::1``). For display; filter and sort on the bytes.
+
+    Accepts a pyarrow array or chunked array, or a polars Series.
+    """
+    from flowkit.model import ip_from_16
+
+    pa = require_pyarrow("flowkit.arrow.ip_strings()")
+    if hasattr(addresses, "to_arrow") and not isinstance(addresses, pa.ChunkedArray):
+        addresses = addresses.to_arrow()  # polars
+    cache: dict[bytes, str] = {}
+    out = []
+    for raw in addresses.to_pylist():
+        if raw is None:
+            out.append(None)
+            continue
+        text = cache.get(raw)
+        if text is None:
+            text = cache[raw] = str(ip_from_16(raw))
+        out.append(text)
+    return pa.array(out, pa.string())
+
+
+def ip_bytes(address: str) -> bytes:
+    """The 16-byte form of an address as stored in ``src_ip`` / ``dst_ip`` (for filters)."""
+    from flowkit.model import ip_to_16
+
+    return ip_to_16(address)

@@ -159,3 +159,25 @@ def test_missing_pyarrow_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> Non
     with pytest.raises(ArrowMissingError, match=r"pip install 'flowkit-ebpf\[arrow\]'"):
         batch.to_arrow()
     assert len(batch.to_dicts()) == 3  # the core keeps working
+
+
+def test_docs_schema_table_matches_the_schema() -> None:
+    import re
+    from pathlib import Path
+
+    from flowkit.arrow import flow_schema
+
+    text = (Path(__file__).resolve().parents[2] / "docs" / "python.md").read_text()
+    table = text.split("<!-- schema -->", 1)[1].split("\n\n", 1)[0]
+    documented: dict[str, str] = {}
+    for line in table.splitlines()[2:]:
+        names, arrow_type = line.split("|")[1:3]
+        for name in re.findall(r"`(\w+)`", names):
+            documented[name] = arrow_type.strip()
+
+    def spelled(t: object) -> str:
+        if isinstance(t, pa.DictionaryType):
+            return f"dictionary<{t.index_type}, {t.value_type}>"
+        return str(t)
+
+    assert documented == {f.name: spelled(f.type) for f in flow_schema()}
