@@ -150,7 +150,8 @@ class EbpfTracer:
         for name in MAP_FLOWS:
             spec.maps[name].max_entries = self.cache_max_flows
         spec.maps[MAP_EVENTS].max_entries = self.settings.ebpf_ringbuf_size
-        collection = spec.load()
+        # The object also holds the replay programs (flowkit_replay_*): not needed here.
+        collection = spec.load(programs=[PROGRAM_INGRESS, PROGRAM_EGRESS])
         try:
             ingress = collection.programs[PROGRAM_INGRESS].fd
             egress = collection.programs[PROGRAM_EGRESS].fd

@@ -1,14 +1,15 @@
 """The ``replay`` tracer: every frame of a pcap/pcapng capture through flowkit's eBPF program.
 
 ``flowkit-agent replay FILE`` and :func:`flowkit.replay` select it (``TRACER=replay
-REPLAY_FILE=...`` works too). It loads the same object as the ``ebpf`` tracer with the
-``replay`` constant set in ``.rodata``, attaches nothing, and runs each frame through
-``flowkit_ingress`` or ``flowkit_egress`` with BPF_PROG_TEST_RUN. The program then takes three
-things from ``skb->cb[]`` (set through the test run's ``struct __sk_buff`` context) instead of
-the live packet: the interface index, the byte count (the frame's original length, so frames
+REPLAY_FILE=...`` works too). It loads the replay programs of the object the ``ebpf``
+tracer uses, ``flowkit_replay_ingress`` / ``flowkit_replay_egress`` (the code of
+``flowkit_ingress`` / ``flowkit_egress`` compiled with replay on), attaches nothing, and runs
+each frame through one of them with BPF_PROG_TEST_RUN. They take three things from
+``skb->cb[]`` (set through the test run's ``struct __sk_buff`` context) instead of the live
+packet: the interface index, the byte count (the frame's original length, so frames
 truncated by the capture's snapshot length, or cut to fit BPF_PROG_TEST_RUN's one-page limit,
-count what the wire carried) and the time (the capture timestamp, unix ns). Live programs are
-loaded with ``replay = 0`` and the verifier removes those branches: live cost is unchanged.
+count what the wire carried) and the time (the capture timestamp, unix ns). The live programs
+are compiled from the same function with replay off: their code is what it was without replay.
 
 The flows go through the configured accounter (the native one drains the same maps) and
 exporters. When the file is done the tracer asks the agent to stop, which evicts the last flows.
@@ -51,6 +52,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+# The object's replay twins of flowkit_ingress / flowkit_egress (indexed by direction).
+REPLAY_PROGRAMS = ("flowkit_replay_ingress", "flowkit_replay_egress")
 # BPF_PROG_TEST_RUN copies the frame into one page with headroom and the shared info: 3 KiB
 # always fits, and holds every header the program reads.
 MAX_TEST_RUN_BYTES = 3072
@@ -134,11 +137,10 @@ class ReplayTracer:
         self._check_header()
         spec = CollectionSpec.from_file(default_object_path())
         spec.variables["sampling"].set(self.sampling if self.sampling > 1 else 0)
-        spec.variables["replay"].set(1)
         for name in MAP_FLOWS:
             spec.maps[name].max_entries = self.cache_max_flows
         spec.maps[MAP_EVENTS].max_entries = self.ringbuf_size
-        collection = spec.load()
+        collection = spec.load(programs=list(REPLAY_PROGRAMS))
         maps = collection.maps
         self._kernel_maps = KernelMaps(
             selector_fd=maps[MAP_SELECTOR].fd,
@@ -244,8 +246,7 @@ class ReplayTracer:
         from flowkit.native import check, ffi, lib
 
         assert self._collection is not None
-        programs = (self._collection.programs["flowkit_ingress"].fd,
-                    self._collection.programs["flowkit_egress"].fd)
+        programs = tuple(self._collection.programs[name].fd for name in REPLAY_PROGRAMS)
         opts = ffi.new("struct bpf_test_run_opts *")
         size = ffi.sizeof("struct bpf_test_run_opts")
         try:

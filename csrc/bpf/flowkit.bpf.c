@@ -114,11 +114,6 @@ volatile const __u8 precise_timestamps = 0;
 /* DIRECTION: a program whose direction is switched off returns at once. */
 volatile const __u8 trace_ingress = 1;
 volatile const __u8 trace_egress = 1;
-/* 1 only for offline replay (flowkit_plugins/replay_tracer.py runs capture frames with
- * BPF_PROG_TEST_RUN): the interface index, the byte count and the time of a packet then come from
- * skb->cb[] (see FK_REPLAY_CB_*), set through the test run's context. Live programs are loaded
- * with 0 and the verifier drops the replay branches. */
-volatile const __u8 replay = 0;
 /* NETWORK_NAMESPACES: 1 writes the namespace of the packet's device into the key (`netns`: the
  * low 16 bits of its inode number, 0 for `host_netns_inum`, the agent's own namespace). 0: the
  * verifier removes that code and `netns` stays 0. */
@@ -466,7 +461,7 @@ static __always_inline __u32 replay_word(struct __sk_buff *skb, const int i)
 }
 
 /* The packet's time: the monotonic clock (precise or coarse), or the capture time in replay. */
-static __always_inline __u64 packet_time(struct __sk_buff *skb, int precise)
+static __always_inline __u64 packet_time(struct __sk_buff *skb, int precise, const int replay)
 {
     if (replay)
         return ((__u64)replay_word(skb, FK_REPLAY_CB_TIME_HI) << 32) |
@@ -504,7 +499,9 @@ static __always_inline void to_ringbuf(struct fk_parse *p, __u64 len, __u64 now)
     count(FK_COUNTER_RINGBUF_RECORDS);
 }
 
-static __always_inline int account(struct __sk_buff *skb, __u8 direction)
+/* `replay` is a compile-time constant: 0 in the live programs (whose code is then exactly what
+ * it is without replay), 1 in the flowkit_replay_* programs (see below). */
+static __always_inline int account(struct __sk_buff *skb, __u8 direction, const int replay)
 {
     if (sampling > 1 && bpf_get_prandom_u32() % sampling != 0) {
         count(FK_COUNTER_SAMPLED_OUT);
@@ -539,12 +536,12 @@ static __always_inline int account(struct __sk_buff *skb, __u8 direction)
     if (v) {
         /* A per-CPU slot starts zeroed when another CPU created the entry. */
         if (v->packets == 0) {
-            now = packet_time(skb, 1);
+            now = packet_time(skb, 1, replay);
             v->first_ns = now;
             v->sampling = sampling;
             set_macs(v, &p);
         } else {
-            now = packet_time(skb, precise_timestamps);
+            now = packet_time(skb, precise_timestamps, replay);
             /* The coarse clock lags the precise one by up to a tick. */
             if (now < v->first_ns)
                 now = v->first_ns;
@@ -557,7 +554,7 @@ static __always_inline int account(struct __sk_buff *skb, __u8 direction)
         return TC_ACT_UNSPEC;
     }
 
-    now = packet_time(skb, 1);
+    now = packet_time(skb, 1, replay);
     struct fk_flow_value fresh = {
         .packets = 1,
         .bytes = len,
@@ -585,7 +582,7 @@ int flowkit_ingress(struct __sk_buff *skb)
 {
     if (!trace_ingress)
         return TC_ACT_UNSPEC;
-    return account(skb, FK_DIRECTION_INGRESS);
+    return account(skb, FK_DIRECTION_INGRESS, 0);
 }
 
 SEC("tc")
@@ -593,7 +590,24 @@ int flowkit_egress(struct __sk_buff *skb)
 {
     if (!trace_egress)
         return TC_ACT_UNSPEC;
-    return account(skb, FK_DIRECTION_EGRESS);
+    return account(skb, FK_DIRECTION_EGRESS, 0);
+}
+
+/* Offline replay (flowkit_plugins/replay_tracer.py): frames of a capture file are run through
+ * these with BPF_PROG_TEST_RUN. Same code as the live programs, except that the interface index,
+ * the byte count (the frame's original length: the data may be cut to fit the test run's
+ * one-page limit) and the time (the capture timestamp) come from skb->cb[] (FK_REPLAY_CB_*),
+ * set through the test run's context. Never attached; the ebpf tracer does not load them. */
+SEC("tc")
+int flowkit_replay_ingress(struct __sk_buff *skb)
+{
+    return account(skb, FK_DIRECTION_INGRESS, 1);
+}
+
+SEC("tc")
+int flowkit_replay_egress(struct __sk_buff *skb)
+{
+    return account(skb, FK_DIRECTION_EGRESS, 1);
 }
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";

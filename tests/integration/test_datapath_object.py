@@ -21,7 +21,8 @@ ROOT = Path(__file__).resolve().parents[2]
 SOURCE = ROOT / "csrc" / "bpf" / "flowkit.bpf.c"
 OBJECT = ROOT / "flowkit" / "bpf" / "flowkit.bpf.o"
 
-PROGRAMS = {"flowkit_ingress", "flowkit_egress"}
+PROGRAMS = {"flowkit_ingress", "flowkit_egress",
+            "flowkit_replay_ingress", "flowkit_replay_egress"}  # replay: never attached
 MAPS = {
     "flows_a": "percpu_hash",
     "flows_b": "percpu_hash",
