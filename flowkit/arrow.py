@@ -313,7 +313,7 @@ def ip_strings(addresses: Any) -> pa.Array:
     if hasattr(addresses, "to_arrow") and not isinstance(addresses, pa.ChunkedArray):
         addresses = addresses.to_arrow()  # polars
     cache: dict[bytes, str] = {}
-    out = []
+    out: list[str | None] = []
     for raw in addresses.to_pylist():
         if raw is None:
             out.append(None)

@@ -60,7 +60,7 @@ def test_the_page_has_the_three_parts() -> None:
 def namespace() -> Iterator[Namespace]:
     base = unique("fkDoc")
     with Namespace.create(f"{base}L") as left_ns, Namespace.create(f"{base}R") as right_ns:
-        left, _right = add_veth(left_ns, right_ns, f"{base}l", "eth0")
+        _left, _right = add_veth(left_ns, right_ns, f"{base}l", "eth0")
         sink = right_ns.popen([sys.executable, TRAFFIC, "udp-sink", "5001", "90"],
                               stdout=subprocess.PIPE, text=True)
         sender = left_ns.popen([sys.executable, "-c", SENDER, "198.18.0.2", "90"])

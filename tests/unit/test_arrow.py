@@ -171,13 +171,18 @@ def test_docs_schema_table_matches_the_schema() -> None:
     table = text.split("<!-- schema -->", 1)[1].split("\n\n", 1)[0]
     documented: dict[str, str] = {}
     for line in table.splitlines()[2:]:
-        names, arrow_type = line.split("|")[1:3]
-        for name in re.findall(r"`(\w+)`", names):
-            documented[name] = arrow_type.strip()
+        names, arrow_types = line.split("|")[1:3]
+        found = re.findall(r"`(\w+)`", names)
+        types = [t.strip() for t in re.split(r",\s*(?![^<\[]*[>\]])", arrow_types)]
+        for name, arrow_type in zip(found, types * len(found) if len(types) == 1 else types,
+                                    strict=False):
+            documented[name] = arrow_type
 
     def spelled(t: object) -> str:
         if isinstance(t, pa.DictionaryType):
             return f"dictionary<{t.index_type}, {t.value_type}>"
+        if isinstance(t, pa.FixedSizeListType):
+            return f"fixed_size_list<{t.value_type}>[{t.list_size}]"
         return str(t)
 
     assert documented == {f.name: spelled(f.type) for f in flow_schema()}
