@@ -1,11 +1,11 @@
 """Benchmark of the disk spool (flowkit/spool.py): write, reopen (checking), replay.
 
 For each fsync policy, one fresh spool directory is filled with ``--mib`` MiB of records holding
-raw flow batches (the Kafka exporter's payload, ``encode_batch`` of ``--batch`` synthetic flows,
-104 bytes per flow), then closed, reopened (which checks every record's CRC: the cost of a
-restart) and replayed with peek / begin / ack until empty (the cost of a replay without the
-sink). One JSON object per policy and phase: records, flows and MiB per second of wall time and
-of CPU time. Run::
+raw flow batches (the Kafka and IPFIX exporters' payload: ``encode_batch`` of ``--batch``
+synthetic flows, ``FLOW_DTYPE.itemsize`` bytes per flow), then closed, reopened (which checks
+every record's CRC: the cost of a restart) and replayed with peek / begin / ack until empty
+(the cost of a replay without the sink). One JSON object per policy and phase: records, flows
+and MiB per second of wall time and of CPU time. Run::
 
     .venv/bin/python bench/bench_spool.py [--mib 512] [--batch 5000] [--dir /var/tmp]
 
