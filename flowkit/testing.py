@@ -7,7 +7,8 @@ Fixtures:
 - ``synthetic_batch``: a factory ``synthetic_batch(n_flows=8, packets=1)`` returning a
   :class:`~flowkit.model.FlowBatch` of deterministic flows (those of the ``synthetic`` tracer).
 
-Helpers: :func:`make_flow` builds one :class:`~flowkit.model.Flow` with sensible defaults.
+Helpers: :func:`make_flow` builds one :class:`~flowkit.model.Flow` with sensible defaults;
+:func:`check_exporter` is the exporter conformance kit (:mod:`flowkit.conformance`).
 """
 
 from __future__ import annotations
@@ -19,11 +20,12 @@ from typing import Any
 
 import pytest
 
+from flowkit.conformance import ConformanceError, check_exporter
 from flowkit.model import EGRESS, ETH_P_IP, IPPROTO_TCP, Flow, FlowBatch
 from flowkit.plugins import PluginManager
 from flowkit.synthetic import synthetic_flow_key
 
-__all__ = ["make_flow", "synthetic_flows"]
+__all__ = ["ConformanceError", "check_exporter", "make_flow", "synthetic_flows"]
 
 
 def make_flow(**overrides: Any) -> Flow:

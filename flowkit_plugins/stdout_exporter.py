@@ -63,6 +63,7 @@ class StdoutExporter:
 
     def shutdown(self, timeout: float) -> None:
         self.flush(timeout)
+        self._closed = True  # the contract: nothing is written after shutdown
 
 
 @hookimpl

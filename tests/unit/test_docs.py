@@ -153,3 +153,41 @@ def test_architecture_records_the_deviations_from_the_design() -> None:
     assert "## Deviations" in text
     for topic in ("settings", "FlowBatch"):
         assert topic in text.split("## Deviations", 1)[1]
+
+
+# -- the Flow record ---------------------------------------------------------------------------
+
+
+def _flow_table() -> dict[str, tuple[str, str]]:
+    text = (DOCS / "plugins.md").read_text()
+    match = re.search(r"<!-- flow-fields -->\n(.*?)<!-- /flow-fields -->", text, re.S)
+    assert match, "docs/plugins.md has no <!-- flow-fields --> table"
+    rows: dict[str, tuple[str, str]] = {}
+    for line in match.group(1).splitlines()[2:]:
+        cells = [c.strip() for c in re.split(r"(?<!\\)\|", line.strip().strip("|"))]
+        rows[cells[0].strip("`")] = (cells[1].strip("`").replace("\\|", "|"), cells[3])
+    return rows
+
+
+def test_every_flow_field_is_documented_with_its_type() -> None:
+    import dataclasses
+
+    from flowkit.model import Flow
+
+    documented = _flow_table()
+    fields = {f.name: str(f.type) for f in dataclasses.fields(Flow)}
+    assert list(documented) == list(fields), "docs/plugins.md Flow table: fields or order differ"
+    for name, annotation in fields.items():
+        assert documented[name][0] == annotation, name
+
+
+def test_the_documented_json_keys_are_those_flow_to_dict_writes() -> None:
+    from flowkit.model import FEATURE_DNS, FEATURE_DROPS, FEATURE_RTT
+    from flowkit.testing import make_flow
+
+    flow = make_flow(agent_ip="198.18.0.9", features=FEATURE_DROPS | FEATURE_RTT | FEATURE_DNS)
+    written = set(flow.to_dict())
+    documented = set()
+    for _, keys in _flow_table().values():
+        documented.update(re.findall(r"`([A-Za-z]+)`", keys))
+    assert documented == written
