@@ -185,7 +185,8 @@ def test_the_documented_json_keys_are_those_flow_to_dict_writes() -> None:
     from flowkit.model import FEATURE_DNS, FEATURE_DROPS, FEATURE_RTT
     from flowkit.testing import make_flow
 
-    flow = make_flow(agent_ip="198.18.0.9", features=FEATURE_DROPS | FEATURE_RTT | FEATURE_DNS)
+    flow = make_flow(agent_ip="198.18.0.9", features=FEATURE_DROPS | FEATURE_RTT | FEATURE_DNS,
+                     interfaces=("eth0", "eth1"), if_directions=(0, 1))
     written = set(flow.to_dict())
     documented = set()
     for _, keys in _flow_table().values():
