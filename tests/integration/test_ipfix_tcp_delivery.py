@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import socket
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +57,13 @@ class Collector:
                 except Exception:  # EOF or reset
                     pass
 
+    def wait_records(self, count: int, timeout: float = 20) -> list[dict[str, Any]]:
+        """The records once ``count`` arrived (the collector reads on its own thread)."""
+        deadline = time.monotonic() + timeout
+        while len(self.records) < count and time.monotonic() < deadline:
+            time.sleep(0.02)
+        return self.records
+
     def close(self) -> None:
         self.server.close()
 
@@ -92,7 +100,7 @@ def test_spool_keeps_flows_across_an_outage_and_a_restart(tmp_path: Path) -> Non
         up = exporter(port, second, ipfix_spool_dir=spool)
         assert up.flush(20)
         up.shutdown(1)
-        assert len(collector.records) == 40
+        assert len(collector.wait_records(40)) == 40
         assert sent(second) == 40
         assert [r["sourceTransportPort"] for r in collector.records[:8]] == \
             [r["sourceTransportPort"] for r in collector.records[8:16]]
@@ -119,9 +127,9 @@ def test_a_connection_lost_mid_batch_resends_only_the_unwritten_records() -> Non
         ipfix_exporter.export(synthetic_flows(n_flows=60))
         assert ipfix_exporter.flush(20)
         ipfix_exporter.shutdown(1)
-        assert collector.connections == 2
         assert sent(metrics) == 60
-        ports = sorted(r["sourceTransportPort"] for r in collector.records)
+        ports = sorted(r["sourceTransportPort"] for r in collector.wait_records(60))
+        assert collector.connections == 2
         assert ports == sorted(int(p) for p in synthetic_flows(n_flows=60).array["key"]["src_port"])
     finally:
         collector.close()
