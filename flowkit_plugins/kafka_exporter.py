@@ -456,7 +456,18 @@ class KafkaExporter:
         if name == "_ALL_BROKERS_DOWN" and self._spool is not None:
             self._brokers_down.set()
         level = logging.ERROR if error.fatal() else logging.WARNING
-        self._log.emit(f"error-{name}", level, "kafka: %s: %s", name, error.str())
+        text = error.str()
+        hint = ""
+        if self.settings.kafka_enable_tls and any(
+            word in text for word in ("SSL", "ssl", "certificate", "handshake")
+        ):
+            # librdkafka names its own settings (ssl.ca.location); say which of ours to check.
+            hint = (
+                " (TLS: check that KAFKA_TLS_CA_CERT_PATH signed the brokers' certificates and "
+                "that they match the broker addresses; for mutual TLS, that the brokers accept "
+                "KAFKA_TLS_USER_CERT_PATH / KAFKA_TLS_USER_KEY_PATH); retrying"
+            )
+        self._log.emit(f"error-{name}", level, "kafka: %s: %s%s", name, text, hint)
 
     def _on_delivery(self, error: Any, message: Any) -> None:
         if error is None:
