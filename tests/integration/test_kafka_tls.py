@@ -25,11 +25,11 @@ import pytest
 
 pytest.importorskip("confluent_kafka")
 
-from flowkit.components import ComponentContext  # noqa: E402
-from flowkit.config import AgentConfig  # noqa: E402
-from flowkit.metrics import Metrics  # noqa: E402
-from flowkit.testing import synthetic_flows  # noqa: E402
-from flowkit_plugins.kafka_exporter import KafkaExporter, KafkaSettings  # noqa: E402
+from flowkit.components import ComponentContext
+from flowkit.config import AgentConfig
+from flowkit.metrics import Metrics
+from flowkit.testing import synthetic_flows
+from flowkit_plugins.kafka_exporter import KafkaExporter, KafkaSettings
 
 try:
     from .kafka_broker import free_port, tansu_binary
