@@ -115,7 +115,8 @@ def tansu_behind(proxy_port: int, plain_port: int, log_dir: Path) -> Iterator[No
             with contextlib.suppress(OSError):
                 socket.create_connection(("127.0.0.1", plain_port), timeout=0.5).close()
                 break
-            assert process.poll() is None and time.monotonic() < deadline, "tansu did not start"
+            assert process.poll() is None, "tansu exited at start"
+            assert time.monotonic() < deadline, "tansu did not listen"
             time.sleep(0.05)
         yield
     finally:
