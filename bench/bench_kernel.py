@@ -9,8 +9,15 @@ Two measurements (root needed; everything created is removed on exit):
    programs is read with kernel.bpf_stats_enabled=1 (restored afterwards). The same is done with
    an empty program attached as a tc filter.
 
-Usage: ``sudo .venv/bin/python bench/bench_kernel.py [--repeat N] [--rounds N] [--packets N]``.
-Prints one JSON object.
+3. ``--compare OLD.o`` (BPF_PROG_TEST_RUN only): the empty program, ``OLD.o`` (another build of
+   flowkit's object, e.g. ``git show REV:flowkit/bpf/flowkit.bpf.o > old.o``) and the current
+   object run alternately, one round each in turn, so that a busy machine slows them alike;
+   per object the best round and the median of the rounds.
+4. ``--features`` (BPF_PROG_TEST_RUN only): the hit path with each optional feature switched on
+   in turn (filter rules, DNS tracking), and the cost of the drop and RTT programs per event.
+
+Usage: ``sudo .venv/bin/python bench/bench_kernel.py [--repeat N] [--rounds N] [--packets N]
+[--compare OLD.o] [--features] [--no-live]``. Prints one JSON object.
 """
 
 from __future__ import annotations
@@ -63,6 +70,108 @@ def build_empty(directory: Path) -> Path:
 def best_duration(program: Any, frame: bytes, repeat: int, rounds: int) -> int:
     program.test_run(frame, 1)  # create the flow: later runs measure the hit path
     return min(program.test_run(frame, repeat)[1] for _ in range(rounds))
+
+
+def _loaded(path: Path, **variables: int) -> Any:
+    spec = CollectionSpec.from_file(path)
+    for name, value in variables.items():
+        spec.variables[name].set(value)
+    programs = [name for name in spec.programs if name in ("empty", "flowkit_ingress")]
+    return spec.load(programs=programs)
+
+
+def compare_costs(empty_obj: Path, old_obj: Path, repeat: int, rounds: int) -> dict[str, Any]:
+    """Empty, old and current objects, one round each in turn (see the module docstring)."""
+    frame = udp_frame()
+    objects = {"empty": (empty_obj, "empty"), "old": (old_obj, "flowkit_ingress"),
+               "new": (ROOT / "flowkit" / "bpf" / "flowkit.bpf.o", "flowkit_ingress")}
+    collections = {label: _loaded(path) for label, (path, _) in objects.items()}
+    try:
+        programs = {label: collections[label].programs[prog]
+                    for label, (_, prog) in objects.items()}
+        for program in programs.values():
+            program.test_run(frame, 1)  # create the flow: later runs measure the hit path
+        runs: dict[str, list[int]] = {label: [] for label in objects}
+        for _ in range(rounds):
+            for label, program in programs.items():
+                runs[label].append(program.test_run(frame, repeat)[1])
+    finally:
+        for collection in collections.values():
+            collection.close()
+    out: dict[str, Any] = {"repeat": repeat, "rounds": rounds, "old_object": str(old_obj)}
+    for label, values in runs.items():
+        out[f"{label}_best_ns"] = min(values)
+        out[f"{label}_median_ns"] = sorted(values)[len(values) // 2]
+        out[f"{label}_rounds_ns"] = values
+    for label in ("old", "new"):
+        out[f"{label}_extra_best_ns"] = out[f"{label}_best_ns"] - out["empty_best_ns"]
+        out[f"{label}_extra_median_ns"] = out[f"{label}_median_ns"] - out["empty_median_ns"]
+    return out
+
+
+def dns_query_frame() -> bytes:
+    """A 64-byte-class Ethernet/IPv4/UDP DNS query for example.test (port 53)."""
+    qname = b"\x07example\x04test\x00"
+    dns = struct.pack("!HHHHHH", 0x1234, 0x0100, 1, 0, 0, 0) + qname + b"\x00\x01\x00\x01"
+    udp = struct.pack("!HHHH", 40000, 53, 8 + len(dns), 0) + dns
+    ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(udp), 1, 0, 64, 17, 0,
+                     bytes([198, 18, 0, 1]), bytes([198, 18, 0, 2]))
+    return bytes.fromhex("02fb00000002" "02fb00000001") + b"\x08\x00" + ip + udp
+
+
+def feature_costs(empty_obj: Path, repeat: int, rounds: int) -> dict[str, Any]:
+    """The hit path with each TC-side feature on, all variants alternating (see the docstring).
+
+    ``filter_one_rule``: FLOW_FILTER_RULES with one Accept rule for 198.18.0.0/15 (the frame's
+    source); ``dns_other_port``: ENABLE_DNS_TRACKING on a non-DNS frame (the port test only);
+    ``dns_query``: the same on a DNS query frame (header and name copied, query map updated,
+    feature map written, per DNS packet).
+    """
+    from flowkit.filters import parse_filter_rules
+
+    obj = ROOT / "flowkit" / "bpf" / "flowkit.bpf.o"
+    udp, dns = udp_frame(), dns_query_frame()
+    variants: dict[str, tuple[Any, bytes]] = {}
+    collections = []
+    try:
+        empty = _loaded(empty_obj)
+        collections.append(empty)
+        variants["empty"] = (empty.programs["empty"], udp)
+        base = _loaded(obj)
+        collections.append(base)
+        variants["features_off"] = (base.programs["flowkit_ingress"], udp)
+        spec = CollectionSpec.from_file(obj)
+        spec.variables["filter_enabled"].set(1)
+        rules = parse_filter_rules('[{"ip_cidr": "198.18.0.0/15", "action": "Accept"}]')
+        spec.maps["filter_rules"].max_entries = len(rules.entries)
+        filtered = spec.load(programs=["flowkit_ingress"])
+        collections.append(filtered)
+        for key, value in rules.map_entries():
+            filtered.maps["filter_rules"].update(key, value)
+        variants["filter_one_rule"] = (filtered.programs["flowkit_ingress"], udp)
+        spec = CollectionSpec.from_file(obj)
+        spec.variables["enable_dns"].set(1)
+        for name in ("extras_a", "extras_b", "dns_queries"):
+            spec.maps[name].max_entries = 1024
+        tracked = spec.load(programs=["flowkit_ingress"])
+        collections.append(tracked)
+        variants["dns_other_port"] = (tracked.programs["flowkit_ingress"], udp)
+        variants["dns_query"] = (tracked.programs["flowkit_ingress"], dns)
+        for program, frame in variants.values():
+            program.test_run(frame, 1)
+        runs: dict[str, list[int]] = {label: [] for label in variants}
+        for _ in range(rounds):
+            for label, (program, frame) in variants.items():
+                runs[label].append(program.test_run(frame, repeat)[1])
+    finally:
+        for collection in collections:
+            collection.close()
+    out: dict[str, Any] = {"repeat": repeat, "rounds": rounds}
+    empty_best = min(runs["empty"])
+    for label, values in runs.items():
+        out[f"{label}_best_ns"] = min(values)
+        out[f"{label}_extra_best_ns"] = min(values) - empty_best
+    return out
 
 
 def test_run_costs(empty_obj: Path, repeat: int, rounds: int) -> dict[str, Any]:
@@ -152,17 +261,26 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=20_000_000)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--packets", type=int, default=5_000_000)
+    parser.add_argument("--compare", type=Path, help="another flowkit.bpf.o to run alternately")
+    parser.add_argument("--features", action="store_true", help="cost of each optional feature")
+    parser.add_argument("--no-live", action="store_true", help="skip the live trafgen runs")
     args = parser.parse_args()
     started = time.time()
     with tempfile.TemporaryDirectory(prefix="fkbench") as tmp:
         workdir = Path(tmp)
         empty_obj = build_empty(workdir)
-        result = {
+        result: dict[str, Any] = {
             "kernel": subprocess.run(["uname", "-r"], capture_output=True,
                                      text=True).stdout.strip(),
-            "test_run": test_run_costs(empty_obj, args.repeat, args.rounds),
-            "live": live_costs(empty_obj, args.packets, workdir),
         }
+        if args.compare:
+            result["compare"] = compare_costs(empty_obj, args.compare, args.repeat, args.rounds)
+        else:
+            result["test_run"] = test_run_costs(empty_obj, args.repeat, args.rounds)
+        if args.features:
+            result["features"] = feature_costs(empty_obj, args.repeat, args.rounds)
+        if not args.no_live:
+            result["live"] = live_costs(empty_obj, args.packets, workdir)
     result["seconds"] = round(time.time() - started, 1)
     print(json.dumps(result, indent=2))
 

@@ -140,6 +140,46 @@ struct fk_flow_out {
     fk_u8 pad[5];
 };
 
+/* FLOW_FILTER_RULES, as the eBPF program reads them from its `filter_rules` LPM trie: the value
+ * of one address prefix is the rules given for that prefix, in order (see flowkit/filters.py). */
+#define FK_FILTER_RULES_PER_PREFIX 4
+#define FK_FILTER_ACCEPT 1
+#define FK_FILTER_REJECT 2
+#define FK_MATCH_ICMP_TYPE 0x01
+#define FK_MATCH_ICMP_CODE 0x02
+#define FK_MATCH_DROPS 0x04
+
+/* A port condition: kind 0 any port, 1 the range lo..hi, 2 one of list[] (unused entries repeat
+ * list[0]). */
+struct fk_port_match {
+    fk_u16 lo;
+    fk_u16 hi;
+    fk_u16 list[4];
+    fk_u8 kind;
+    fk_u8 pad[3];
+};
+
+/* One rule: 92 bytes. action 0 marks an unused slot. */
+struct fk_filter_rule {
+    fk_u8 peer_ip[16];   /* the other address, masked by peer_mask (all zero: any peer) */
+    fk_u8 peer_mask[16];
+    fk_u32 sample;       /* keep 1 packet in `sample` (0: the global SAMPLING) */
+    fk_u16 tcp_flags;    /* the packet's flags must include these (0: any) */
+    fk_u8 action;        /* FK_FILTER_ACCEPT or FK_FILTER_REJECT */
+    fk_u8 direction;     /* 0 any, 1 ingress, 2 egress */
+    fk_u8 proto;         /* 0 any */
+    fk_u8 icmp_type;
+    fk_u8 icmp_code;
+    fk_u8 match;         /* FK_MATCH_* bits */
+    struct fk_port_match src_port;
+    struct fk_port_match dst_port;
+    struct fk_port_match any_port; /* source or destination */
+};
+
+struct fk_filter_rules {
+    struct fk_filter_rule rules[FK_FILTER_RULES_PER_PREFIX];
+};
+
 /* Indices of the eBPF `counters` map (per-CPU u64), read by the accounter and exposed as metrics.
  * Every packet the eBPF program sees either lands in a flow map entry, or in the ring buffer, or
  * is counted in exactly one of these (except FK_COUNTER_RINGBUF_RECORDS, which counts packets that

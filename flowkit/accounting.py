@@ -49,6 +49,9 @@ KERNEL_COUNTERS: dict[str, int] = {
     "runt": 3,
     "no_map": 4,
     "update_failed": 5,
+    "filtered": 6,
+    "extra_lost": 7,
+    "dns_untracked": 8,
 }
 
 DRAIN_MODES: dict[str, int] = {
@@ -267,6 +270,18 @@ class KernelDrainer:
                 "struct fk_flow_value and the selector an array of maps",
             )
         self._drainer: Any = ffi.gc(drainer, lib.fk_drainer_free)
+        self._extra_drainer: Any = None
+        if kernel_maps.extra_selector_fd >= 0:
+            extra0, extra1 = kernel_maps.extra_map_fds
+            extra = lib.fk_extra_drainer_new(kernel_maps.extra_selector_fd, extra0, extra1,
+                                             kernel_maps.ncpus, chunk, err)
+            if extra == ffi.NULL:
+                raise NativeError(
+                    "fk_extra_drainer_new", -err[0],
+                    "the feature maps must be (per-CPU) hash maps of struct fk_flow_key -> "
+                    "struct fk_flow_extra and their selector an array of maps",
+                )
+            self._extra_drainer = ffi.gc(extra, lib.fk_drainer_free)
         self._stage = FlowTable(kernel_maps.max_entries)
         self._lock = threading.Lock()
         if mode != "auto":
@@ -287,17 +302,25 @@ class KernelDrainer:
             rc = lib.fk_drainer_set_mode(self.cdata, DRAIN_MODES[mode])
         check(rc, "fk_drainer_set_mode")
 
+    def _drain_locked(self, table: Any) -> int:
+        keys = check(lib.fk_drainer_drain(self.cdata, table), "fk_drainer_drain")
+        if self._extra_drainer is not None:
+            # Feature data of the same period: merged into the same flows (or new ones, for a
+            # flow known only from its drops).
+            keys += check(lib.fk_drainer_drain(self._extra_drainer, table), "fk_drainer_drain")
+        return keys
+
     def drain_into(self, table: FlowTable) -> int:
         """Flip maps, drain the old one and merge its flows into ``table``; returns the number
-        of keys read."""
+        of keys read (flow and feature maps)."""
         with self._lock:
-            return check(lib.fk_drainer_drain(self.cdata, table.cdata), "fk_drainer_drain")
+            return self._drain_locked(table.cdata)
 
     def drain(self) -> FlowArray:
         """Flip maps, drain the old one and return its flows (one record per flow key,
         :data:`RECORD_DTYPE`, monotonic times)."""
         with self._lock:
-            check(lib.fk_drainer_drain(self.cdata, self._stage.cdata), "fk_drainer_drain")
+            self._drain_locked(self._stage.cdata)
             return self._stage.take_records()
 
     def active_map(self) -> int:
@@ -328,6 +351,9 @@ class KernelDrainer:
             drainer, self._drainer = self._drainer, None
             if drainer is not None:
                 ffi.release(drainer)
+            extra, self._extra_drainer = self._extra_drainer, None
+            if extra is not None:
+                ffi.release(extra)
             self._stage.close()
 
 

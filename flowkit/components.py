@@ -266,6 +266,8 @@ class KernelMaps:
     ``selector_fd`` is an ARRAY_OF_MAPS with one slot (key 0) holding the active flow map;
     ``flow_map_fds`` are the two per-CPU hash maps the accounter alternates between;
     ``ringbuf_fd`` carries single-packet records when the active map is full.
+    ``extra_selector_fd`` and ``extra_map_fds`` are the same pair for the optional feature data
+    (drops, RTT, DNS: ``struct fk_flow_extra``), or -1 when no feature is on.
     """
 
     selector_fd: int
@@ -274,6 +276,8 @@ class KernelMaps:
     counters_fd: int
     max_entries: int
     ncpus: int
+    extra_selector_fd: int = -1
+    extra_map_fds: tuple[int, int] = (-1, -1)
 
 
 @runtime_checkable

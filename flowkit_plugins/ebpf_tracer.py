@@ -12,6 +12,7 @@ The tracer exposes the kernel objects as :class:`~flowkit.components.KernelMaps`
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 from importlib import resources
@@ -22,6 +23,7 @@ from pydantic import BaseModel, Field, field_validator
 
 from flowkit import hookimpl
 from flowkit.components import ComponentContext, Interface, KernelMaps, TracerSpec
+from flowkit.filters import parse_filter_rules
 from flowkit.settings_types import Bool
 
 if TYPE_CHECKING:
@@ -39,6 +41,12 @@ MAP_FLOWS = ("flows_a", "flows_b")
 MAP_SELECTOR = "flow_selector"
 MAP_EVENTS = "flow_events"
 MAP_COUNTERS = "counters"
+PROGRAM_DROPS = "flowkit_drops"  # tp_btf/kfree_skb (ENABLE_PKT_DROPS)
+PROGRAM_RTT = "flowkit_rtt"  # tp_btf/tcp_probe (ENABLE_RTT)
+MAP_EXTRAS = ("extras_a", "extras_b")
+MAP_EXTRA_SELECTOR = "extra_selector"
+MAP_DNS = "dns_queries"
+MAP_FILTERS = "filter_rules"
 
 
 def default_object_path() -> Path:
@@ -77,6 +85,51 @@ class EbpfTracerSettings(BaseModel):
         default="",
         description="Path of the eBPF object to load (default: the one shipped with flowkit).",
     )
+    enable_pkt_drops: Bool = Field(
+        default=False,
+        description="Packet drops: a tp_btf/kfree_skb program adds every packet the kernel drops "
+        "to its flow (PktDropBytes, PktDropPackets, and the latest drop's TCP flags, TCP state "
+        "and SKB_DROP_REASON cause); a dropped packet of an unknown flow creates it.",
+    )
+    enable_rtt: Bool = Field(
+        default=False,
+        description="TCP round-trip time: a tp_btf/tcp_probe program (top of "
+        "tcp_rcv_established) records the socket's smoothed RTT on the flow of each received "
+        "segment; the largest of the period is exported (TimeFlowRttNs).",
+    )
+    enable_dns_tracking: Bool = Field(
+        default=False,
+        description="DNS tracking on the TC path: queries over UDP and TCP on DNS_TRACKING_PORT "
+        "are remembered, and flows of DNS messages carry DnsId, DnsFlags, the response code, "
+        "DnsLatencyMs (responses), DnsErrno and DnsName.",
+    )
+    dns_tracking_port: int = Field(
+        default=53, ge=1, le=0xFFFF,
+        description="Port of the DNS traffic ENABLE_DNS_TRACKING tracks (either direction).",
+    )
+    flow_filter_rules: str = Field(
+        default="",
+        description="In-kernel flow filters: a JSON list of rules (keys direction, ip_cidr, "
+        "protocol, source_port, destination_port, port and their _range/s forms, icmp_type, "
+        "icmp_code, peer_ip, peer_cidr, tcp_flags, drops, action, sample; see "
+        "docs/datapath.md). Once set, only packets a rule accepts are kept.",
+    )
+
+    @field_validator("flow_filter_rules", mode="before")
+    @classmethod
+    def _filter_rules(cls, value: Any) -> Any:
+        from flowkit.filters import parse_filter_rules
+
+        if isinstance(value, list):  # a YAML list of rules
+            value = json.dumps(value)
+        if isinstance(value, str):
+            parse_filter_rules(value)  # raises FilterRuleError (a ValueError): exit 2
+        return value
+
+    @property
+    def features_enabled(self) -> bool:
+        """Whether a feature keeping data in the kernel feature maps is on."""
+        return self.enable_pkt_drops or self.enable_rtt or self.enable_dns_tracking
 
     @field_validator("ebpf_ringbuf_size")
     @classmethod
@@ -111,6 +164,7 @@ class EbpfTracer:
         self._drainer: KernelDrainer | None = None
         self._reader: RingBufferReader | None = None
         self._names: dict[int, str] = {}
+        self._trace_links: list[int] = []
         self._lock = threading.Lock()
         self._closed = False
 
@@ -150,9 +204,31 @@ class EbpfTracer:
         for name in MAP_FLOWS:
             spec.maps[name].max_entries = self.cache_max_flows
         spec.maps[MAP_EVENTS].max_entries = self.settings.ebpf_ringbuf_size
+        settings = self.settings
+        rules = parse_filter_rules(settings.flow_filter_rules)
+        features = settings.features_enabled
+        spec.variables["enable_dns"].set(1 if settings.enable_dns_tracking else 0)
+        spec.variables["dns_port"].set(settings.dns_tracking_port)
+        spec.variables["filter_enabled"].set(1 if rules else 0)
+        # Feature maps cost memory only when a feature is on (1 entry otherwise).
+        for name in MAP_EXTRAS:
+            spec.maps[name].max_entries = self.cache_max_flows if features else 1
+        spec.maps[MAP_DNS].max_entries = (
+            self.cache_max_flows if settings.enable_dns_tracking else 1
+        )
+        spec.maps[MAP_FILTERS].max_entries = max(1, len(rules.entries))
         # The object also holds the replay programs (flowkit_replay_*): not needed here.
-        collection = spec.load(programs=[PROGRAM_INGRESS, PROGRAM_EGRESS])
+        programs = [PROGRAM_INGRESS, PROGRAM_EGRESS]
+        if settings.enable_pkt_drops:
+            programs.append(PROGRAM_DROPS)
+        if settings.enable_rtt:
+            programs.append(PROGRAM_RTT)
+        collection = spec.load(programs=programs)
         try:
+            for key, value in rules.map_entries():
+                collection.maps[MAP_FILTERS].update(key, value)
+            for name in programs[2:]:
+                self._trace_links.append(_attach_tracing(collection.programs[name].fd, name))
             ingress = collection.programs[PROGRAM_INGRESS].fd
             egress = collection.programs[PROGRAM_EGRESS].fd
             attacher = Attacher(
@@ -172,8 +248,13 @@ class EbpfTracer:
                 counters_fd=maps[MAP_COUNTERS].fd,
                 max_entries=self.cache_max_flows,
                 ncpus=lib.libbpf_num_possible_cpus(),
+                extra_selector_fd=maps[MAP_EXTRA_SELECTOR].fd if features else -1,
+                extra_map_fds=(
+                    (maps[MAP_EXTRAS[0]].fd, maps[MAP_EXTRAS[1]].fd) if features else (-1, -1)
+                ),
             )
         except BaseException:
+            self._close_trace_links()
             collection.close()
             raise
         self._collection = collection
@@ -260,6 +341,7 @@ class EbpfTracer:
         self._closed = True
         if self._attacher is not None:
             self._attacher.close()
+        self._close_trace_links()
         for part in (self._reader, self._drainer):
             if part is not None:
                 part.close()
@@ -271,6 +353,13 @@ class EbpfTracer:
         with self._lock:
             self._names.clear()
 
+    def _close_trace_links(self) -> None:
+        from flowkit.native import lib
+
+        links, self._trace_links = self._trace_links, []
+        for fd in links:
+            lib.fk_close_fd(fd)
+
     def _require_started(self) -> Attacher:
         if self._attacher is None:
             raise RuntimeError("the ebpf tracer is not started (call start() first)")
@@ -280,6 +369,16 @@ class EbpfTracer:
         if self._kernel_maps is None:
             raise RuntimeError("the ebpf tracer is not started (call start() first)")
         return self._kernel_maps
+
+
+def _attach_tracing(prog_fd: int, name: str) -> int:
+    """Attach a tp_btf program (its tracepoint was fixed at load); returns the link fd."""
+    from flowkit.native import NativeError, ffi, lib
+
+    fd = lib.bpf_raw_tracepoint_open(ffi.NULL, prog_fd)
+    if fd < 0:
+        raise NativeError("bpf_raw_tracepoint_open", -fd, f"attaching {name}")
+    return int(fd)
 
 
 def _make(context: ComponentContext) -> EbpfTracer:

@@ -281,3 +281,18 @@ class NativeAccounter:
             "Packets lost because both the kernel flow map and the ring buffer were full",
             lambda: float(self.kernel_counters()["ringbuf_lost"]),
         )
+        metrics.gauge_callback(
+            "kernel_filtered_packets",
+            "Packets not kept because of FLOW_FILTER_RULES (rejected, or matched no rule)",
+            lambda: float(self.kernel_counters()["filtered"]),
+        )
+        metrics.gauge_callback(
+            "kernel_feature_events_lost",
+            "Drop, RTT or DNS events lost because the kernel feature map was full",
+            lambda: float(self.kernel_counters()["extra_lost"]),
+        )
+        metrics.gauge_callback(
+            "kernel_dns_untracked_queries",
+            "DNS queries whose response latency cannot be measured (query map update failed)",
+            lambda: float(self.kernel_counters()["dns_untracked"]),
+        )

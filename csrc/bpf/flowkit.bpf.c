@@ -43,6 +43,7 @@ typedef __u32 __be32;
 typedef __u64 __be64;
 typedef __u32 __wsum;
 
+#include <bpf/bpf_core_read.h>
 #include <bpf/bpf_helpers.h>
 
 #include "flow.h"
@@ -52,11 +53,16 @@ typedef __u32 __wsum;
 enum {
     BPF_MAP_TYPE_PERCPU_HASH = 5,
     BPF_MAP_TYPE_PERCPU_ARRAY = 6,
+    BPF_MAP_TYPE_LRU_HASH = 9,
+    BPF_MAP_TYPE_LPM_TRIE = 11,
     BPF_MAP_TYPE_ARRAY_OF_MAPS = 12,
     BPF_MAP_TYPE_RINGBUF = 27,
 };
 
 #define BPF_ANY 0
+#define BPF_NOEXIST 1
+#define BPF_F_NO_PREALLOC 1
+#define ENOENT 2
 #define E2BIG 7
 #define TC_ACT_UNSPEC (-1) /* == TCX_NEXT: continue with the next filter / program */
 
@@ -79,6 +85,57 @@ struct __sk_buff {
     __u32 tc_classid;
     __u32 data;
     __u32 data_end;
+};
+
+/* ---- kernel types read with CO-RE (the tracing programs of ENABLE_PKT_DROPS and ENABLE_RTT,
+ * and NETWORK_NAMESPACES in the TC programs) ----
+ * Only the fields used are declared; preserve_access_index makes libbpf relocate every access
+ * to the running kernel's layout (CO-RE, from /sys/kernel/btf/vmlinux). */
+struct ns_common {
+    unsigned int inum;
+} __attribute__((preserve_access_index));
+
+struct net {
+    struct ns_common ns;
+} __attribute__((preserve_access_index));
+
+typedef struct {
+    struct net *net;
+} possible_net_t;
+
+struct net_device {
+    int ifindex;
+    possible_net_t nd_net;
+} __attribute__((preserve_access_index));
+
+struct sock_common {
+    volatile unsigned char skc_state;
+} __attribute__((preserve_access_index));
+
+struct sock {
+    struct sock_common __sk_common;
+} __attribute__((preserve_access_index));
+
+struct tcp_sock {
+    __u32 srtt_us; /* smoothed RTT in microseconds, << 3 */
+} __attribute__((preserve_access_index));
+
+struct sk_buff {
+    struct net_device *dev;
+    struct sock *sk;
+    int skb_iif;
+    unsigned int len;
+    __be16 protocol;
+    __u16 transport_header;
+    __u16 network_header;
+    unsigned char *head;
+} __attribute__((preserve_access_index));
+
+/* The two values of enum skb_drop_reason that are not drops; their numbers are read from the
+ * kernel's BTF at load time (bpf_core_enum_value). */
+enum skb_drop_reason {
+    SKB_NOT_DROPPED_YET = 0,
+    SKB_CONSUMED = 1,
 };
 
 #define ETH_HLEN 14
@@ -119,24 +176,13 @@ volatile const __u8 trace_egress = 1;
  * verifier removes that code and `netns` stays 0. */
 volatile const __u8 trace_netns = 0;
 volatile const __u32 host_netns_inum = 0;
-
-/* ---- kernel types read with CO-RE (relocated against the running kernel's BTF) ---- */
-
-struct ns_common {
-    unsigned int inum;
-} __attribute__((preserve_access_index));
-struct net {
-    struct ns_common ns;
-} __attribute__((preserve_access_index));
-typedef struct {
-    struct net *net;
-} possible_net_t;
-struct net_device {
-    possible_net_t nd_net;
-} __attribute__((preserve_access_index));
-struct sk_buff {
-    struct net_device *dev;
-} __attribute__((preserve_access_index));
+/* ENABLE_DNS_TRACKING and DNS_TRACKING_PORT: DNS messages over UDP and TCP to or from this port
+ * are tracked on the TC path. */
+volatile const __u8 enable_dns = 0;
+volatile const __u16 dns_port = 53;
+/* FLOW_FILTER_RULES: 1 when rules are loaded into `filter_rules`; then a packet is kept only
+ * if the rule deciding for it accepts it. */
+volatile const __u8 filter_enabled = 0;
 
 /* The kernel's sk_buff behind a TC program's context (Linux >= 6.3; weak so that the object
  * still loads without it when NETWORK_NAMESPACES is off). */
@@ -169,6 +215,63 @@ struct {
     __uint(max_entries, 1 << 20); /* bytes; about 8,000 single-packet records */
 } flow_events SEC(".maps");
 
+/* Feature data (drops, RTT, DNS), keyed like the flow maps and double-buffered the same way
+ * behind `extra_selector`; sized by CACHE_MAX_FLOWS when a feature is on, else 1 entry. */
+struct fk_extra_map {
+    __uint(type, BPF_MAP_TYPE_PERCPU_HASH);
+    __uint(max_entries, 1);
+    __type(key, struct fk_flow_key);
+    __type(value, struct fk_flow_extra);
+};
+
+struct fk_extra_map extras_a SEC(".maps");
+struct fk_extra_map extras_b SEC(".maps");
+
+struct {
+    __uint(type, BPF_MAP_TYPE_ARRAY_OF_MAPS);
+    __uint(max_entries, 1);
+    __type(key, __u32);
+    __array(values, struct fk_extra_map);
+} extra_selector SEC(".maps") = {
+    .values = {[0] = &extras_a},
+};
+
+/* DNS queries waiting for their response: the query's addresses, ports, protocol and id ->
+ * the time it was seen. LRU: unanswered queries make room for new ones. Sized by the tracer
+ * (1 entry when DNS tracking is off). */
+struct fk_dns_key {
+    __u8 src_ip[16];
+    __u8 dst_ip[16];
+    __u16 src_port;
+    __u16 dst_port;
+    __u16 id;
+    __u8 proto;
+    __u8 pad;
+};
+
+struct {
+    __uint(type, BPF_MAP_TYPE_LRU_HASH);
+    __uint(max_entries, 1);
+    __type(key, struct fk_dns_key);
+    __type(value, __u64);
+} dns_queries SEC(".maps");
+
+/* FLOW_FILTER_RULES: an LPM trie from an address prefix (IPv4 as IPv4-mapped, so /N of IPv4 is
+ * /96+N) to the rules of that prefix, in the order they were given. Filled by the tracer before
+ * attaching (1 entry when there are no rules). */
+struct fk_filter_key {
+    __u32 prefix_len;
+    __u8 ip[16];
+};
+
+struct {
+    __uint(type, BPF_MAP_TYPE_LPM_TRIE);
+    __uint(max_entries, 1);
+    __uint(map_flags, BPF_F_NO_PREALLOC);
+    __type(key, struct fk_filter_key);
+    __type(value, struct fk_filter_rules);
+} filter_rules SEC(".maps");
+
 struct {
     __uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
     __uint(max_entries, FK_COUNTER_MAX);
@@ -196,6 +299,8 @@ struct fk_parse {
     __u8 dst_mac[6];
     __u16 flags;
     __u8 dscp;
+    __u8 pad;
+    __u32 l4_off; /* packet offset of the transport header (set only for DNS tracking) */
 };
 
 static __always_inline void count(__u32 index)
@@ -322,6 +427,8 @@ static __always_inline void parse_ipv4(struct __sk_buff *skb, struct fk_parse *p
     if (be16(ip + 6) & 0x1fff)
         return;
     __u32 ihl = (ip[0] & 0x0f) * 4;
+    if (enable_dns)
+        p->l4_off = ip_off + ihl;
     if (ihl == 20) {
         parse_l4(p, ip + 20, avail - 20);
     } else if (ihl > 20) {
@@ -346,6 +453,8 @@ static __always_inline void parse_ipv6(struct __sk_buff *skb, struct fk_parse *p
     if (next != IPPROTO_HOPOPTS && next != IPPROTO_ROUTING && next != IPPROTO_FRAGMENT &&
         next != IPPROTO_DSTOPTS) {
         p->key.proto = next;
+        if (enable_dns)
+            p->l4_off = ip_off + 40;
         parse_l4(p, ip + 40, avail - 40);
         return;
     }
@@ -373,6 +482,8 @@ static __always_inline void parse_ipv6(struct __sk_buff *skb, struct fk_parse *p
             break;
     }
     p->key.proto = next;
+    if (enable_dns)
+        p->l4_off = off;
     __u32 n = load_upto(skb, off, ext, L4_WANT);
     parse_l4(p, ext, n);
 }
@@ -441,6 +552,326 @@ static __always_inline int parse_copied(struct __sk_buff *skb, struct fk_parse *
     return 1;
 }
 
+/* ---- optional features: data kept in the extras maps ---- */
+
+/* The calling CPU's feature slot of `key` in the active extras map, created when missing;
+ * NULL (counted) when the map is full. */
+static __always_inline struct fk_flow_extra *extra_for(const struct fk_flow_key *key, __u64 now)
+{
+    __u32 zero = 0;
+    void *extras = bpf_map_lookup_elem(&extra_selector, &zero);
+    if (!extras)
+        return 0;
+    struct fk_flow_extra *x = bpf_map_lookup_elem(extras, key);
+    if (!x) {
+        struct fk_flow_extra fresh;
+        __builtin_memset(&fresh, 0, sizeof(fresh));
+        /* NOEXIST: if another CPU created the entry meanwhile, our slot of it is zero. */
+        bpf_map_update_elem(extras, key, &fresh, BPF_NOEXIST);
+        x = bpf_map_lookup_elem(extras, key);
+        if (!x) {
+            count(FK_COUNTER_EXTRA_LOST);
+            return 0;
+        }
+    }
+    if (x->first_ns == 0)
+        x->first_ns = now;
+    x->last_ns = now;
+    return x;
+}
+
+/* ---- FLOW_FILTER_RULES ---- */
+
+static __always_inline int port_matches(const struct fk_port_match *m, __u16 port)
+{
+    if (m->kind == 0)
+        return 1;
+    if (m->kind == 1)
+        return port >= m->lo && port <= m->hi;
+    return port == m->list[0] || port == m->list[1] || port == m->list[2] || port == m->list[3];
+}
+
+static __always_inline int rule_matches(const struct fk_filter_rule *r, const struct fk_parse *p,
+                                        const __u8 *peer, __u8 is_drop)
+{
+    if (r->action == 0)
+        return 0;
+    if (r->direction && r->direction != p->key.direction + 1)
+        return 0;
+    if (r->proto && r->proto != p->key.proto)
+        return 0;
+    if ((r->match & FK_MATCH_DROPS) && !is_drop)
+        return 0;
+    if ((r->match & FK_MATCH_ICMP_TYPE) && r->icmp_type != p->key.icmp_type)
+        return 0;
+    if ((r->match & FK_MATCH_ICMP_CODE) && r->icmp_code != p->key.icmp_code)
+        return 0;
+    if (r->tcp_flags && (p->flags & r->tcp_flags) != r->tcp_flags)
+        return 0;
+    if (!port_matches(&r->src_port, p->key.src_port) ||
+        !port_matches(&r->dst_port, p->key.dst_port))
+        return 0;
+    if (!port_matches(&r->any_port, p->key.src_port) &&
+        !port_matches(&r->any_port, p->key.dst_port))
+        return 0;
+#pragma unroll
+    for (int i = 0; i < 16; i += 4) {
+        if ((ld32(peer + i) & ld32(r->peer_mask + i)) != ld32(r->peer_ip + i))
+            return 0;
+    }
+    return 1;
+}
+
+/* The rules of the longest prefix holding `ip`: the first that matches decides. Returns the
+ * action (0: no rule of that prefix matches) and the rule's sampling in *sample. */
+static __always_inline __u8 filter_lookup(const struct fk_parse *p, const __u8 *ip,
+                                          const __u8 *peer, __u8 is_drop, __u32 *sample)
+{
+    struct fk_filter_key k __attribute__((aligned(4)));
+    k.prefix_len = 128;
+    copy_ipv6_addr(k.ip, ip);
+    const struct fk_filter_rules *rules = bpf_map_lookup_elem(&filter_rules, &k);
+    if (!rules)
+        return 0;
+#pragma unroll
+    for (int i = 0; i < FK_FILTER_RULES_PER_PREFIX; i++) {
+        if (rule_matches(&rules->rules[i], p, peer, is_drop)) {
+            *sample = rules->rules[i].sample;
+            return rules->rules[i].action;
+        }
+    }
+    return 0;
+}
+
+/* NetObserv's semantics: the source address's longest prefix decides, else the destination's;
+ * a packet no rule matches is not kept. Returns 1 to keep the packet. */
+static __always_inline int filter_keeps(const struct fk_parse *p, __u8 is_drop, __u32 *sample)
+{
+    __u8 action = filter_lookup(p, p->key.src_ip, p->key.dst_ip, is_drop, sample);
+    if (!action)
+        action = filter_lookup(p, p->key.dst_ip, p->key.src_ip, is_drop, sample);
+    return action == FK_FILTER_ACCEPT;
+}
+
+/* ---- ENABLE_DNS_TRACKING ---- */
+
+#define DNS_HEADER 12
+#define DNS_QR 0x8000
+
+/* A DNS message to or from dns_port over UDP or TCP: queries are remembered in `dns_queries`,
+ * and the flow of every DNS message gets its id, flags, name and, for a response, the latency
+ * since its query (or DnsErrno ENOENT when the query was not seen, E2BIG when it could not be
+ * remembered). */
+static __always_inline void track_dns(struct __sk_buff *skb, const struct fk_parse *p, __u64 now)
+{
+    __u32 off = p->l4_off;
+    if (p->key.proto == IPPROTO_UDP) {
+        off += 8;
+    } else if (p->key.proto == IPPROTO_TCP) {
+        __u8 doff;
+        if (bpf_skb_load_bytes(skb, off + 12, &doff, 1) < 0)
+            return;
+        off += (doff >> 4) * 4 + 2; /* DNS over TCP: a 2-byte length, then the message */
+    } else {
+        return;
+    }
+    __u8 msg[DNS_HEADER + FK_DNS_NAME_LEN] __attribute__((aligned(4)));
+    __builtin_memset(msg, 0, sizeof(msg));
+    __u32 n = load_upto(skb, off, msg, sizeof(msg));
+    if (n < DNS_HEADER)
+        return;
+    __u16 id = be16(msg);
+    __u16 flags = be16(msg + 2);
+    struct fk_dns_key q __attribute__((aligned(4)));
+    __builtin_memset(&q, 0, sizeof(q));
+    q.id = id;
+    q.proto = p->key.proto;
+    __u8 err = 0;
+    __u64 latency = 0;
+    if (!(flags & DNS_QR)) {
+        copy_ipv6_addr(q.src_ip, p->key.src_ip);
+        copy_ipv6_addr(q.dst_ip, p->key.dst_ip);
+        q.src_port = p->key.src_port;
+        q.dst_port = p->key.dst_port;
+        if (bpf_map_update_elem(&dns_queries, &q, &now, BPF_ANY)) {
+            err = E2BIG;
+            count(FK_COUNTER_DNS_UNTRACKED);
+        }
+    } else {
+        /* The query went the other way. */
+        copy_ipv6_addr(q.src_ip, p->key.dst_ip);
+        copy_ipv6_addr(q.dst_ip, p->key.src_ip);
+        q.src_port = p->key.dst_port;
+        q.dst_port = p->key.src_port;
+        __u64 *sent = bpf_map_lookup_elem(&dns_queries, &q);
+        if (sent && now >= *sent)
+            latency = now - *sent;
+        else
+            err = ENOENT;
+    }
+    struct fk_flow_extra *x = extra_for(&p->key, now);
+    if (!x)
+        return;
+    x->dns_ns = now;
+    x->dns_id = id;
+    x->dns_flags = flags;
+    x->dns_latency_ns = latency;
+    x->dns_errno = err;
+    __builtin_memcpy(x->dns_name, msg + DNS_HEADER, FK_DNS_NAME_LEN);
+    x->features |= FK_FEATURE_DNS;
+}
+
+/* ---- the tracing programs: headers of a kernel sk_buff ---- */
+
+/* The flow fields of a kernel sk_buff whose network header is set (as in the stack's receive
+ * and transmit paths). Returns 0 for non-IP packets. */
+static __always_inline int parse_skb(struct sk_buff *skb, struct fk_parse *p)
+{
+    unsigned char *head = BPF_CORE_READ(skb, head);
+    __u16 nh = BPF_CORE_READ(skb, network_header);
+    __u16 etype = __builtin_bswap16(BPF_CORE_READ(skb, protocol));
+    __u8 ip[40] __attribute__((aligned(4)));
+    const unsigned char *l4 = 0;
+    p->key.eth_protocol = etype;
+    if (etype == ETH_P_IP) {
+        if (bpf_probe_read_kernel(ip, 20, head + nh))
+            return 0;
+        st16(p->key.src_ip + 10, 0xffff);
+        st32(p->key.src_ip + 12, ld32(ip + 12));
+        st16(p->key.dst_ip + 10, 0xffff);
+        st32(p->key.dst_ip + 12, ld32(ip + 16));
+        p->key.proto = ip[9];
+        p->dscp = ip[1] >> 2;
+        if (!(be16(ip + 6) & 0x1fff))
+            l4 = head + nh + (ip[0] & 0x0f) * 4;
+    } else if (etype == ETH_P_IPV6) {
+        if (bpf_probe_read_kernel(ip, 40, head + nh))
+            return 0;
+        copy_ipv6_addr(p->key.src_ip, ip + 8);
+        copy_ipv6_addr(p->key.dst_ip, ip + 24);
+        p->dscp = (((ip[0] & 0x0f) << 4) | (ip[1] >> 4)) >> 2;
+        p->key.proto = ip[6];
+        if (ip[6] != IPPROTO_HOPOPTS && ip[6] != IPPROTO_ROUTING &&
+            ip[6] != IPPROTO_FRAGMENT && ip[6] != IPPROTO_DSTOPTS) {
+            l4 = head + nh + 40;
+        } else {
+            /* Extension headers: the stack has set the transport header by now. */
+            __u16 th = BPF_CORE_READ(skb, transport_header);
+            if (th == 0xffff)
+                return 1;
+            l4 = head + th;
+            p->key.proto = 0;
+        }
+    } else {
+        return 0;
+    }
+    if (l4) {
+        __u8 hdr[L4_WANT] __attribute__((aligned(4)));
+        if (bpf_probe_read_kernel(hdr, L4_WANT, l4) == 0)
+            parse_l4(p, hdr, L4_WANT);
+    }
+    if (trace_netns) {
+        /* As the TC programs do, so that the keys agree (NETWORK_NAMESPACES). */
+        struct net_device *dev = BPF_CORE_READ(skb, dev);
+        __u32 inum = dev ? BPF_CORE_READ(dev, nd_net.net, ns.inum) : host_netns_inum;
+        p->key.netns = inum == host_netns_inum ? 0 : (__u16)inum;
+    }
+    return 1;
+}
+
+/* The key of the flow an sk_buff belongs to, as the TC programs saw it: the ingress flow on the
+ * interface it came in on if that flow exists, else the egress flow on its device if that
+ * exists, else a new ingress flow (received packets) or egress flow (sent ones). */
+static __always_inline void skb_flow(struct sk_buff *skb, struct fk_parse *p)
+{
+    __u32 iif = BPF_CORE_READ(skb, skb_iif);
+    __u32 dev = BPF_CORE_READ(skb, dev, ifindex);
+    __u32 zero = 0;
+    void *flows = bpf_map_lookup_elem(&flow_selector, &zero);
+    if (iif) {
+        p->key.if_index = iif;
+        p->key.direction = FK_DIRECTION_INGRESS;
+        if (!flows || bpf_map_lookup_elem(flows, &p->key))
+            return;
+    }
+    p->key.if_index = dev;
+    p->key.direction = FK_DIRECTION_EGRESS;
+    if (iif && !(flows && bpf_map_lookup_elem(flows, &p->key))) {
+        p->key.if_index = iif;
+        p->key.direction = FK_DIRECTION_INGRESS;
+    }
+}
+
+/* ENABLE_PKT_DROPS: every sk_buff the kernel frees as dropped (not consumed) adds to its flow's
+ * drop counters, creating the flow when it has no entry yet. */
+SEC("tp_btf/kfree_skb")
+int flowkit_drops(__u64 *ctx)
+{
+    struct sk_buff *skb = (struct sk_buff *)ctx[0];
+    __u32 reason = (__u32)ctx[2];
+    if (reason == bpf_core_enum_value(enum skb_drop_reason, SKB_NOT_DROPPED_YET) ||
+        reason == bpf_core_enum_value(enum skb_drop_reason, SKB_CONSUMED))
+        return 0;
+    struct fk_parse p __attribute__((aligned(8)));
+    __builtin_memset(&p, 0, sizeof(p));
+    if (!parse_skb(skb, &p))
+        return 0;
+    skb_flow(skb, &p);
+    if (filter_enabled) {
+        __u32 sample = 0;
+        if (!filter_keeps(&p, 1, &sample)) {
+            count(FK_COUNTER_FILTERED);
+            return 0;
+        }
+    }
+    __u64 now = bpf_ktime_get_ns();
+    struct fk_flow_extra *x = extra_for(&p.key, now);
+    if (!x)
+        return 0;
+    x->drop_packets += 1;
+    x->drop_bytes += BPF_CORE_READ(skb, len);
+    x->drop_ns = now;
+    x->drop_cause = reason;
+    x->drop_flags = p.flags;
+    struct sock *sk = BPF_CORE_READ(skb, sk);
+    x->drop_state = (sk && p.key.proto == IPPROTO_TCP) ? BPF_CORE_READ(sk, __sk_common.skc_state)
+                                                       : 0;
+    x->features |= FK_FEATURE_DROPS;
+    return 0;
+}
+
+/* ENABLE_RTT: tcp_probe fires at the start of tcp_rcv_established for every segment an
+ * established socket receives; the socket's smoothed RTT goes to the flow of that segment
+ * (the largest value of the period is kept). */
+SEC("tp_btf/tcp_probe")
+int flowkit_rtt(__u64 *ctx)
+{
+    struct tcp_sock *tp = (struct tcp_sock *)ctx[0];
+    struct sk_buff *skb = (struct sk_buff *)ctx[1];
+    __u32 srtt = BPF_CORE_READ(tp, srtt_us) >> 3;
+    if (srtt == 0)
+        return 0;
+    struct fk_parse p __attribute__((aligned(8)));
+    __builtin_memset(&p, 0, sizeof(p));
+    if (!parse_skb(skb, &p))
+        return 0;
+    p.key.if_index = BPF_CORE_READ(skb, skb_iif);
+    p.key.direction = FK_DIRECTION_INGRESS;
+    if (filter_enabled) {
+        __u32 sample = 0;
+        if (!filter_keeps(&p, 0, &sample))
+            return 0;
+    }
+    __u64 rtt = (__u64)srtt * 1000;
+    struct fk_flow_extra *x = extra_for(&p.key, bpf_ktime_get_ns());
+    if (!x)
+        return 0;
+    if (rtt > x->rtt_ns)
+        x->rtt_ns = rtt;
+    x->features |= FK_FEATURE_RTT;
+    return 0;
+}
+
 /* ---- accounting ---- */
 
 /* skb->cb[] words of a replayed frame: interface index, original frame length (the data may be
@@ -477,7 +908,8 @@ static __always_inline void set_macs(struct fk_flow_value *v, const struct fk_pa
     st32(v->src_mac + 8, ld32(p->src_mac + 8));
 }
 
-static __always_inline void to_ringbuf(struct fk_parse *p, __u64 len, __u64 now)
+static __always_inline void to_ringbuf(struct fk_parse *p, __u64 len, __u64 now,
+                                       __u32 flow_sampling)
 {
     struct fk_flow_event *rec = bpf_ringbuf_reserve(&flow_events, sizeof(*rec), 0);
     if (!rec) {
@@ -494,7 +926,7 @@ static __always_inline void to_ringbuf(struct fk_parse *p, __u64 len, __u64 now)
     rec->value.flags = p->flags;
     rec->value.dscp = p->dscp;
     rec->value.pad = 0;
-    rec->value.sampling = sampling;
+    rec->value.sampling = flow_sampling;
     bpf_ringbuf_submit(rec, 0);
     count(FK_COUNTER_RINGBUF_RECORDS);
 }
@@ -503,7 +935,8 @@ static __always_inline void to_ringbuf(struct fk_parse *p, __u64 len, __u64 now)
  * it is without replay), 1 in the flowkit_replay_* programs (see below). */
 static __always_inline int account(struct __sk_buff *skb, __u8 direction, const int replay)
 {
-    if (sampling > 1 && bpf_get_prandom_u32() % sampling != 0) {
+    /* With filter rules, sampling waits for the rule that may set its own. */
+    if (!filter_enabled && sampling > 1 && bpf_get_prandom_u32() % sampling != 0) {
         count(FK_COUNTER_SAMPLED_OUT);
         return TC_ACT_UNSPEC;
     }
@@ -523,6 +956,24 @@ static __always_inline int account(struct __sk_buff *skb, __u8 direction, const 
         return TC_ACT_UNSPEC;
     }
 
+    __u32 flow_sampling = sampling;
+    if (filter_enabled) {
+        __u32 rule_sample = 0;
+        if (!filter_keeps(&p, 0, &rule_sample)) {
+            count(FK_COUNTER_FILTERED);
+            return TC_ACT_UNSPEC;
+        }
+        if (rule_sample)
+            flow_sampling = rule_sample;
+        if (flow_sampling > 1 && bpf_get_prandom_u32() % flow_sampling != 0) {
+            count(FK_COUNTER_SAMPLED_OUT);
+            return TC_ACT_UNSPEC;
+        }
+    }
+    /* The port test first: the clock is read only for DNS messages. */
+    if (enable_dns && (p.key.src_port == dns_port || p.key.dst_port == dns_port))
+        track_dns(skb, &p, packet_time(skb, 1));
+
     __u64 len = replay ? replay_word(skb, FK_REPLAY_CB_LEN) : skb->len;
     __u32 zero = 0;
     void *flows = bpf_map_lookup_elem(&flow_selector, &zero);
@@ -538,7 +989,7 @@ static __always_inline int account(struct __sk_buff *skb, __u8 direction, const 
         if (v->packets == 0) {
             now = packet_time(skb, 1, replay);
             v->first_ns = now;
-            v->sampling = sampling;
+            v->sampling = flow_sampling;
             set_macs(v, &p);
         } else {
             now = packet_time(skb, precise_timestamps, replay);
@@ -563,7 +1014,7 @@ static __always_inline int account(struct __sk_buff *skb, __u8 direction, const 
         .flags = p.flags,
         .dscp = p.dscp,
         .pad = 0,
-        .sampling = sampling,
+        .sampling = flow_sampling,
         .pad2 = 0,
     };
     set_macs(&fresh, &p);
@@ -571,7 +1022,7 @@ static __always_inline int account(struct __sk_buff *skb, __u8 direction, const 
      * which was zero. */
     long err = bpf_map_update_elem(flows, &p.key, &fresh, BPF_ANY);
     if (err == -E2BIG)
-        to_ringbuf(&p, len, now);
+        to_ringbuf(&p, len, now, flow_sampling);
     else if (err)
         count(FK_COUNTER_UPDATE_FAILED);
     return TC_ACT_UNSPEC;

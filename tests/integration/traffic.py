@@ -4,6 +4,7 @@ Modes (all print one JSON line with what they did, then exit):
 
 - ``udp-send DST DPORT SPORT COUNT PAYLOAD``: COUNT datagrams of PAYLOAD bytes (IPv4 or IPv6,
   from the address family of DST) from source port SPORT;
+- ``udp-send-from SRC DST DPORT SPORT COUNT PAYLOAD``: the same from source address SRC;
 - ``udp-sink PORT SECONDS``: receive on PORT (both families) for SECONDS, report datagrams;
 - ``tcp-sink PORT``: accept one connection on PORT, read until EOF, report bytes;
 - ``tcp-send DST DPORT SPORT NBYTES``: connect from SPORT, send NBYTES, close cleanly;
@@ -25,10 +26,11 @@ def _family(host: str) -> int:
     return socket.AF_INET6 if ":" in host else socket.AF_INET
 
 
-def udp_send(dst: str, dport: int, sport: int, count: int, payload: int) -> dict[str, int]:
+def udp_send(dst: str, dport: int, sport: int, count: int, payload: int,
+             src: str = "") -> dict[str, int]:
     with socket.socket(_family(dst), socket.SOCK_DGRAM) as sock:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(("", sport))
+        sock.bind((src, sport))
         data = b"f" * payload
         for _ in range(count):
             sock.sendto(data, (dst, dport))
@@ -130,6 +132,9 @@ def main(argv: list[str]) -> None:
     out: dict[str, object]
     if mode == "udp-send":
         out = udp_send(args[0], int(args[1]), int(args[2]), int(args[3]), int(args[4]))
+    elif mode == "udp-send-from":
+        src, dst, dport, sport, count, payload = args
+        out = udp_send(dst, int(dport), int(sport), int(count), int(payload), src)
     elif mode == "udp-sink":
         out = udp_sink(int(args[0]), float(args[1]))
     elif mode == "tcp-sink":
