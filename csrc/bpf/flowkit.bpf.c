@@ -972,7 +972,7 @@ static __always_inline int account(struct __sk_buff *skb, __u8 direction, const 
     }
     /* The port test first: the clock is read only for DNS messages. */
     if (enable_dns && (p.key.src_port == dns_port || p.key.dst_port == dns_port))
-        track_dns(skb, &p, packet_time(skb, 1));
+        track_dns(skb, &p, packet_time(skb, 1, replay));
 
     __u64 len = replay ? replay_word(skb, FK_REPLAY_CB_LEN) : skb->len;
     __u32 zero = 0;

@@ -21,16 +21,23 @@ ROOT = Path(__file__).resolve().parents[2]
 SOURCE = ROOT / "csrc" / "bpf" / "flowkit.bpf.c"
 OBJECT = ROOT / "flowkit" / "bpf" / "flowkit.bpf.o"
 
-PROGRAMS = {"flowkit_ingress", "flowkit_egress",
-            "flowkit_replay_ingress", "flowkit_replay_egress"}  # replay: never attached
+TC_PROGRAMS = {"flowkit_ingress", "flowkit_egress",
+               "flowkit_replay_ingress", "flowkit_replay_egress"}  # replay: never attached
+PROGRAMS = TC_PROGRAMS | {"flowkit_drops", "flowkit_rtt"}
 MAPS = {
     "flows_a": "percpu_hash",
     "flows_b": "percpu_hash",
     "flow_selector": "array_of_maps",
     "flow_events": "ringbuf",
     "counters": "percpu_array",
+    "extras_a": "percpu_hash",
+    "extras_b": "percpu_hash",
+    "extra_selector": "array_of_maps",
+    "dns_queries": "lru_hash",
+    "filter_rules": "lpm_trie",
 }
-VARIABLES = {"sampling", "trace_ingress", "trace_egress", "precise_timestamps"}
+VARIABLES = {"sampling", "trace_ingress", "trace_egress", "precise_timestamps", "enable_dns",
+             "dns_port", "filter_enabled"}
 
 
 def build_command() -> list[str]:
@@ -75,8 +82,8 @@ def test_the_object_loads_and_runs_on_a_frame() -> None:
     spec.maps["flows_a"].max_entries = 64
     spec.maps["flows_b"].max_entries = 64
     with spec.load() as collection:
-        assert set(collection.programs) == PROGRAMS
+        assert set(collection.programs) == PROGRAMS  # the tracing programs load too
         frame = bytes(range(64))  # any 64 bytes: parsed as an unknown ethertype
-        for name in PROGRAMS:
+        for name in TC_PROGRAMS:
             retval, _ = collection.programs[name].test_run(frame, repeat=1)
             assert retval & 0xFFFFFFFF == 0xFFFFFFFF  # TC_ACT_UNSPEC: never alters traffic

@@ -108,7 +108,8 @@ def test_tcp_drops_show_the_socket_state(pair: Pair) -> None:
         client = left.ns.popen([sys.executable, "-c", TCP_CLIENT, right.ip4],
                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         try:
-            assert client.stdout is not None and client.stdout.readline() == "connected\n"
+            assert client.stdout is not None
+            assert client.stdout.readline() == "connected\n"
             # From now on R drops the client's segments after the socket lookup.
             nft(right, "tcp sport 40011 drop")
             assert client.stdin is not None
@@ -178,7 +179,8 @@ def test_dns_responses_carry_id_rcode_latency_and_name(pair: Pair) -> None:
     server = right.ns.popen([sys.executable, "-c", DNS_SERVER, str(delay)],
                             stdout=subprocess.PIPE, text=True)
     try:
-        assert server.stdout is not None and server.stdout.readline() == "ready\n"
+        assert server.stdout is not None
+        assert server.stdout.readline() == "ready\n"
         with run_agent(pair, {"ENABLE_DNS_TRACKING": "true"}) as agent:
             out = left.ns.run(sys.executable, "-c", DNS_CLIENT, right.ip4,
                               "host.example.test", "nx.example.test").stdout

@@ -323,7 +323,10 @@ def test_btf_strings_are_shared_when_added_twice() -> None:
 def test_flowkit_object_spec() -> None:
     spec = CollectionSpec.from_file(FLOWKIT_OBJECT)
     assert {"flowkit_ingress", "flowkit_egress"} <= set(spec.programs)
-    assert all(p.prog_type == "sched_cls" for p in spec.programs.values())
+    assert {spec.programs[n].prog_type for n in ("flowkit_ingress", "flowkit_egress")} == {
+        "sched_cls"}
+    # The optional features' tracing programs (tp_btf: BTF-enabled raw tracepoints).
+    assert {spec.programs[n].prog_type for n in ("flowkit_drops", "flowkit_rtt")} == {"tracing"}
     assert spec.maps["flows_a"].type == "percpu_hash"
     selector = spec.maps["flow_selector"]
     assert selector.type == "array_of_maps"
