@@ -34,6 +34,7 @@ from flowkit.metrics import Metrics
 from flowkit.model import FlowBatch
 from flowkit.pipeline import Pipeline, PipelineComponent, resolve_pipeline
 from flowkit.plugins import PluginManager
+from flowkit.ratelimit import RateLimitedLog
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +87,7 @@ class ExporterWorker:
         self._queue_size = metrics.gauge(
             "buffer_size", "Batches waiting in a queue", ["name"]
         ).labels(name=f"exporter/{name}")
+        self._problems = RateLimitedLog(log)
 
     def start(self) -> None:
         self._thread.start()
@@ -113,32 +115,68 @@ class ExporterWorker:
             try:
                 self.exporter.export(shared.batch)
                 self._exported.inc(len(shared.batch))
-            except Exception:
+            except Exception as exc:
                 self._errors.inc()
-                log.exception("exporter %s failed on a batch of %d flows", self.name,
-                              len(shared.batch))
+                # One line, at most every 30 s with the count held back; the traceback goes to
+                # the debug log (an exporter failing twice a second must not flood the log).
+                self._problems.emit(
+                    "export", logging.ERROR, "exporter %s failed on a batch of %d flows "
+                    "(dropped; counted in errors_total{component=\"exporter/%s\"}): %s: %s",
+                    self.name, len(shared.batch), self.name, type(exc).__name__, exc,
+                )
+                log.debug("exporter %s failed", self.name, exc_info=True)
+            else:
+                self._problems.recovered("export", logging.INFO,
+                                         "exporter %s exports again", self.name)
             finally:
                 shared.done()
                 self._queue_size.set(self._queue.qsize())
 
+    def close_queue(self) -> None:
+        """No more batches: the worker thread returns once it has exported what is queued
+        (never blocks; a full queue is drained first by the worker)."""
+        if self._thread.ident is None:
+            return
+        threading.Thread(target=self._queue.put, args=(self._STOP,), daemon=True,
+                         name=f"flowkit-stop-{self.name}").start()
+
     def stop(self, deadline: float) -> None:
-        """Let the queue drain, then flush and shut the exporter down by ``deadline``."""
+        """Wait (until ``deadline``) for the queued batches to be exported, then flush and shut
+        the exporter down with what is left of the deadline.
+
+        ``flush`` and ``shutdown`` are never called while ``export`` runs: an exporter still
+        inside ``export`` at the deadline is left alone (and reported).
+        """
         if self._thread.ident is not None:  # not started when the agent failed to start
-            try:
-                self._queue.put(self._STOP, timeout=max(0.0, deadline - time.monotonic()))
-            except queue.Full:
-                log.warning("exporter %s did not drain its queue in time", self.name)
+            self.close_queue()
             self._thread.join(max(0.0, deadline - time.monotonic()))
-        remaining = max(0.1, deadline - time.monotonic())
+            if self._thread.is_alive():
+                log.warning("exporter %s was still exporting at the stop deadline "
+                            "(SHUTDOWN_TIMEOUT); not flushing or shutting it down", self.name)
+                return
         try:
-            if not self.exporter.flush(remaining):
+            if not self.exporter.flush(max(0.1, deadline - time.monotonic())):
                 log.warning("exporter %s could not flush everything in time", self.name)
-        except Exception:
-            log.exception("exporter %s failed to flush", self.name)
+        except Exception as exc:
+            log.error("exporter %s failed to flush: %s: %s", self.name, type(exc).__name__, exc)
         try:
             self.exporter.shutdown(max(0.1, deadline - time.monotonic()))
-        except Exception:
-            log.exception("exporter %s failed to shut down", self.name)
+        except Exception as exc:
+            log.error("exporter %s failed to shut down: %s: %s", self.name,
+                      type(exc).__name__, exc)
+
+
+def stop_workers(workers: list[ExporterWorker], deadline: float) -> None:
+    """Stop every worker in parallel: each gets the whole time left until ``deadline``, so a
+    slow exporter does not eat the others' share."""
+    for worker in workers:
+        worker.close_queue()
+    threads = [threading.Thread(target=worker.stop, args=(deadline,), daemon=True,
+                                name=f"flowkit-stopping-{worker.name}") for worker in workers]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(max(0.0, deadline - time.monotonic()) + 1.0)
 
 
 class Agent:
@@ -171,6 +209,8 @@ class Agent:
         self.config = self.pipeline.config
         self.metrics = metrics or Metrics(self.config.metrics_prefix)
         self.stop_requested = threading.Event()
+        # What exporters see as context.stop_event: set once the last batch is in their queues.
+        self._exporters_stop = threading.Event()
         self._stopped = threading.Event()
         self._informer_stop = threading.Event()
         self._accounting_stop = threading.Event()
@@ -212,11 +252,13 @@ class Agent:
 
     # -- construction -----------------------------------------------------------------------
     def _context(self, component: PipelineComponent, **extra: Any) -> ComponentContext:
+        exporter = component.kind == "exporter"
         return ComponentContext(
             config=self.config,
             settings=component.settings,
             metrics=self.metrics,
-            stop_event=self.stop_requested,
+            stop_event=self._exporters_stop if exporter else self.stop_requested,
+            stopper=self.stop,
             **extra,
         )
 
@@ -472,8 +514,10 @@ class Agent:
         for thread in self._threads:
             if thread.name == "flowkit-accounting":
                 thread.join(max(1.0, deadline - time.monotonic()))
-        for worker in self._workers:
-            worker.stop(deadline)
+        # The last batch is queued: from now on exporters have SHUTDOWN_TIMEOUT, all of them
+        # at once, to deliver it (the stop contract, docs/plugins.md).
+        self._exporters_stop.set()
+        stop_workers(self._workers, time.monotonic() + self.config.shutdown_timeout)
         self._close_components()
         log.info("flowkit agent stopped: %s", self.stats())
         self._stopped.set()

@@ -155,7 +155,18 @@ class ComponentContext:
     settings: Any
     metrics: Metrics
     stop_event: threading.Event = field(default_factory=threading.Event)
+    """Informers, tracers, accounters: set when the agent stops. Exporters: set once the agent
+    has queued the last batch for them (see "The stop contract" in docs/plugins.md): finish what
+    you hold before the deadline, start no new long waits."""
     tracer: Tracer | None = None
+    stopper: Callable[[], None] | None = None
+
+    def request_stop(self) -> None:
+        """Ask the agent to stop in order (e.g. the stdout exporter when its reader is gone)."""
+        if self.stopper is not None:
+            self.stopper()
+        else:
+            self.stop_event.set()
 
 
 @dataclass(frozen=True)

@@ -51,7 +51,7 @@ class StdoutExporter:
             pass
         log.info("standard output was closed by its reader; stopping")
         if self._context is not None:
-            self._context.stop_event.set()
+            self._context.request_stop()
 
     def flush(self, timeout: float) -> bool:
         if not self._closed:

@@ -88,3 +88,32 @@ def test_check_passes_on_this_host_and_names_each_check() -> None:
     names = [line.split()[1] for line in lines]
     assert names == ["privileges", "kernel", "btf", "native", "bpf-object"]
     assert all(line.startswith("ok") for line in lines), result.stdout
+
+
+def test_every_metric_the_docs_name_is_served_with_those_labels() -> None:
+    import re
+    from pathlib import Path
+
+    docs = Path(__file__).resolve().parents[2] / "docs"
+    named: dict[str, set[str]] = {}
+    for page in ("plugins.md", "architecture.md"):
+        text = (docs / page).read_text()
+        for name, labels in re.findall(r"(ebpf_agent_[a-z_]+)(\{[^}]*\})?", text):
+            named.setdefault(name, set()).update(re.findall(r"([a-z_]+)=", labels))
+    assert "ebpf_agent_errors_total" in named
+    port = _free_port()
+    env = clean_env(SYNTHETIC, SYNTHETIC_MAX_RECORDS="10", CACHE_ACTIVE_TIMEOUT="200ms",
+                    METRICS_ENABLE="true", METRICS_SERVER_ADDRESS="127.0.0.1",
+                    METRICS_SERVER_PORT=str(port))
+    with AgentProcess([], env) as agent:
+        agent.wait_for_packets(10)
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+            text = response.read().decode()
+        assert agent.stop() == 0
+    served: dict[str, set[frozenset[str]]] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            served.setdefault(sample.name, set()).add(frozenset(sample.labels))
+    for name, labels in named.items():
+        assert name in served, f"docs name {name}, the agent does not serve it"
+        assert any(labels <= keys for keys in served[name]), (name, labels, served[name])
