@@ -73,8 +73,8 @@ def test_a_spool_directory_in_use_stops_the_second_agent(tmp_path: Path) -> None
         second = run([], {**env})
         assert second.returncode == 1, second.stderr
         lines = second.stderr.strip().splitlines()
-        assert lines[-1].startswith("flowkit-agent: cannot start: GRPC_SPOOL_DIR: spool directory")
-        assert "in use by another process" in lines[-1]
+        assert lines[-1].startswith('flowkit-agent: cannot start exporter "grpc"'), lines
+        assert f"GRPC_SPOOL_DIR: spool directory {spool} is in use by another process" in lines[-1]
         assert "Traceback" not in second.stderr
         assert first.stop() == 0
 
