@@ -256,6 +256,45 @@ def live_costs(empty_obj: Path, packets: int, workdir: Path) -> dict[str, Any]:
     return out
 
 
+def tracing_costs(drops: int, tcp_bytes: int) -> dict[str, Any]:
+    """ns per event of the drop and RTT programs on live traffic (bpf_stats): ``drops`` UDP
+    datagrams dropped by an nftables rule, then a TCP transfer of ``tcp_bytes`` (every segment
+    an established socket receives runs flowkit_rtt)."""
+    traffic = str(ROOT / "tests" / "integration" / "traffic.py")
+    out: dict[str, Any] = {"drops_sent": drops, "tcp_bytes": tcp_bytes}
+    with bpf_stats(), Pair.create("fkBt", offload=False) as pair:
+        left, right = pair.left, pair.right
+        subprocess.run(right.ns.cmd("nft", "-f", "-"), text=True, check=True, input=(
+            "table inet fkbench {\n chain input {\n  type filter hook input priority 0;\n"
+            "  udp dport 5003 drop\n }\n}\n"))
+        env = {"INTERFACES": right.ifname, "ENABLE_PKT_DROPS": "true", "ENABLE_RTT": "true"}
+        with AgentRun(right.ns, env) as agent:
+            agent.wait_traced(right.ifname)
+            progs = json.loads(sh("bpftool", "-j", "prog", "show").stdout)
+            ids = agent_prog_ids(agent.proc.pid)
+            by_name = {p["name"]: p["id"] for p in progs if p["id"] in ids}
+            for name, args in (("flowkit_drops", ("udp-send", right.ip4, "5003", "40010",
+                                                  str(drops), "18")),
+                               ("flowkit_rtt", ("tcp-send", right.ip4, "5002", "40011",
+                                                str(tcp_bytes)))):
+                sink = None
+                if name == "flowkit_rtt":
+                    sink = right.ns.popen([sys.executable, traffic, "tcp-sink", "5002"],
+                                          stdout=subprocess.PIPE, text=True)
+                    assert sink.stdout is not None
+                    sink.stdout.readline()
+                before = prog_stats({by_name[name]})
+                sh(*left.ns.cmd(sys.executable, traffic, *args), timeout=600)
+                after = prog_stats({by_name[name]})
+                if sink is not None:
+                    sink.wait(60)
+                runs = after[1] - before[1]
+                out[f"{name}_runs"] = runs
+                out[f"{name}_ns_per_event"] = round((after[0] - before[0]) / max(runs, 1), 1)
+            agent.stop()
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=20_000_000)
@@ -279,6 +318,7 @@ def main() -> None:
             result["test_run"] = test_run_costs(empty_obj, args.repeat, args.rounds)
         if args.features:
             result["features"] = feature_costs(empty_obj, args.repeat, args.rounds)
+            result["tracing"] = tracing_costs(20_000, 20_000_000)
         if not args.no_live:
             result["live"] = live_costs(empty_obj, args.packets, workdir)
     result["seconds"] = round(time.time() - started, 1)

@@ -217,6 +217,12 @@ class EbpfTracer:
             self.cache_max_flows if settings.enable_dns_tracking else 1
         )
         spec.maps[MAP_FILTERS].max_entries = max(1, len(rules.entries))
+        if settings.enable_pkt_drops or settings.enable_rtt:
+            # The tracing programs see every namespace: they report the agent's own (or, with
+            # NETWORK_NAMESPACES, every one, by name).
+            from flowkit.netns import own_inode
+
+            spec.variables["host_netns_inum"].set(own_inode())
         # The object also holds the replay programs (flowkit_replay_*): not needed here.
         programs = [PROGRAM_INGRESS, PROGRAM_EGRESS]
         if settings.enable_pkt_drops:

@@ -110,6 +110,7 @@ struct net_device {
 
 struct sock_common {
     volatile unsigned char skc_state;
+    possible_net_t skc_net;
 } __attribute__((preserve_access_index));
 
 struct sock {
@@ -724,8 +725,9 @@ static __always_inline void track_dns(struct __sk_buff *skb, const struct fk_par
 /* ---- the tracing programs: headers of a kernel sk_buff ---- */
 
 /* The flow fields of a kernel sk_buff whose network header is set (as in the stack's receive
- * and transmit paths). Returns 0 for non-IP packets. */
-static __always_inline int parse_skb(struct sk_buff *skb, struct fk_parse *p)
+ * and transmit paths). Returns 0 for non-IP packets and for packets of network namespaces the
+ * agent does not report. */
+static __always_inline int parse_skb(struct sk_buff *skb, struct sock *owner, struct fk_parse *p)
 {
     unsigned char *head = BPF_CORE_READ(skb, head);
     __u16 nh = BPF_CORE_READ(skb, network_header);
@@ -770,12 +772,21 @@ static __always_inline int parse_skb(struct sk_buff *skb, struct fk_parse *p)
         if (bpf_probe_read_kernel(hdr, L4_WANT, l4) == 0)
             parse_l4(p, hdr, L4_WANT);
     }
-    if (trace_netns) {
-        /* As the TC programs do, so that the keys agree (NETWORK_NAMESPACES). */
-        struct net_device *dev = BPF_CORE_READ(skb, dev);
-        __u32 inum = dev ? BPF_CORE_READ(dev, nd_net.net, ns.inum) : host_netns_inum;
+    /* Tracepoints see the whole host. Without NETWORK_NAMESPACES only the agent's own network
+     * namespace is reported (as on the TC side, whose interfaces are all in it); with it, the
+     * key names the namespace as the TC programs do, so that the keys agree. The namespace is
+     * the socket's (the tracepoint's, else the skb's), else the device's. */
+    struct net_device *dev = BPF_CORE_READ(skb, dev);
+    struct sock *sk = owner ? owner : BPF_CORE_READ(skb, sk);
+    __u32 inum = host_netns_inum;
+    if (sk)
+        inum = BPF_CORE_READ(sk, __sk_common.skc_net.net, ns.inum);
+    else if (dev)
+        inum = BPF_CORE_READ(dev, nd_net.net, ns.inum);
+    if (trace_netns)
         p->key.netns = inum == host_netns_inum ? 0 : (__u16)inum;
-    }
+    else if (inum != host_netns_inum)
+        return 0;
     return 1;
 }
 
@@ -814,7 +825,7 @@ int flowkit_drops(__u64 *ctx)
         return 0;
     struct fk_parse p __attribute__((aligned(8)));
     __builtin_memset(&p, 0, sizeof(p));
-    if (!parse_skb(skb, &p))
+    if (!parse_skb(skb, 0, &p))
         return 0;
     skb_flow(skb, &p);
     if (filter_enabled) {
@@ -853,7 +864,7 @@ int flowkit_rtt(__u64 *ctx)
         return 0;
     struct fk_parse p __attribute__((aligned(8)));
     __builtin_memset(&p, 0, sizeof(p));
-    if (!parse_skb(skb, &p))
+    if (!parse_skb(skb, (struct sock *)tp, &p))
         return 0;
     p.key.if_index = BPF_CORE_READ(skb, skb_iif);
     p.key.direction = FK_DIRECTION_INGRESS;

@@ -262,3 +262,37 @@ def test_records_messages_split_at_the_maximum() -> None:
 
 def test_sampling_uses_field_29_on_the_wire() -> None:
     assert Record(sampling=5).SerializeToString() == b"\xe8\x01\x05"
+
+
+def test_feature_fields_survive_protobuf_as_the_stdout_json_shows_them() -> None:
+    """What a Kafka or gRPC consumer decodes is the JSON stdout prints, feature keys included."""
+    from flowkit.encoding import encode_records
+    from flowkit.model import FEATURE_DNS, FEATURE_DROPS, FEATURE_RTT
+    from flowkit.pbflow.convert import record_to_json_dict
+
+    base: dict[str, Any] = {
+        "if_index": 3, "interface": "veth0", "direction": 0, "eth_protocol": 0x0800,
+        "src_mac": bytes(6), "dst_mac": bytes(6),
+        "src_ip": ipaddress.ip_address("198.18.0.1"),
+        "dst_ip": ipaddress.ip_address("198.18.0.2"),
+        "src_port": 53, "dst_port": 40000, "proto": 17,
+        "icmp_type": 0, "icmp_code": 0, "packets": 2, "bytes": 200, "start_ns": T0,
+        "end_ns": T0 + 5, "flags": 0, "dscp": 0, "sampling": 0,
+    }
+    flows = [
+        Flow(**base, features=FEATURE_DROPS | FEATURE_RTT | FEATURE_DNS, drop_bytes=128,
+             drop_packets=1, drop_flags=0x10, drop_state=1, drop_cause=6, rtt_ns=40_478_000,
+             dns_id=0x1234, dns_flags=0x8183, dns_latency_ns=201_500_000, dns_errno=0,
+             dns_name="nx.example.test"),
+        Flow(**base, features=FEATURE_DNS, dns_id=7, dns_flags=0x0100, dns_name="a.test"),
+        Flow(**base, features=FEATURE_RTT, rtt_ns=0),
+        Flow(**base),
+    ]
+    batch = FlowBatch.from_flows(flows)
+    decoded = [record_to_json_dict(Record.FromString(raw)) for raw in encode_records(batch).split()]
+    expected = batch.to_dicts()
+    assert decoded == expected
+    assert expected[0]["DnsFlagsResponseCode"] == "NXDomain"
+    assert expected[0]["PktDropLatestState"] == "TCP_ESTABLISHED"
+    assert "TimeFlowRttNs" in expected[2]
+    assert "DnsId" not in expected[3]
