@@ -176,3 +176,31 @@ def test_export_errors_are_rate_limited(builtin_pm: PluginManager,
     assert len(lines) == 1
     assert "ConnectionError: sink unreachable" in lines[0].getMessage()
     assert lines[0].exc_info is None
+
+
+def test_a_factory_failure_names_the_component_and_stops_what_was_built(
+    builtin_pm: PluginManager,
+) -> None:
+    from flowkit.components import ComponentStartError
+
+    probes = Probes(first={})
+
+    class Broken:
+        @hookimpl
+        def flowkit_exporters(self) -> list[ExporterSpec]:
+            def fail(ctx: ComponentContext) -> Any:
+                raise ValueError("BROKEN_PATH: /nonexistent is not a directory")
+            return [ExporterSpec(name="broken", factory=fail)]
+
+    builtin_pm.register(probes, name="probes", distribution="tests")
+    builtin_pm.register(Broken(), name="broken", distribution="broken-dist")
+    config = AgentConfig.load(environ={}, plugin_manager=builtin_pm, cli={
+        "tracer": "synthetic", "accounter": "python", "listen_interfaces": "poll",
+        "export": "first,broken"})
+    agent = Agent(config, plugin_manager=builtin_pm)
+    with pytest.raises(ComponentStartError) as caught:
+        agent.start()
+    assert str(caught.value) == ('cannot start exporter "broken" (distribution broken-dist): '
+                                 "BROKEN_PATH: /nonexistent is not a directory")
+    assert caught.value.exit_status == 2
+    assert [c[0] for c in probes.made["first"].calls] == ["shutdown"]
