@@ -20,7 +20,6 @@ exported, :attr:`ReplayTracer.error` holds the :class:`~flowkit.pcapfile.Capture
 from __future__ import annotations
 
 import logging
-import struct
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -58,8 +57,9 @@ REPLAY_PROGRAMS = ("flowkit_replay_ingress", "flowkit_replay_egress")
 # always fits, and holds every header the program reads.
 MAX_TEST_RUN_BYTES = 3072
 ETH_HLEN = 14
-# struct __sk_buff up to the end of cb[5] (offset 48): the fields replay sets.
-_CTX = struct.Struct("<12I5I")
+# The test run's context: struct __sk_buff up to the end of cb[5]; cb[] starts at word 12.
+CB = 12
+CTX_WORDS = CB + 5
 
 
 class ReplaySettings(BaseModel):
@@ -220,27 +220,26 @@ class ReplayTracer:
     def _index_of(self, interface: CaptureInterface) -> int:
         return self.settings.replay_if_index or interface.number + 1
 
-    def frames_with_context(self) -> Iterator[tuple[int, bytes, bytes]]:
-        """(direction, data, ctx) per frame; raises CaptureError for a bad frame."""
+    def frames_with_context(self) -> Iterator[tuple[int, bytes, int, int, int]]:
+        """(direction, data, if_index, original length, time ns) per frame; raises
+        CaptureError for a bad frame."""
         interfaces: list[CaptureInterface] = []
         default = 0 if self.settings.replay_direction == "ingress" else 1
+        checked: dict[int, int] = {}  # capture interface number -> flow if_index
         for frame in read_capture(self.path, interfaces):
-            interface = interfaces[frame.interface] if frame.interface < len(interfaces) else (
-                interfaces[0])
-            if interface.linktype != LINKTYPE_ETHERNET:
-                name = LINKTYPE_NAMES.get(interface.linktype, str(interface.linktype))
-                raise CaptureError(str(self.path), frame.number, 0,
-                                   f"link type {name} is not supported (flowkit replays "
-                                   "Ethernet captures, link type 1)")
-            index = self._index_of(interface)
-            if index not in self._names:
-                self._names[index] = interface.name
+            index = checked.get(frame.interface)
+            if index is None:
+                interface = interfaces[frame.interface]
+                if interface.linktype != LINKTYPE_ETHERNET:
+                    name = LINKTYPE_NAMES.get(interface.linktype, str(interface.linktype))
+                    raise CaptureError(str(self.path), frame.number, 0,
+                                       f"link type {name} is not supported (flowkit replays "
+                                       "Ethernet captures, link type 1)")
+                index = checked[frame.interface] = self._index_of(interface)
+                self._names.setdefault(index, interface.name)
             direction = default if frame.direction is None else (
                 0 if frame.direction == INBOUND else 1)
-            data = frame.data[:MAX_TEST_RUN_BYTES]
-            ctx = _CTX.pack(*([0] * 12), index, frame.orig_len, frame.time_ns & 0xFFFFFFFF,
-                            frame.time_ns >> 32, 0)
-            yield direction, data, ctx
+            yield direction, frame.data, index, frame.orig_len, frame.time_ns
 
     def _run(self) -> None:
         from flowkit.native import check, ffi, lib
@@ -248,26 +247,36 @@ class ReplayTracer:
         assert self._collection is not None
         programs = tuple(self._collection.programs[name].fd for name in REPLAY_PROGRAMS)
         opts = ffi.new("struct bpf_test_run_opts *")
-        size = ffi.sizeof("struct bpf_test_run_opts")
+        opts.sz = ffi.sizeof("struct bpf_test_run_opts")
+        opts.repeat = 1
+        # One frame buffer and one context, reused: the kernel copies both in.
+        data_in = ffi.new("uint8_t[]", MAX_TEST_RUN_BYTES)
+        ctx = ffi.new("uint32_t[]", CTX_WORDS)
+        opts.data_in = data_in
+        opts.ctx_in = ctx
+        opts.ctx_size_in = CTX_WORDS * 4
+        run = lib.bpf_prog_test_run_opts
+        memmove = ffi.memmove
         try:
-            for direction, data, ctx in self.frames_with_context():
-                if self._halt.is_set():
-                    return
-                if len(data) < ETH_HLEN:
+            for direction, data, index, orig_len, time_ns in self.frames_with_context():
+                size = min(len(data), MAX_TEST_RUN_BYTES)
+                if size < ETH_HLEN:
                     self.skipped += 1  # BPF_PROG_TEST_RUN refuses frames without Ethernet header
                     continue
-                ffi.memmove(opts, b"\0" * size, size)
-                opts.sz = size
-                data_in = ffi.from_buffer(data)
-                ctx_in = ffi.from_buffer(ctx)
-                opts.data_in = data_in
-                opts.data_size_in = len(data)
-                opts.ctx_in = ctx_in
-                opts.ctx_size_in = len(ctx)
-                opts.repeat = 1
-                check(lib.bpf_prog_test_run_opts(programs[direction], opts),
-                      "bpf_prog_test_run_opts", f"replay of frame {self.frames + 1}")
+                memmove(data_in, data, size)
+                opts.data_size_in = size
+                opts.data_size_out = 0  # libbpf writes the sizes back: reset what it passes on
+                opts.ctx_size_out = 0
+                ctx[CB] = index
+                ctx[CB + 1] = orig_len
+                ctx[CB + 2] = time_ns & 0xFFFFFFFF
+                ctx[CB + 3] = time_ns >> 32
+                rc = run(programs[direction], opts)
+                if rc < 0:
+                    check(rc, "bpf_prog_test_run_opts", f"replay of frame {self.frames + 1}")
                 self.frames += 1
+                if self.frames & 0x3FF == 0 and self._halt.is_set():
+                    return
             log.info("replay: %s: %d frames replayed", self.path, self.frames)
         except CaptureError as exc:
             self.error = exc
