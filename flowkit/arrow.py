@@ -189,6 +189,19 @@ def _interface_column(pa: Any, if_index: np.ndarray[Any, Any], names: dict[int, 
     return pa.DictionaryArray.from_arrays(pa.array(indices, pa.int32()), dictionary, safe=False)
 
 
+# Columns that hold data only when their gate column (by name prefix) is non-zero for the flow:
+# the optional features (FLOW_DTYPE: zero unless ``features`` has the feature's bit) and the
+# DEDUPER lists (``dup_count`` entries used).
+_GATES = {"features": ("drop_", "rtt_", "dns_"), "dup_count": ("dup_",)}
+
+
+def _gate_of(name: str) -> str | None:
+    for gate, prefixes in _GATES.items():
+        if name != gate and name.startswith(prefixes):
+            return gate
+    return None
+
+
 def to_arrow(batch: FlowBatch) -> pa.RecordBatch:
     """The flows of ``batch`` as a ``pyarrow.RecordBatch`` of :func:`flow_schema`.
 
@@ -206,24 +219,54 @@ def to_arrow(batch: FlowBatch) -> pa.RecordBatch:
     for column in columns:
         starts.append(total)
         total += -(-column.width * n // _ALIGN) * _ALIGN
-    storage = np.empty(max(total, _ALIGN), dtype=np.uint8)
+    # From Arrow's memory pool: freed batches' memory is reused without new page faults.
+    buffer = pa.allocate_buffer(max(total, _ALIGN))
+    zero_columns: set[str] = set()
     if n:
         if not array.flags.c_contiguous:
             array = np.ascontiguousarray(array)
-        base = ffi.cast("uint8_t *", storage.ctypes.data)
-        specs = ffi.new("struct fk_column[]", len(columns))
-        for spec, column, start in zip(specs, columns, starts, strict=True):
-            spec.offset = column.offset
-            spec.width = column.width
-            spec.dst = base + start
-        lib.fk_gather_columns(ffi.cast("uint8_t *", array.ctypes.data), n, array.itemsize,
-                              specs, len(columns))
-    buffer = pa.py_buffer(storage)
+        rows = ffi.cast("uint8_t *", array.ctypes.data)
+        base = ffi.cast("uint8_t *", buffer.address)
+
+        def gather(selected: list[tuple[_Column, int]]) -> None:
+            specs = ffi.new("struct fk_column[]", len(selected))
+            for spec, (column, start) in zip(specs, selected, strict=True):
+                spec.offset = column.offset
+                spec.width = column.width
+                spec.dst = base + start
+            lib.fk_gather_columns(rows, n, array.itemsize, specs, len(selected))
+
+        # Optional-feature columns are zero unless their gate column says otherwise (see
+        # FLOW_DTYPE): gather the rest first, and those only when a flow carries the feature.
+        placed = list(zip(columns, starts, strict=True))
+        gated = {c.name for c, _ in placed if _gate_of(c.name) is not None}
+        gather([(c, st) for c, st in placed if c.name not in gated])
+        gates = {c.name: (c, st) for c, st in placed}
+        for gate in {_gate_of(name) for name in gated}:
+            members = [(c, st) for c, st in placed if _gate_of(c.name) == gate]
+            if gate not in gates:
+                gather(members)
+                continue
+            gate_column, gate_start = gates[gate]
+            values = np.frombuffer(buffer, np.uint8, gate_column.width * n, gate_start)
+            if values.any():
+                gather(members)
+            else:
+                zero_columns.update(c.name for c, _ in members)
     dictionaries = _dictionaries()
     schema = flow_schema()
+    gathered = {column.name: buffer.slice(start, column.width * n)
+                for column, start in zip(columns, starts, strict=True)
+                if column.name == "netns"}
     arrays = []
+    zeros = None
     for column, start in zip(columns, starts, strict=True):
-        data = buffer.slice(start, column.width * n)
+        if column.name in zero_columns:
+            if zeros is None:  # calloc'd: untouched pages cost nothing until read
+                zeros = pa.py_buffer(np.zeros(max(c.width for c in columns) * n, np.uint8))
+            data = zeros.slice(0, column.width * n)
+        else:
+            data = buffer.slice(start, column.width * n)
         if column.kind == "list":
             item_type = _arrow_type(pa, column)
             count = column.width // column.numpy.itemsize
@@ -232,8 +275,13 @@ def to_arrow(batch: FlowBatch) -> pa.RecordBatch:
             continue
         arrays.append(pa.Array.from_buffers(_arrow_type(pa, column), n, [None, data]))
         if column.name == "if_index":
-            key = array["key"]
-            ids = (key["netns"].astype(np.uint64) << np.uint64(32)) | key["if_index"]
+            # Interface ids from the gathered columns (contiguous), not the strided records.
+            if_index = np.frombuffer(data, dtype=np.uint32, count=n)
+            netns = gathered.get("netns")
+            ids = if_index.astype(np.uint64)
+            if netns is not None:
+                ids |= np.frombuffer(netns, dtype=np.uint16, count=n).astype(np.uint64) << \
+                    np.uint64(32)
             arrays.append(_interface_column(pa, ids, dict(batch.interfaces)))
         elif column.name in ("direction", "proto"):
             index_type, dictionary = dictionaries[f"{column.name}_name"]
@@ -249,9 +297,11 @@ def to_arrow(batch: FlowBatch) -> pa.RecordBatch:
     return pa.RecordBatch.from_arrays(arrays, schema=schema)
 
 
-def column_bytes_copied(n_flows: int) -> int:
-    """Bytes :func:`to_arrow` copies out of the rows for ``n_flows`` flows (the C gather)."""
-    return n_flows * sum(column.width for column in _columns())
+def column_bytes_copied(n_flows: int, features: bool = True) -> int:
+    """Bytes :func:`to_arrow` copies out of the records for ``n_flows`` flows (the C gather);
+    ``features=False``: a batch where no flow carries optional-feature or DEDUPER data."""
+    return n_flows * sum(column.width for column in _columns()
+                         if features or _gate_of(column.name) is None)
 
 
 def from_arrow(data: Any) -> FlowBatch:

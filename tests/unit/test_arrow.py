@@ -186,3 +186,19 @@ def test_docs_schema_table_matches_the_schema() -> None:
         return str(t)
 
     assert documented == {f.name: spelled(f.type) for f in flow_schema()}
+
+
+def test_feature_columns_are_gathered_only_when_a_flow_has_the_feature() -> None:
+    batch = random_batch(50)
+    array = batch.array
+    array["features"] = 0
+    array["dup_count"] = 0
+    array["drop_bytes"] = 7  # not data: no flow has the drops bit
+    table = batch.to_arrow()
+    assert set(table.column("drop_bytes").to_pylist()) == {0}
+    assert set(table.column("dns_name").to_pylist()) == {bytes(32)}
+    array["features"][3] = 1
+    array["dup_count"][4] = 2
+    table = batch.to_arrow()
+    assert table.column("drop_bytes").to_pylist() == [7] * 50
+    assert table.column("dup_if_index")[4].as_py() == array["dup_if_index"][4].tolist()
