@@ -66,9 +66,13 @@ class ExporterWorker:
 
     _STOP = object()
 
-    def __init__(self, name: str, exporter: Exporter, capacity: int, metrics: Metrics) -> None:
+    def __init__(self, name: str, exporter: Exporter, capacity: int, metrics: Metrics,
+                 stop_event: threading.Event | None = None) -> None:
         self.name = name
         self.exporter = exporter
+        # The exporter's context.stop_event: set by the export thread once it has handed the
+        # exporter every queued batch, or by stop() when the deadline passes first.
+        self.stop_event = stop_event or threading.Event()
         self._queue: queue.Queue[Any] = queue.Queue(maxsize=capacity)
         self._thread = threading.Thread(target=self._run, name=f"flowkit-export-{name}",
                                         daemon=True)
@@ -110,6 +114,7 @@ class ExporterWorker:
         while True:
             item = self._queue.get()
             if item is self._STOP:
+                self.stop_event.set()
                 return
             shared: _SharedBatch = item
             try:
@@ -150,6 +155,7 @@ class ExporterWorker:
         if self._thread.ident is not None:  # not started when the agent failed to start
             self.close_queue()
             self._thread.join(max(0.0, deadline - time.monotonic()))
+            self.stop_event.set()  # deadline passed (or the queue is done): stop retrying
             if self._thread.is_alive():
                 log.warning("exporter %s was still exporting at the stop deadline "
                             "(SHUTDOWN_TIMEOUT); not flushing or shutting it down", self.name)
@@ -209,8 +215,6 @@ class Agent:
         self.config = self.pipeline.config
         self.metrics = metrics or Metrics(self.config.metrics_prefix)
         self.stop_requested = threading.Event()
-        # What exporters see as context.stop_event: set once the last batch is in their queues.
-        self._exporters_stop = threading.Event()
         self._stopped = threading.Event()
         self._informer_stop = threading.Event()
         self._accounting_stop = threading.Event()
@@ -251,13 +255,13 @@ class Agent:
         self._shutdown_owner: threading.Thread | None = None
 
     # -- construction -----------------------------------------------------------------------
-    def _context(self, component: PipelineComponent, **extra: Any) -> ComponentContext:
-        exporter = component.kind == "exporter"
+    def _context(self, component: PipelineComponent, stop_event: threading.Event | None = None,
+                 **extra: Any) -> ComponentContext:
         return ComponentContext(
             config=self.config,
             settings=component.settings,
             metrics=self.metrics,
-            stop_event=self._exporters_stop if exporter else self.stop_requested,
+            stop_event=stop_event or self.stop_requested,
             stopper=self.stop,
             **extra,
         )
@@ -292,9 +296,12 @@ class Agent:
         cfg = self.config
         try:
             for component in pipeline.exporters:
-                exporter = self._build(component)
+                # Each exporter has its own stop_event (the stop contract, docs/plugins.md).
+                exporter_stop = threading.Event()
+                exporter = self._build(component, stop_event=exporter_stop)
                 self._workers.append(
-                    ExporterWorker(component.name, exporter, cfg.buffers_length, self.metrics)
+                    ExporterWorker(component.name, exporter, cfg.buffers_length, self.metrics,
+                                   stop_event=exporter_stop)
                 )
             self.tracer = self._build(pipeline.tracer)
             self.tracer.start()
@@ -515,8 +522,8 @@ class Agent:
             if thread.name == "flowkit-accounting":
                 thread.join(max(1.0, deadline - time.monotonic()))
         # The last batch is queued: from now on exporters have SHUTDOWN_TIMEOUT, all of them
-        # at once, to deliver it (the stop contract, docs/plugins.md).
-        self._exporters_stop.set()
+        # at once, to deliver it; each one's stop_event is set once its queue is exported (the
+        # stop contract, docs/plugins.md).
         stop_workers(self._workers, time.monotonic() + self.config.shutdown_timeout)
         self._close_components()
         log.info("flowkit agent stopped: %s", self.stats())

@@ -155,9 +155,9 @@ class ComponentContext:
     settings: Any
     metrics: Metrics
     stop_event: threading.Event = field(default_factory=threading.Event)
-    """Informers, tracers, accounters: set when the agent stops. Exporters: set once the agent
-    has queued the last batch for them (see "The stop contract" in docs/plugins.md): finish what
-    you hold before the deadline, start no new long waits."""
+    """Informers, tracers, accounters: set when the agent stops. Exporters: set once ``export``
+    has returned for the last batch of the run, or when the stop deadline passes first (see "The
+    stop contract" in docs/plugins.md): finish what you hold, start no new long waits."""
     tracer: Tracer | None = None
     stopper: Callable[[], None] | None = None
 
