@@ -103,7 +103,7 @@ def bench_exporter(
     wall, cpu = time.perf_counter() - wall0, cpu_seconds() - cpu0
     exporter.shutdown(5)
     total = batches * batch_size
-    if metrics.value("kafka_dropped_flows_total") or metrics.value("kafka_delivery_failures_total"):
+    if exporter.account.dropped_total or metrics.value("kafka_delivery_failures_total"):
         raise RuntimeError("flows were dropped or not delivered")
     return {
         "benchmark": "kafka_exporter",
@@ -160,10 +160,7 @@ def bench_agent(
     agent.shutdown()
     wall, cpu = time.perf_counter() - wall0, cpu_seconds() - cpu0
     produced = int(agent.metrics.value("kafka_produced_flows_total"))
-    dropped = agent.metrics.value("kafka_dropped_flows_total") + agent.metrics.value(
-        "dropped_flows_total", exporter="kafka"
-    )
-    dropped += agent.metrics.value("kafka_delivery_failures_total")
+    dropped = agent.summary()["exporters"]["kafka"]["dropped"]
     if dropped:
         raise RuntimeError(f"{dropped} flows were dropped or not delivered")
     return {

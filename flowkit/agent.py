@@ -11,17 +11,22 @@ from __future__ import annotations
 import dataclasses
 import logging
 import queue
+import random
 import threading
 import time
 from collections.abc import Iterator
 from typing import Any
 
+import orjson
+
 from flowkit import privileges
+from flowkit.accounts import ExporterAccount
 from flowkit.components import (
     Accounter,
     ComponentContext,
     ComponentStartError,
     Exporter,
+    ExporterFailed,
     Informer,
     Interface,
     PluginError,
@@ -39,6 +44,13 @@ from flowkit.ratelimit import RateLimitedLog
 log = logging.getLogger(__name__)
 
 _POLL_SLICE = 0.2  # seconds: how long the accounting thread waits for events at most
+ATTACH_RETRY_INITIAL = 1.0  # seconds before the first retry of a failed attach; doubles
+ATTACH_RETRY_MAX = 30.0  # longest wait between two attach attempts
+NO_INTERFACE_GRACE = 3.0  # seconds after start before "no interface matches" is logged
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
 
 
 class _SharedBatch:
@@ -62,50 +74,75 @@ class _SharedBatch:
 
 
 class ExporterWorker:
-    """Runs one exporter on its own thread behind a bounded queue."""
+    """Runs one exporter on its own thread behind a bounded queue, and keeps its books.
+
+    Every flow offered to the worker ends up in its :class:`~flowkit.accounts.ExporterAccount`
+    exactly once: delivered, or dropped with a reason (``queue_full`` when the queue had no
+    room, ``error`` when ``export`` raised, ``shutdown`` when the stop deadline passed first).
+    Exporters with ``accounts_delivery = True`` report delivery and their own drops themselves.
+    """
 
     _STOP = object()
 
-    def __init__(self, name: str, exporter: Exporter, capacity: int, metrics: Metrics,
-                 stop_event: threading.Event | None = None) -> None:
+    def __init__(
+        self,
+        name: str,
+        exporter: Exporter,
+        capacity: int,
+        metrics: Metrics,
+        account: ExporterAccount | None = None,
+        on_failure: Any = None,
+        stop_event: threading.Event | None = None,
+    ) -> None:
         self.name = name
         self.exporter = exporter
         # The exporter's context.stop_event: set by the export thread once it has handed the
         # exporter every queued batch, or by stop() when the deadline passes first.
         self.stop_event = stop_event or threading.Event()
+        self.account = account if account is not None else ExporterAccount(name, metrics)
+        self.self_accounting = bool(getattr(exporter, "accounts_delivery", False))
+        self.offered = 0
+        self._on_failure = on_failure
         self._queue: queue.Queue[Any] = queue.Queue(maxsize=capacity)
         self._thread = threading.Thread(target=self._run, name=f"flowkit-export-{name}",
                                         daemon=True)
+        self._state = threading.Lock()
+        self._current: _SharedBatch | None = None
+        self._abandoned = False
+        self._closing = False
+        self._failed: ExporterFailed | None = None
         self._dropped_batches = metrics.counter(
             "dropped_batches", "Batches an exporter queue had no room for", ["exporter"]
-        ).labels(exporter=name)
-        self._dropped_flows = metrics.counter(
-            "dropped_flows", "Flows lost because an exporter queue was full", ["exporter"]
-        ).labels(exporter=name)
-        self._exported = metrics.counter(
-            "exported_flows", "Flows handed to an exporter", ["exporter"]
         ).labels(exporter=name)
         self._errors = metrics.counter(
             "errors", "Errors by component and kind", ["component", "error"]
         ).labels(component=f"exporter/{name}", error="export")
+        self._error_log = RateLimitedLog(log)
         self._queue_size = metrics.gauge(
             "buffer_size", "Batches waiting in a queue", ["name"]
         ).labels(name=f"exporter/{name}")
-        self._problems = RateLimitedLog(log)
 
     def start(self) -> None:
         self._thread.start()
 
+    @property
+    def started(self) -> bool:
+        """Whether the worker thread was started."""
+        return self._thread.ident is not None
+
     def offer(self, shared: _SharedBatch) -> bool:
         """Queue a batch without blocking; drop and count it when the queue is full."""
+        flows = len(shared.batch)
+        self.offered += flows
         try:
             self._queue.put_nowait(shared)
         except queue.Full:
             self._dropped_batches.inc()
-            self._dropped_flows.inc(len(shared.batch))
+            self.account.dropped(flows, "queue_full")
             shared.done()
-            log.warning("exporter %s is too slow: dropped a batch of %d flows", self.name,
-                        len(shared.batch))
+            self._error_log.emit("queue_full", logging.WARNING,
+                                 "exporter %s is too slow: dropped a batch of %d flows",
+                                 self.name, flows)
             return False
         self._queue_size.set(self._queue.qsize())
         return True
@@ -117,31 +154,75 @@ class ExporterWorker:
                 self.stop_event.set()
                 return
             shared: _SharedBatch = item
+            flows = len(shared.batch)
+            with self._state:
+                if self._abandoned:
+                    self.account.dropped(flows, "shutdown")
+                    shared.done()
+                    return
+                self._current = shared
+            failed = self._failed
             try:
-                self.exporter.export(shared.batch)
-                self._exported.inc(len(shared.batch))
-            except Exception as exc:
-                self._errors.inc()
-                # One line, at most every 30 s with the count held back; the traceback goes to
-                # the debug log (an exporter failing twice a second must not flood the log).
-                self._problems.emit(
-                    "export", logging.ERROR, "exporter %s failed on a batch of %d flows "
-                    "(dropped; counted in errors_total{component=\"exporter/%s\"}): %s: %s",
-                    self.name, len(shared.batch), self.name, type(exc).__name__, exc,
-                )
-                log.debug("exporter %s failed", self.name, exc_info=True)
-            else:
-                self._problems.recovered("export", logging.INFO,
-                                         "exporter %s exports again", self.name)
+                if failed is not None:
+                    self.account.dropped(flows, failed.reason)
+                else:
+                    self._export(shared.batch)
             finally:
+                with self._state:
+                    self._current = None
+                    abandoned = self._abandoned
                 shared.done()
                 self._queue_size.set(self._queue.qsize())
+            if abandoned:
+                return
+
+    def _export(self, batch: FlowBatch) -> None:
+        flows = len(batch)
+        try:
+            self.exporter.export(batch)
+        except ExporterFailed as exc:
+            self._failed = exc
+            self._count_failed(flows, exc.reason)
+            if exc.exit_status:
+                log.error("exporter %s failed: %s; stopping", self.name, exc)
+            else:
+                log.info("exporter %s: %s; stopping", self.name, exc)
+            if self._on_failure is not None:
+                self._on_failure(self.name, exc)
+            return
+        except Exception as exc:
+            self._errors.inc()
+            self._count_failed(flows, "error")
+            # One line, at most every 30 s with the count held back; the traceback goes to
+            # the debug log (an exporter failing twice a second must not flood the log).
+            self._error_log.emit(
+                "export", logging.ERROR, "exporter %s failed on a batch of %d flows "
+                "(dropped; counted in errors_total{component=\"exporter/%s\"}): %s: %s",
+                self.name, flows, self.name, type(exc).__name__, exc,
+            )
+            log.debug("exporter %s failed", self.name, exc_info=True)
+            return
+        self._error_log.recovered("export", logging.INFO, "exporter %s exports again", self.name)
+        if not self.self_accounting:
+            with self._state:
+                if self._abandoned:
+                    return  # already counted as dropped at the deadline
+            self.account.delivered(flows)
+
+    def _count_failed(self, flows: int, reason: str) -> None:
+        if self.self_accounting:
+            return  # the exporter counted what it could not deliver
+        with self._state:
+            if self._abandoned:
+                return
+        self.account.dropped(flows, reason)
 
     def close_queue(self) -> None:
         """No more batches: the worker thread returns once it has exported what is queued
         (never blocks; a full queue is drained first by the worker)."""
-        if self._thread.ident is None:
+        if self._thread.ident is None or self._closing:
             return
+        self._closing = True
         threading.Thread(target=self._queue.put, args=(self._STOP,), daemon=True,
                          name=f"flowkit-stop-{self.name}").start()
 
@@ -150,26 +231,88 @@ class ExporterWorker:
         the exporter down with what is left of the deadline.
 
         ``flush`` and ``shutdown`` are never called while ``export`` runs: an exporter still
-        inside ``export`` at the deadline is left alone (and reported).
+        inside ``export`` at the deadline is left alone (and reported). Batches still queued
+        or inside ``export`` at the deadline are counted as dropped with
+        ``reason="shutdown"``.
         """
-        if self._thread.ident is not None:  # not started when the agent failed to start
+        if self.started:
             self.close_queue()
-            self._thread.join(max(0.0, deadline - time.monotonic()))
-            self.stop_event.set()  # deadline passed (or the queue is done): stop retrying
-            if self._thread.is_alive():
-                log.warning("exporter %s was still exporting at the stop deadline "
-                            "(SHUTDOWN_TIMEOUT); not flushing or shutting it down", self.name)
-                return
+            # An idle worker takes the stop marker at once: a tenth of a second even when the
+            # deadline has passed, so that only a really stuck export counts as stuck.
+            self._thread.join(max(0.1, deadline - time.monotonic()))
+        self.stop_event.set()  # the queue is done or the deadline passed: stop retrying
+        stuck = self._thread.is_alive()
+        with self._state:
+            self._abandoned = True
+            current = self._current
+            if current is not None and not self.self_accounting:
+                self.account.dropped(len(current.batch), "shutdown")
+        left = 0
+        while True:
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if item is not self._STOP:
+                left += len(item.batch)
+                item.done()
+        if left:
+            self.account.dropped(left, "shutdown")
+        if stuck or left:
+            log.warning("exporter %s did not finish by the stop deadline (SHUTDOWN_TIMEOUT): "
+                        "%d queued flows dropped%s", self.name, left,
+                        "; still exporting, so not flushed or shut down" if stuck else "")
+        if stuck:
+            return  # flush/shutdown would run concurrently with the stuck export
+        remaining = max(0.1, deadline - time.monotonic())
         try:
-            if not self.exporter.flush(max(0.1, deadline - time.monotonic())):
+            if not self.exporter.flush(remaining):
                 log.warning("exporter %s could not flush everything in time", self.name)
         except Exception as exc:
-            log.error("exporter %s failed to flush: %s: %s", self.name, type(exc).__name__, exc)
+            log.warning("exporter %s failed to flush: %r", self.name, exc)
         try:
             self.exporter.shutdown(max(0.1, deadline - time.monotonic()))
         except Exception as exc:
-            log.error("exporter %s failed to shut down: %s: %s", self.name,
-                      type(exc).__name__, exc)
+            log.warning("exporter %s failed to shut down: %r", self.name, exc)
+
+    def books(self, evicted: int) -> dict[str, Any]:
+        """The final account: what was exported and dropped of the ``evicted`` flows.
+
+        An exporter with a disk spool may also report ``recovered_flows()`` (flows an earlier
+        run left in its spool, delivered or dropped in this run) and ``spooled_flows()`` (flows
+        kept on disk for the next run); then ``evicted + recovered == exported + dropped +
+        spooled``. Flows in none of these by now (an exporter's buffer that was not emptied)
+        are counted as dropped with ``reason="shutdown"``, so the books always balance.
+        """
+        recovered = _count(self.exporter, "recovered_flows")
+        spooled = _count(self.exporter, "spooled_flows")
+        unaccounted = (evicted + recovered - spooled - self.account.exported
+                       - self.account.dropped_total)
+        if unaccounted > 0:
+            log.warning("exporter %s: %d flows were still undelivered at shutdown",
+                        self.name, unaccounted)
+            self.account.dropped(unaccounted, "shutdown")
+        elif unaccounted < 0:
+            log.error("exporter %s counted %d flows more than it was given", self.name,
+                      -unaccounted)
+        books: dict[str, Any] = {
+            "exported": self.account.exported, "dropped": self.account.dropped_by_reason()
+        }
+        if recovered or spooled:
+            books["recovered"] = recovered
+            books["spooled"] = spooled
+        return books
+
+
+def _count(exporter: Any, method: str) -> int:
+    read = getattr(exporter, method, None)
+    if not callable(read):
+        return 0
+    try:
+        return int(read())
+    except Exception as exc:
+        log.warning("%s() of %s failed: %r", method, type(exporter).__name__, exc)
+        return 0
 
 
 def stop_workers(workers: list[ExporterWorker], deadline: float) -> None:
@@ -223,6 +366,9 @@ class Agent:
         )
         self._interfaces: dict[int, Interface] = {}
         self._attached: dict[int, Interface] = {}
+        self._wanted: dict[int, Interface] = {}
+        self._retries: dict[int, tuple[int, float]] = {}  # index -> (attempts, next try)
+        self._attach_log = RateLimitedLog(log)
         self._names: dict[int, str] = {}
         self._retired: dict[int, float] = {}
         self._lock = threading.Lock()
@@ -233,6 +379,14 @@ class Agent:
         self.informer: Informer | None = None
         self._batch_listeners: list[Any] = []
         self._evictions = self.metrics.counter("evictions", "Flow evictions", ["source"])
+        self.metrics.gauge_callback(
+            "interfaces_wanted", "Interfaces present that INTERFACES/EXCLUDE_INTERFACES select",
+            lambda: float(len(self._wanted)),
+        )
+        self.metrics.gauge_callback(
+            "interfaces_traced", "Interfaces the tracer is attached to",
+            lambda: float(len(self._attached)),
+        )
         self._evicted_flows = self.metrics.counter(
             "evicted_flows", "Flows evicted from the accounter", ["source"]
         )
@@ -251,6 +405,11 @@ class Agent:
             "(DEDUPER=firstCome); listed in that flow's Interfaces",
         )
         self._started = False
+        self.failure: str | None = None
+        """Why the agent stopped by itself (an exporter whose sink failed for good), if it did."""
+        self.exit_status = 0
+        """0, or the status an exporter failure asks ``flowkit-agent`` to exit with."""
+        self._evicted_total = 0
         self._shutdown_lock = threading.Lock()
         self._shutdown_owner: threading.Thread | None = None
 
@@ -285,48 +444,83 @@ class Agent:
                                    component.spec.capabilities)
 
     def start(self) -> None:
-        """Build every component and start the threads. Raises if anything cannot start."""
+        """Build every component and start the threads. Raises if anything cannot start.
+
+        A failure unwinds whatever had been built (exporters are shut down, the tracer and the
+        other components closed) before the exception propagates; the agent is then stopped.
+        """
         if self._started:
             raise RuntimeError("an Agent can be started once")
         self._started = True
+        try:
+            self._start()
+        except BaseException:
+            self._unwind()
+            raise
+
+    def _start(self) -> None:
         self.check_privileges()
         pipeline = self.pipeline
+        cfg = self.config
+        # The tracer is built first (building creates nothing in the kernel) so that it can
+        # refuse sizes the host cannot afford before anything else exists.
+        self.tracer = self._build(pipeline.tracer)
+        preflight = getattr(self.tracer, "preflight", None)
+        if callable(preflight):
+            preflight()
         if any(c.spec.capabilities for c in pipeline.components()):
             privileges.raise_memlock_limit()
-        cfg = self.config
-        try:
-            for component in pipeline.exporters:
-                # Each exporter has its own stop_event (the stop contract, docs/plugins.md).
-                exporter_stop = threading.Event()
-                exporter = self._build(component, stop_event=exporter_stop)
-                self._workers.append(
-                    ExporterWorker(component.name, exporter, cfg.buffers_length, self.metrics,
-                                   stop_event=exporter_stop)
-                )
-            self.tracer = self._build(pipeline.tracer)
-            self.tracer.start()
-            self.accounter = self._build(pipeline.accounter, tracer=self.tracer)
-            self.informer = self._build(pipeline.informer)
-        except BaseException:
-            # Everything already built is stopped: exporters get their shutdown().
-            for worker in self._workers:
-                try:
-                    worker.exporter.shutdown(1.0)
-                except Exception:
-                    log.exception("exporter %s failed to shut down", worker.name)
-            self._workers.clear()
-            self._close_components()
-            raise
+        for component in pipeline.exporters:
+            account = ExporterAccount(component.name, self.metrics)
+            # Each exporter has its own stop_event (the stop contract, docs/plugins.md).
+            exporter_stop = threading.Event()
+            exporter = self._build(component, account=account, stop_event=exporter_stop)
+            self._workers.append(
+                ExporterWorker(component.name, exporter, cfg.buffers_length, self.metrics,
+                               account, on_failure=self._on_exporter_failure,
+                               stop_event=exporter_stop)
+            )
+        self.tracer.start()
+        self.accounter = self._build(pipeline.accounter, tracer=self.tracer)
+        self.informer = self._build(pipeline.informer)
         self._names.update(self.tracer.interface_names())
         for worker in self._workers:
             worker.start()
         self._spawn("flowkit-informer", self._informer_loop)
+        self._spawn("flowkit-watchdog", self._watchdog_loop)
         self._spawn("flowkit-accounting", self._accounting_loop)
         log.info(
             "flowkit agent started: tracer=%s accounter=%s informer=%s exporters=%s",
             pipeline.tracer.name, pipeline.accounter.name, pipeline.informer.name,
             ",".join(c.name for c in pipeline.exporters),
         )
+
+    def _unwind(self) -> None:
+        """Undo a failed start: stop threads, shut exporters down, close the components."""
+        self.stop_requested.set()
+        self._informer_stop.set()
+        self._accounting_stop.set()
+        for thread in self._threads:
+            thread.join(2.0)
+        with self._lock:
+            attached = list(self._attached.values())
+            self._attached.clear()
+        for iface in attached:
+            try:
+                assert self.tracer is not None
+                self.tracer.detach(iface)
+            except Exception as exc:
+                log.debug("detaching from %s failed: %s", iface.name, exc)
+        deadline = time.monotonic() + min(2.0, self.config.shutdown_timeout)
+        stop_workers(self._workers, deadline)
+        self._close_components()
+        self._stopped.set()
+
+    def _on_exporter_failure(self, name: str, exc: ExporterFailed) -> None:
+        if exc.exit_status and self.failure is None:
+            self.failure = f"exporter {name}: {exc}"
+            self.exit_status = exc.exit_status
+        self.stop()
 
     def _spawn(self, name: str, target: Any) -> None:
         thread = threading.Thread(target=self._guard(target), name=name, daemon=True)
@@ -356,21 +550,40 @@ class Agent:
                 self._on_deleted(iface)
 
     def _on_added(self, iface: Interface) -> None:
-        assert self.tracer is not None
         with self._lock:
             self._interfaces[iface.key] = iface
             self._names[iface.key] = iface.qualified_name
             if iface.key in self._attached or not self._filter.allows(iface):
                 return
-            try:
-                self.tracer.attach(iface)
-            except Exception as exc:
-                self._attach_errors.labels(component="tracer", error="attach").inc()
-                log.warning("cannot trace interface %s (index %d): %s", iface.qualified_name,
-                            iface.index, exc)
-                return
-            self._attached[iface.key] = iface
-        log.info("tracing interface %s (index %d)", iface.qualified_name, iface.index)
+            self._wanted[iface.key] = iface
+            self._retries.pop(iface.key, None)
+            self._try_attach(iface)
+
+    def _try_attach(self, iface: Interface) -> None:
+        """Attach (caller holds the lock); on failure, schedule a retry with backoff."""
+        assert self.tracer is not None
+        attempt = self._retries.get(iface.key, (0, 0.0))[0] + 1
+        try:
+            self.tracer.attach(iface)
+        except Exception as exc:
+            self._attach_errors.labels(component="tracer", error="attach").inc()
+            delay = min(ATTACH_RETRY_MAX, ATTACH_RETRY_INITIAL * 2.0 ** min(attempt - 1, 16))
+            delay = delay / 2 + random.uniform(0, delay / 2)  # noqa: S311 (jitter)
+            self._retries[iface.key] = (attempt, time.monotonic() + delay)
+            self._attach_log.emit(
+                f"attach-{iface.key}", logging.WARNING,
+                "cannot trace interface %s (index %d): %s; retrying (attempt %d, next in %.1fs)",
+                iface.qualified_name, iface.index, _first_line(exc), attempt, delay,
+            )
+            return
+        self._retries.pop(iface.key, None)
+        self._attached[iface.key] = iface
+        self._attach_log.recovered(f"attach-{iface.key}", logging.DEBUG, "")
+        if attempt > 1:
+            log.info("tracing interface %s (index %d) after %d attempts", iface.qualified_name,
+                     iface.index, attempt)
+        else:
+            log.info("tracing interface %s (index %d)", iface.qualified_name, iface.index)
 
     def _on_deleted(self, iface: Interface) -> None:
         assert self.tracer is not None
@@ -380,6 +593,8 @@ class Agent:
                 # Flows of the interface may still be evicted: keep its name for two periods
                 # (the agent's own interfaces keep theirs; here every new namespace adds keys).
                 self._retired[iface.key] = time.monotonic()
+            self._wanted.pop(iface.key, None)
+            self._retries.pop(iface.key, None)
             attached = self._attached.pop(iface.key, None)
             if attached is None:
                 return
@@ -389,6 +604,71 @@ class Agent:
                 self._attach_errors.labels(component="tracer", error="detach").inc()
                 log.warning("detaching from %s failed: %s", attached.name, exc)
         log.info("stopped tracing interface %s (index %d)", iface.qualified_name, iface.index)
+
+    def _watchdog_loop(self) -> None:
+        """Retry failed attaches when due; log the interfaces wanted vs traced periodically."""
+        started = time.monotonic()
+        warned_empty = False
+        period = self.config.status_log_period
+        next_status = started + period if period else float("inf")
+        while not self._informer_stop.wait(0.2):
+            now = time.monotonic()
+            with self._lock:
+                due = [self._wanted[i] for i, (_, at) in self._retries.items()
+                       if at <= now and i in self._wanted]
+                for iface in due:
+                    self._try_attach(iface)
+                nothing_wanted = not self._wanted
+            if not warned_empty and nothing_wanted and now - started >= NO_INTERFACE_GRACE:
+                warned_empty = True
+                log.warning(
+                    "no interface matches INTERFACES=%s EXCLUDE_INTERFACES=%s%s: nothing is "
+                    "traced until one appears",
+                    ",".join(self.config.interfaces) or "(all)",
+                    ",".join(self.config.exclude_interfaces),
+                    f" INTERFACE_IPS={','.join(self.config.interface_ips)}"
+                    if self.config.interface_ips else "",
+                )
+            if now >= next_status:
+                next_status = now + period
+                self._log_status()
+
+    def _log_status(self) -> None:
+        state = self.interfaces_state()
+        untraced = state["untraced"]
+        log.log(
+            logging.WARNING if untraced else logging.INFO,
+            "status: tracing %d of %d wanted interfaces%s; %d flows evicted",
+            len(state["traced"]), len(state["wanted"]),
+            f" (not traced: {', '.join(untraced)})" if untraced else "",
+            self._evicted_total,
+            extra={"interfaces": state},
+        )
+
+    def interfaces_state(self) -> dict[str, list[str]]:
+        """Names of the interfaces wanted (present and selected), traced, and wanted but not
+        traced (their attach failed and is being retried)."""
+        with self._lock:
+            wanted = sorted(i.qualified_name for i in self._wanted.values())
+            traced = sorted(i.qualified_name for i in self._attached.values())
+        return {"wanted": wanted, "traced": traced,
+                "untraced": sorted(set(wanted) - set(traced))}
+
+    def health(self) -> dict[str, Any]:
+        """What ``/health`` serves: ``status`` is ``ok`` when every wanted interface is traced
+        and no exporter failed for good, ``degraded`` otherwise, ``stopping`` once stopping."""
+        state = self.interfaces_state()
+        if self.stop_requested.is_set():
+            status = "stopping"
+        elif state["untraced"] or self.failure:
+            status = "degraded"
+        else:
+            status = "ok"
+        out: dict[str, Any] = {"status": status, "interfaces": state,
+                               "flows": {"evicted": self._evicted_total}}
+        if self.failure:
+            out["failure"] = self.failure
+        return out
 
     @property
     def attached_interfaces(self) -> list[Interface]:
@@ -426,6 +706,7 @@ class Agent:
             batch.release()
             return
         self._evicted_flows.labels(source=source).inc(n)
+        self._evicted_total += n
         with self._lock:
             batch.interfaces = dict(self._names)
             if self._retired:
@@ -506,7 +787,7 @@ class Agent:
         deadline = time.monotonic() + self.config.shutdown_timeout
         self._informer_stop.set()
         for thread in self._threads:
-            if thread.name == "flowkit-informer":
+            if thread.name in ("flowkit-informer", "flowkit-watchdog"):
                 thread.join(2.0)
         with self._lock:
             attached = list(self._attached.values())
@@ -526,7 +807,12 @@ class Agent:
         # stop contract, docs/plugins.md).
         stop_workers(self._workers, time.monotonic() + self.config.shutdown_timeout)
         self._close_components()
-        log.info("flowkit agent stopped: %s", self.stats())
+        summary = self.summary()
+        counters = {k: int(v) for k, v in self.stats().items()}
+        # The message holds every counter's total and the books ("flows"); JSON log lines also
+        # carry both as structured fields.
+        log.info("flowkit agent stopped: %s", orjson.dumps({**counters, "flows": summary}).decode(),
+                 extra={"flows": summary, "counters": counters})
         self._stopped.set()
 
     def _close_components(self) -> None:
@@ -535,8 +821,17 @@ class Agent:
                 continue
             try:
                 component.close()
-            except Exception:
-                log.exception("closing %s failed", type(component).__name__)
+            except Exception as exc:
+                log.warning("closing %s failed: %r", type(component).__name__, exc)
+
+    def summary(self) -> dict[str, Any]:
+        """The books of the run, as integers: ``evicted`` and, per exporter, what was exported
+        and dropped by reason. For every exporter ``evicted == exported + sum(dropped)``."""
+        evicted = self._evicted_total
+        return {
+            "evicted": evicted,
+            "exporters": {w.name: w.books(evicted) for w in self._workers},
+        }
 
     def stats(self) -> dict[str, float]:
         """Totals so far: evicted, exported and dropped flows (summed over exporters)."""

@@ -48,9 +48,17 @@ class _JsonFormatter(logging.Formatter):
             "logger": record.name,
             "msg": record.getMessage(),
         }
+        for key in _STRUCTURED_FIELDS:
+            value = getattr(record, key, None)
+            if value is not None:
+                entry[key] = value
         if record.exc_info:
             entry["exc"] = self.formatException(record.exc_info)
         return orjson.dumps(entry).decode()
+
+
+# Fields a log call may attach with ``extra=`` that JSON logs carry as structured values.
+_STRUCTURED_FIELDS = ("flows", "counters", "interfaces")
 
 
 def configure_logging(level: str) -> None:
@@ -153,6 +161,9 @@ def prepare_config(
     args = parser.parse_args(list(argv))
     cli = {name: getattr(args, name) for name in table if getattr(args, name) is not None}
     cli.update(forced or {})
+    # Logging is set up before the settings are read, so that what loading logs (a deprecated
+    # variable) is a JSON line like every other; the level is set again once it is known.
+    configure_logging(str(cli.get("log_level") or os.environ.get("LOG_LEVEL", "info")).lower())
     try:
         config = load_config(cli=cli, config_file=args.config, plugin_manager=pm,
                              defaults=defaults)
@@ -178,16 +189,21 @@ def run_agent(pipeline: Pipeline) -> int:
     for level, message in pipeline.load_messages:  # plugin loading, now that logs show
         logging.getLogger("flowkit.plugins").log(level, "%s", message)
     agent = flowkit.Agent(pipeline)
+    server: Any = None
     if config.metrics_enable:
-        from prometheus_client import start_http_server
+        from flowkit.metrics import MetricsServer
 
-        start_http_server(
-            config.metrics_server_port, config.metrics_server_address or "0.0.0.0",  # noqa: S104
-            registry=agent.metrics.registry,
-        )
+        where = f"{config.metrics_server_address or '*'}:{config.metrics_server_port}"
+        try:
+            server = MetricsServer(agent.metrics, config.metrics_server_address,
+                                   config.metrics_server_port, health=agent.health)
+        except OSError as exc:
+            reason = exc.strerror or _one_line(exc)
+            return _fail(f"invalid settings METRICS_SERVER_ADDRESS/METRICS_SERVER_PORT: cannot "
+                         f"serve metrics on {where}: {reason}", 2)
     _install_signal_handlers(agent)
     try:
-        agent.start()
+        agent.start()  # unwinds whatever it started before raising
     except PrivilegeError as exc:
         return _fail(str(exc), 1)
     except ComponentStartError as exc:
@@ -196,8 +212,7 @@ def run_agent(pipeline: Pipeline) -> int:
         return _fail(str(exc), 2)
     except Exception as exc:
         log.debug("start failed", exc_info=True)
-        agent.shutdown()
-        return _fail(f"cannot start: {exc}", 1)
+        return _fail(f"cannot start: {_one_line(exc)}", 1)
     try:
         while not agent.stop_requested.wait(0.5):
             pass
@@ -208,10 +223,20 @@ def run_agent(pipeline: Pipeline) -> int:
         timer.start()
         agent.shutdown()
         timer.cancel()
+        if server is not None:
+            server.close()
     error = getattr(agent.tracer, "error", None)
     if error is not None:  # a replay that met a bad frame: what came before was exported
         return _fail(str(error), 1)
+    if agent.failure:
+        return _fail(agent.failure, agent.exit_status)
     return 0
+
+
+def _one_line(exc: BaseException) -> str:
+    """An exception as one line: its message, or its type when it has none."""
+    text = " ".join(str(exc).split())
+    return text or type(exc).__name__
 
 
 def cmd_replay(argv: Sequence[str]) -> int:

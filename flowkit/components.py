@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol, runtime_chec
 from pydantic import BaseModel
 
 if TYPE_CHECKING:
+    from flowkit.accounts import ExporterAccount
     from flowkit.config import AgentConfig
     from flowkit.metrics import Metrics
     from flowkit.model import FlowArray, FlowBatch
@@ -147,7 +148,9 @@ class ComponentContext:
     """Everything a factory gets.
 
     ``settings`` is the validated instance of the spec's ``settings_model`` (``None`` when the
-    spec has none). ``tracer`` is set for accounters: the tracer they drain.
+    spec has none). ``tracer`` is set for accounters: the tracer they drain. ``account`` is set
+    for exporters: where an exporter with ``accounts_delivery = True`` reports the flows it
+    delivered and dropped (see :mod:`flowkit.accounts`).
     New attributes may be added; factories should only read what they need.
     """
 
@@ -160,6 +163,7 @@ class ComponentContext:
     stop contract" in docs/plugins.md): finish what you hold, start no new long waits."""
     tracer: Tracer | None = None
     stopper: Callable[[], None] | None = None
+    account: ExporterAccount | None = None
 
     def request_stop(self) -> None:
         """Ask the agent to stop in order (e.g. the stdout exporter when its reader is gone)."""
@@ -167,6 +171,20 @@ class ComponentContext:
             self.stopper()
         else:
             self.stop_event.set()
+
+
+class ExporterFailed(Exception):
+    """Raised from ``export`` when the sink can never work again (e.g. ENOSPC on stdout).
+
+    The agent counts the batch, and every later one, as dropped with ``reason`` and stops;
+    ``exit_status`` is what ``flowkit-agent`` exits with (0 for an expected end such as the
+    reader of standard output going away, 1 for a failure). ``str()`` is the one line logged.
+    """
+
+    def __init__(self, message: str, *, reason: str = "error", exit_status: int = 1) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.exit_status = exit_status
 
 
 @dataclass(frozen=True)

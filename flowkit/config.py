@@ -100,7 +100,7 @@ class AgentConfig(BaseModel):
         description="How interfaces are discovered: watch (netlink notifications) or poll.",
     )
     listen_poll_period: Duration = Field(
-        default=10.0, description="How often the poll informer lists interfaces."
+        default=10.0, gt=0, le=86400.0, description="How often the poll informer lists interfaces."
     )
     interfaces: CommaList = Field(
         default_factory=list,
@@ -141,14 +141,16 @@ class AgentConfig(BaseModel):
     cache_max_flows: int = Field(
         default=5000,
         gt=0,
+        le=1 << 31,
         description="Flows held per cycle (kernel map size and accounter cache); reaching it "
         "evicts early.",
     )
     cache_active_timeout: Duration = Field(
-        default=5.0, gt=0, description="How often flows are evicted and exported."
+        default=5.0, gt=0, le=3600.0,
+        description="How often flows are evicted and exported (at most 1h).",
     )
     sampling: int = Field(
-        default=0, ge=0, description="Keep 1 packet in N (0 or 1: every packet)."
+        default=0, ge=0, le=0xFFFFFFFF, description="Keep 1 packet in N (0 or 1: every packet)."
     )
     direction: Literal["both", "ingress", "egress"] = Field(
         default="both", description="Which traffic direction to trace."
@@ -168,8 +170,14 @@ class AgentConfig(BaseModel):
         default=9090, ge=0, le=65535, description="Port of the metrics server."
     )
     metrics_prefix: str = Field(default="ebpf_agent_", description="Prefix of every metric name.")
+    status_log_period: Duration = Field(
+        default=60.0, ge=0, le=86400.0,
+        description="How often a status line (interfaces wanted vs traced, flows evicted) is "
+        "logged; 0: never.",
+    )
     shutdown_timeout: Duration = Field(
-        default=5.0, description="How long an orderly stop may take to flush exporters."
+        default=5.0, le=3600.0,
+        description="How long an orderly stop may take to flush exporters (at most 1h).",
     )
 
     # Raw values of the plugin settings given in the sources (file, environment, flags), kept
@@ -359,13 +367,22 @@ def _to_config_error(exc: ValidationError, table: Mapping[str, SettingInfo]) -> 
 
 def _read_file(path: str | os.PathLike[str], table: Mapping[str, SettingInfo]) -> dict[str, Any]:
     try:
-        text = Path(path).read_text()
+        text = Path(path).read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            f"config file {path} is not UTF-8 text (byte {exc.start}: {exc.reason})"
+        ) from None
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
+        problem = " ".join(str(exc).split())
+        raise ConfigError(f"config file {path} is not valid YAML: {problem}") from None
+    except RecursionError:
+        raise ConfigError(
+            f"config file {path} is nested too deeply; settings are one level of key: value"
+        ) from None
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -386,14 +403,26 @@ def _read_env(environ: Mapping[str, str], table: Mapping[str, SettingInfo]) -> d
     out: dict[str, Any] = {}
     for name, info in table.items():
         if info.env in environ:
-            out[name] = environ[info.env]
+            out[name] = _utf8(info.env, environ[info.env])
             continue
         for alias in info.env_aliases:
             if alias in environ:
                 log.warning("%s is deprecated; use %s", alias, info.env)
-                out[name] = environ[alias]
+                out[name] = _utf8(alias, environ[alias])
                 break
     return out
+
+
+def _utf8(variable: str, value: str) -> str:
+    """Environment values arrive with undecodable bytes as surrogates: refuse them."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        shown = value.encode("utf-8", "surrogateescape")
+        raise ConfigError(
+            f"invalid setting {variable}={shown!r}: not UTF-8 text (byte {exc.start})", variable
+        ) from None
+    return value
 
 
 def load_config(

@@ -73,6 +73,81 @@ CHECKS: list[tuple[str, Callable[[], tuple[bool, str]]]] = [
 ]
 
 
+def configuration_checks(config_file: str | None) -> list[tuple[str, bool, str]]:
+    """Checks of the configured agent: settings valid, the kernel memory its eBPF maps will
+    take against the limit, and the interfaces it will want (and whether another flowkit agent
+    already holds one)."""
+    from flowkit.components import ComponentContext
+    from flowkit.config import ConfigError, load_config
+    from flowkit.metrics import Metrics
+    from flowkit.pipeline import resolve_pipeline
+    from flowkit.plugins import PluginError, PluginManager
+
+    try:
+        pm = PluginManager()
+        config = load_config(config_file=config_file, plugin_manager=pm)
+        pipeline = resolve_pipeline(config, pm)
+    except (ConfigError, PluginError) as exc:
+        return [("settings", False, str(exc))]
+    out = [("settings", True, f"TRACER={pipeline.tracer.name} EXPORT="
+            f"{','.join(c.name for c in pipeline.exporters)} CACHE_MAX_FLOWS="
+            f"{config.cache_max_flows}")]
+    context = ComponentContext(config=config, settings=pipeline.tracer.settings,
+                               metrics=Metrics(config.metrics_prefix))
+    try:
+        tracer = pipeline.tracer.spec.factory(context)
+        describe = getattr(tracer, "describe_memory", None)
+        limit_of = getattr(tracer, "memory_limit", None)
+        plan_of = getattr(tracer, "memory_plan", None)
+        if callable(describe) and callable(limit_of) and callable(plan_of):
+            from flowkit.ebpf.memory import format_bytes
+
+            limit, source = limit_of()
+            fits = plan_of().host <= limit
+            out.append(("memory", fits, f"{describe()}; limit {format_bytes(limit)} ({source})"))
+    except Exception as exc:
+        out.append(("memory", False, f"cannot size the eBPF maps: {exc}"))
+    mode = getattr(pipeline.tracer.settings, "tc_attach_mode", "")
+    out.append(_check_interfaces(config, exclusive=mode == "tc"))
+    return out
+
+
+def _check_interfaces(config: Any, exclusive: bool) -> tuple[str, bool, str]:
+    import socket
+
+    from flowkit.components import Interface
+    from flowkit.interfaces import InterfaceFilter
+
+    selector = InterfaceFilter(config.interfaces, config.exclude_interfaces, [])
+    wanted = [(index, name) for index, name in socket.if_nameindex()
+              if selector.allows(Interface(name, index))]
+    if not wanted:
+        return ("interfaces", False,
+                f"no interface matches INTERFACES={','.join(config.interfaces) or '(all)'} "
+                f"EXCLUDE_INTERFACES={','.join(config.exclude_interfaces)}")
+    held = []
+    try:
+        from flowkit.ebpf.attach import list_bpf_filters, live_program_ids
+
+        live = live_program_ids()
+        for index, name in wanted:
+            owners = {f.prog_id for f in list_bpf_filters(index)
+                      if f.name.startswith("flowkit_") and f.prog_id in live}
+            if owners:
+                held.append(name)
+    except Exception as exc:  # no privileges to list filters: say so, do not fail
+        return ("interfaces", True, f"{len(wanted)} wanted: "
+                f"{', '.join(n for _, n in wanted)} (tc filters not listed: {exc})")
+    detail = f"{len(wanted)} wanted: {', '.join(n for _, n in wanted)}"
+    if config.interface_ips:
+        detail += f" (before INTERFACE_IPS={','.join(config.interface_ips)})"
+    if held:
+        detail += (f"; already traced by another running flowkit agent (tc filters): "
+                   f"{', '.join(held)}" + (" — with TC_ATTACH_MODE=tc this agent cannot attach "
+                                           "there and retries until they go" if exclusive else ""))
+    return ("interfaces", not (held and exclusive), detail)
+
+
 def main(argv: list[str]) -> int:
     """Run every check, then say which optional features this kernel supports.
 
@@ -88,6 +163,9 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--btf", metavar="FILE",
                         help="check the features against another kernel's BTF file (e.g. a "
                         "copy of its /sys/kernel/btf/vmlinux); nothing is loaded")
+    parser.add_argument("--config", metavar="FILE",
+                        help="YAML file of settings (the environment is read too): the "
+                        "memory and interface checks use the agent's configuration")
     args = parser.parse_args(argv)
     results = []
     if args.btf is None:
@@ -96,6 +174,8 @@ def main(argv: list[str]) -> int:
                 ok, detail = check()
             except Exception as exc:
                 ok, detail = False, f"check crashed: {exc}"
+            results.append({"check": name, "ok": ok, "detail": detail})
+        for name, ok, detail in configuration_checks(args.config):
             results.append({"check": name, "ok": ok, "detail": detail})
     features = feature_reports(args.btf)
     failed = sum(not r["ok"] for r in results)

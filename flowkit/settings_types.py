@@ -11,6 +11,7 @@ annotated types accept both. Use them in plugin settings models::
 from __future__ import annotations
 
 import ipaddress
+import math
 import re
 from typing import Annotated, Any
 
@@ -52,6 +53,8 @@ def parse_duration(value: Any) -> float:
                 raise ValueError(
                     f"{text!r} is not a duration; expected a duration like 500ms, 5s or 1m30s"
                 ) from None
+    if not math.isfinite(seconds):
+        raise ValueError(f"{value!r} is not a finite duration; use e.g. 5s or 10m")
     if seconds < 0:
         raise ValueError("a duration cannot be negative")
     return seconds
@@ -147,3 +150,41 @@ Bool = Annotated[bool, BeforeValidator(parse_bool)]
 
 CidrList = Annotated[list[str], BeforeValidator(_parse_cidrs)]
 """A list of IP networks, written ``198.18.0.0/15,fd00::/8``."""
+
+
+_PEM_LABELS = {
+    "certificate": ("CERTIFICATE",),
+    "key": ("PRIVATE KEY", "RSA PRIVATE KEY", "EC PRIVATE KEY", "ENCRYPTED PRIVATE KEY"),
+}
+
+
+def check_pem_file(setting: str, path: str, kind: str = "certificate") -> None:
+    """Raise ``ValueError`` naming ``setting`` unless ``path`` is a readable PEM file holding a
+    ``kind`` (``certificate`` or ``key``): a DER file or a wrong path fails here, at start,
+    instead of at the first TLS handshake."""
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(1 << 20)
+    except OSError as exc:
+        raise ValueError(f"cannot read {setting} file {path}: {exc.strerror or exc}") from None
+    labels = _PEM_LABELS[kind]
+    if not any(b"-----BEGIN " + label.encode() + b"-----" in head for label in labels):
+        raise ValueError(
+            f"{setting} file {path} is not a PEM {kind} (no '-----BEGIN {labels[0]}-----' line)"
+        )
+
+
+def parse_host_port(value: str) -> tuple[str, int]:
+    """``host:port`` or ``[ipv6]:port`` -> (host, port); ``ValueError`` otherwise."""
+    text = value.strip()
+    if text.startswith("["):
+        host, sep, port = text[1:].partition("]:")
+        if not sep:
+            raise ValueError(f"{value!r} is not [address]:port")
+    else:
+        host, sep, port = text.rpartition(":")
+        if not sep or ":" in host:
+            raise ValueError(f"{value!r} is not host:port (write an IPv6 address as [addr]:port)")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"{value!r} is not host:port with a port from 1 to 65535")
+    return host, int(port)

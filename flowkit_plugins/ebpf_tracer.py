@@ -29,7 +29,9 @@ from flowkit.settings_types import Bool
 if TYPE_CHECKING:
     from flowkit.accounting import KernelDrainer, RingBufferReader
     from flowkit.config import AgentConfig
+    from flowkit.ebpf import CollectionSpec
     from flowkit.ebpf.attach import Attacher
+    from flowkit.ebpf.memory import MemoryPlan
     from flowkit.metrics import Metrics
     from flowkit.model import FlowArray
 
@@ -47,6 +49,8 @@ MAP_EXTRAS = ("extras_a", "extras_b")
 MAP_EXTRA_SELECTOR = "extra_selector"
 MAP_DNS = "dns_queries"
 MAP_FILTERS = "filter_rules"
+MAX_RINGBUF_SIZE = 1 << 30
+"""Largest ring buffer accepted (the kernel's own limit is just under 4 GiB)."""
 
 
 def default_object_path() -> Path:
@@ -84,6 +88,13 @@ class EbpfTracerSettings(BaseModel):
     ebpf_object: str = Field(
         default="",
         description="Path of the eBPF object to load (default: the one shipped with flowkit).",
+    )
+    ebpf_memory_limit: int = Field(
+        default=0,
+        ge=0,
+        description="Most host memory, in bytes, the eBPF maps may take (flow maps sized by "
+        "CACHE_MAX_FLOWS, per possible CPU, feature maps, and the ring buffer); a larger "
+        "configuration is refused at start. 0: a quarter of MemAvailable.",
     )
     enable_pkt_drops: Bool = Field(
         default=False,
@@ -136,6 +147,8 @@ class EbpfTracerSettings(BaseModel):
     def _power_of_two(cls, value: int) -> int:
         if value & (value - 1):
             raise ValueError(f"EBPF_RINGBUF_SIZE must be a power of two like 1048576, not {value}")
+        if value > MAX_RINGBUF_SIZE:
+            raise ValueError(f"EBPF_RINGBUF_SIZE can be at most {MAX_RINGBUF_SIZE} (1 GiB)")
         return value
 
 
@@ -167,6 +180,9 @@ class EbpfTracer:
         self._trace_links: list[int] = []
         self._lock = threading.Lock()
         self._closed = False
+        self._spec: CollectionSpec | None = None
+        self._programs: list[str] = []
+        self._rules: Any = None
 
     @classmethod
     def from_config(
@@ -182,53 +198,131 @@ class EbpfTracer:
             network_namespaces=bool(config.network_namespaces),
         )
 
+    # -- sizing -------------------------------------------------------------------------------
+    def collection_spec(self) -> CollectionSpec:
+        """The object's spec with this tracer's settings applied (nothing created yet)."""
+        from flowkit.ebpf import CollectionSpec, LoaderError
+
+        if self._spec is not None:
+            return self._spec
+        path = Path(self.settings.ebpf_object) if self.settings.ebpf_object else (
+            default_object_path()
+        )
+        try:
+            spec = CollectionSpec.from_file(path)
+        except OSError as exc:
+            raise LoaderError(f"cannot read the eBPF object {path}: {exc.strerror}") from None
+        try:
+            spec.variables["sampling"].set(self.sampling if self.sampling > 1 else 0)
+            spec.variables["trace_ingress"].set(
+                1 if self.direction in ("both", "ingress") else 0)
+            spec.variables["trace_egress"].set(1 if self.direction in ("both", "egress") else 0)
+            spec.variables["precise_timestamps"].set(
+                1 if self.settings.ebpf_precise_timestamps else 0)
+            if self.network_namespaces:
+                self._enable_netns(spec)
+            for name in MAP_FLOWS:
+                spec.maps[name].max_entries = self.cache_max_flows
+            spec.maps[MAP_EVENTS].max_entries = self.settings.ebpf_ringbuf_size
+            settings = self.settings
+            rules = parse_filter_rules(settings.flow_filter_rules)
+            features = settings.features_enabled
+            spec.variables["enable_dns"].set(1 if settings.enable_dns_tracking else 0)
+            spec.variables["dns_port"].set(settings.dns_tracking_port)
+            spec.variables["filter_enabled"].set(1 if rules else 0)
+            # Feature maps cost memory only when a feature is on (1 entry otherwise).
+            for name in MAP_EXTRAS:
+                spec.maps[name].max_entries = self.cache_max_flows if features else 1
+            spec.maps[MAP_DNS].max_entries = (
+                self.cache_max_flows if settings.enable_dns_tracking else 1
+            )
+            spec.maps[MAP_FILTERS].max_entries = max(1, len(rules.entries))
+            if settings.enable_pkt_drops or settings.enable_rtt:
+                # The tracing programs see every namespace: they report the agent's own (or,
+                # with NETWORK_NAMESPACES, every one, by name).
+                from flowkit.netns import own_inode
+
+                spec.variables["host_netns_inum"].set(own_inode())
+        except KeyError as exc:
+            raise LoaderError(f"{path} is not flowkit's eBPF object: it has no {exc}") from None
+        # The object also holds the replay programs (flowkit_replay_*): not needed here.
+        programs = [PROGRAM_INGRESS, PROGRAM_EGRESS]
+        if self.settings.enable_pkt_drops:
+            programs.append(PROGRAM_DROPS)
+        if self.settings.enable_rtt:
+            programs.append(PROGRAM_RTT)
+        self._programs, self._rules = programs, rules
+        self._spec = spec
+        return spec
+
+    def memory_plan(self) -> MemoryPlan:
+        """What the maps will take once created, computed from the object's own sizes."""
+        from flowkit.ebpf.memory import collection_memory
+
+        return collection_memory(self.collection_spec())
+
+    def memory_limit(self) -> tuple[int, str]:
+        """The most host memory the maps may take, and where that bound comes from."""
+        from flowkit.ebpf.memory import mem_available
+
+        if self.settings.ebpf_memory_limit:
+            return self.settings.ebpf_memory_limit, "EBPF_MEMORY_LIMIT"
+        available = mem_available()
+        if available is None:
+            return 1 << 62, "no limit: MemAvailable unknown"
+        return available // 4, "a quarter of MemAvailable; set EBPF_MEMORY_LIMIT to change it"
+
+    def describe_memory(self) -> str:
+        """One line: what the maps will take and what one flow costs."""
+        from flowkit.ebpf.memory import HOST_OVERHEAD, format_bytes
+
+        plan = self.memory_plan()
+        flows = sum(plan.maps[name] for name in MAP_FLOWS)
+        per_flow = flows * HOST_OVERHEAD / max(1, self.cache_max_flows)
+        return (
+            f"{format_bytes(plan.host)} of kernel memory for the eBPF maps (flow maps: "
+            f"CACHE_MAX_FLOWS={self.cache_max_flows} x {per_flow:.0f} bytes per flow with "
+            f"{plan.ncpus} possible CPUs; ring buffer: EBPF_RINGBUF_SIZE="
+            f"{self.settings.ebpf_ringbuf_size})"
+        )
+
+    def preflight(self) -> None:
+        """Refuse (``ConfigError``, exit status 2) sizes the host cannot afford, before
+        anything is created in the kernel."""
+        from flowkit.config import ConfigError
+        from flowkit.ebpf.memory import format_bytes
+
+        plan = self.memory_plan()
+        limit, source = self.memory_limit()
+        if plan.host > limit:
+            ring = plan.maps.get(MAP_EVENTS, 0)
+            setting = (
+                f"EBPF_RINGBUF_SIZE={self.settings.ebpf_ringbuf_size}"
+                if ring > plan.accounted - ring
+                else f"CACHE_MAX_FLOWS={self.cache_max_flows}"
+            )
+            raise ConfigError(
+                f"invalid setting {setting}: would take "
+                f"{self.describe_memory()}, more than the limit of {format_bytes(limit)} "
+                f"({source})",
+                setting.split("=", 1)[0],
+            )
+
     # -- lifecycle ----------------------------------------------------------------------------
     def start(self) -> None:
         """Load the object, create the maps and remove stale filters of a killed agent."""
-        from flowkit.ebpf import CollectionSpec
         from flowkit.ebpf.attach import Attacher
         from flowkit.native import lib
 
         if self._collection is not None:
             return
-        path = Path(self.settings.ebpf_object) if self.settings.ebpf_object else (
-            default_object_path()
-        )
-        spec = CollectionSpec.from_file(path)
-        spec.variables["sampling"].set(self.sampling if self.sampling > 1 else 0)
-        spec.variables["trace_ingress"].set(1 if self.direction in ("both", "ingress") else 0)
-        spec.variables["trace_egress"].set(1 if self.direction in ("both", "egress") else 0)
-        spec.variables["precise_timestamps"].set(1 if self.settings.ebpf_precise_timestamps else 0)
-        if self.network_namespaces:
-            self._enable_netns(spec)
-        for name in MAP_FLOWS:
-            spec.maps[name].max_entries = self.cache_max_flows
-        spec.maps[MAP_EVENTS].max_entries = self.settings.ebpf_ringbuf_size
+        self.preflight()
+        spec = self.collection_spec()
+        log.info("ebpf tracer: %s", self.describe_memory())
         settings = self.settings
-        rules = parse_filter_rules(settings.flow_filter_rules)
+        rules = self._rules
         features = settings.features_enabled
-        spec.variables["enable_dns"].set(1 if settings.enable_dns_tracking else 0)
-        spec.variables["dns_port"].set(settings.dns_tracking_port)
-        spec.variables["filter_enabled"].set(1 if rules else 0)
-        # Feature maps cost memory only when a feature is on (1 entry otherwise).
-        for name in MAP_EXTRAS:
-            spec.maps[name].max_entries = self.cache_max_flows if features else 1
-        spec.maps[MAP_DNS].max_entries = (
-            self.cache_max_flows if settings.enable_dns_tracking else 1
-        )
-        spec.maps[MAP_FILTERS].max_entries = max(1, len(rules.entries))
-        if settings.enable_pkt_drops or settings.enable_rtt:
-            # The tracing programs see every namespace: they report the agent's own (or, with
-            # NETWORK_NAMESPACES, every one, by name).
-            from flowkit.netns import own_inode
-
-            spec.variables["host_netns_inum"].set(own_inode())
-        # The object also holds the replay programs (flowkit_replay_*): not needed here.
-        programs = [PROGRAM_INGRESS, PROGRAM_EGRESS]
-        if settings.enable_pkt_drops:
-            programs.append(PROGRAM_DROPS)
-        if settings.enable_rtt:
-            programs.append(PROGRAM_RTT)
+        programs = self._programs
         collection = spec.load(programs=programs)
         try:
             for key, value in rules.map_entries():

@@ -36,11 +36,12 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from flowkit import hookimpl
+from flowkit.accounts import ExporterAccount
 from flowkit.components import ComponentContext, ExporterSpec
 from flowkit.delivery import Outcome, RetryPolicy, Sender, Split
 from flowkit.pbflow import import_grpc
 from flowkit.ratelimit import RateLimitedLog
-from flowkit.settings_types import ByteSize, Duration
+from flowkit.settings_types import ByteSize, Duration, check_pem_file
 from flowkit.spool import Spool, check_spool_settings, open_spool
 
 if TYPE_CHECKING:
@@ -51,6 +52,9 @@ if TYPE_CHECKING:
     from flowkit.pbflow.service import SendCallable
 
 log = logging.getLogger(__name__)
+
+ACCEPTED_RECORDS_KEY = "fk-accepted-records"
+"""Trailing metadata of a rejected message: how many of its records the collector kept."""
 
 _RETRYABLE = frozenset(
     {
@@ -71,17 +75,6 @@ _TLS_HINTS = (
     "SSL_ERROR",
     "tls",
 )
-
-
-def _readable_file(value: str, setting: str) -> str:
-    if not value:
-        return value
-    try:
-        with open(value, "rb") as handle:
-            handle.read(1)
-    except OSError as exc:
-        raise ValueError(f"cannot read {setting} file {value}: {exc.strerror}") from None
-    return value
 
 
 class GrpcSettings(BaseModel):
@@ -131,7 +124,8 @@ class GrpcSettings(BaseModel):
         default=100_000,
         ge=1,
         description="Most flows kept in memory while the collector is unreachable; more are "
-        "dropped and counted in grpc_dropped_flows (with GRPC_SPOOL_DIR: written to the spool).",
+        "dropped and counted in dropped_flows{reason=\"buffer_full\"} (with GRPC_SPOOL_DIR: "
+        "written to the spool).",
     )
     grpc_spool_dir: str = Field(
         default="",
@@ -160,17 +154,23 @@ class GrpcSettings(BaseModel):
     @field_validator("target_tls_ca_cert_path")
     @classmethod
     def _check_ca(cls, value: str) -> str:
-        return _readable_file(value, "TARGET_TLS_CA_CERT_PATH")
+        if value:
+            check_pem_file("TARGET_TLS_CA_CERT_PATH", value)
+        return value
 
     @field_validator("target_tls_user_cert_path")
     @classmethod
     def _check_cert(cls, value: str) -> str:
-        return _readable_file(value, "TARGET_TLS_USER_CERT_PATH")
+        if value:
+            check_pem_file("TARGET_TLS_USER_CERT_PATH", value)
+        return value
 
     @field_validator("target_tls_user_key_path")
     @classmethod
     def _check_key(cls, value: str) -> str:
-        return _readable_file(value, "TARGET_TLS_USER_KEY_PATH")
+        if value:
+            check_pem_file("TARGET_TLS_USER_KEY_PATH", value, "key")
+        return value
 
     @model_validator(mode="after")
     def _check_pairs(self) -> GrpcSettings:
@@ -226,9 +226,18 @@ def _channel_credentials(settings: GrpcSettings) -> grpc.ChannelCredentials:
 
 class GrpcExporter:
     """Sends flows to a pbflow collector through a :class:`~flowkit.delivery.Sender` (see the
-    module docstring)."""
+    module docstring).
 
-    def __init__(self, settings: GrpcSettings, metrics: Metrics) -> None:
+    Delivered and dropped flows are reported to ``account`` (the agent's books for this
+    exporter): delivered when the collector answered OK, dropped with ``buffer_full``,
+    ``rejected``, ``shutdown`` or a spool reason.
+    """
+
+    accounts_delivery = True
+
+    def __init__(
+        self, settings: GrpcSettings, metrics: Metrics, account: ExporterAccount | None = None
+    ) -> None:
         grpc = import_grpc()
 
         from flowkit.pbflow.service import send_method
@@ -254,9 +263,8 @@ class GrpcExporter:
             self._channel = grpc.insecure_channel(settings.target, options=options)
         self._send: SendCallable = send_method(self._channel)
 
-        dropped = metrics.counter(
-            "grpc_dropped_flows", "Flows the grpc exporter could not deliver", ["reason"]
-        )
+        self.account = account if account is not None else ExporterAccount("grpc", metrics)
+        self._accepted_of_rejected = 0  # set by _on_error, read by on_drop on the same thread
         self._sent_flows = metrics.counter("grpc_sent_flows", "Flows delivered to the collector")
         self._sent_messages = metrics.counter(
             "grpc_sent_messages", "pbflow.Records messages delivered to the collector"
@@ -267,7 +275,17 @@ class GrpcExporter:
         self._problems = RateLimitedLog(log)
 
         def on_drop(reason: str, flows: int) -> None:
-            dropped.labels(reason=reason).inc(flows)
+            if reason == "rejected" and self._accepted_of_rejected:
+                # flowkit-collector kept part of a message it refused (malformed records).
+                accepted = min(flows, self._accepted_of_rejected)
+                self._accepted_of_rejected = 0
+                self.account.delivered(accepted)
+                flows -= accepted
+            self.account.dropped(flows, reason)
+
+        def on_delivered(flows: int) -> None:
+            self._sent_flows.inc(flows)
+            self.account.delivered(flows)
 
         spool: Spool | None = open_spool(
             "GRPC",
@@ -287,7 +305,7 @@ class GrpcExporter:
                               settings.grpc_retry_max_backoff),
             spool=spool,
             on_drop=on_drop,
-            on_delivered=self._sent_flows.inc,
+            on_delivered=on_delivered,
             target=f"collector {settings.target}",
             buffer_setting="GRPC_BUFFER_MAX_FLOWS",
         )
@@ -343,6 +361,8 @@ class GrpcExporter:
             details = (exc.details() if hasattr(exc, "details") else "") or ""
             name = code.name if code is not None else "UNKNOWN"
             self._send_errors.labels(code=name).inc()
+            if name not in _RETRYABLE:
+                self._accepted_of_rejected = _accepted_records(_trailing(exc), flows)
             return self._on_error(data, flows, name, details)
         self._sent_messages.inc()
         self._problems.recovered(
@@ -411,9 +431,25 @@ def _halves(data: bytes) -> list[tuple[bytes, int]]:
     ]
 
 
+def _trailing(exc: Any) -> dict[str, str]:
+    try:
+        return {str(k): str(v) for k, v in (exc.trailing_metadata() or ())}
+    except Exception:
+        return {}
+
+
+def _accepted_records(metadata: dict[str, str], flows: int) -> int:
+    """Records of a rejected message the collector still took (``flowkit-collector`` says so in
+    the trailing metadata ``fk-accepted-records`` when it isolated malformed records)."""
+    try:
+        return max(0, min(flows, int(metadata.get(ACCEPTED_RECORDS_KEY, "0"))))
+    except ValueError:
+        return 0
+
+
 def _make_exporter(context: ComponentContext) -> GrpcExporter:
     settings: GrpcSettings = context.settings
-    return GrpcExporter(settings, context.metrics)
+    return GrpcExporter(settings, context.metrics, context.account)
 
 
 @hookimpl

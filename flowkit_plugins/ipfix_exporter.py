@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from flowkit import hookimpl
+from flowkit.accounts import ExporterAccount
 from flowkit.components import ComponentContext, ExporterSpec
 from flowkit.delivery import Outcome, RetryPolicy, Sender, Split
 from flowkit.ratelimit import RateLimitedLog
@@ -195,7 +196,10 @@ class IpfixSettings(BaseModel):
 class _Counters:
     """The metrics of one IPFIX exporter: one drop family with a ``reason`` label."""
 
-    def __init__(self, metrics: Metrics, transport: str) -> None:
+    def __init__(
+        self, metrics: Metrics, transport: str, account: ExporterAccount | None = None
+    ) -> None:
+        self.account = account if account is not None else ExporterAccount("ipfix")
         self.sent_flows = metrics.counter("ipfix_sent_flows", "Flows sent to the IPFIX collector")
         self.sent_messages = metrics.counter(
             "ipfix_sent_messages", "IPFIX messages sent (data and templates)"
@@ -210,6 +214,15 @@ class _Counters:
     def drop(self, reason: str, flows: int) -> None:
         if flows:
             self.dropped.labels(reason=reason).inc(flows)
+            self.account.dropped(flows, _BOOK_REASONS.get(reason, reason))
+
+    def sent(self, flows: int) -> None:
+        self.sent_flows.inc(flows)
+        self.account.delivered(flows)
+
+
+# The agent's books use the reasons shared by every exporter (docs/exporters.md).
+_BOOK_REASONS = {"too_large": "rejected", "send_error": "error"}
 
 
 def _params(settings: IpfixSettings, agent_ip: str | None, max_message: int) -> IpfixParams:
@@ -238,9 +251,13 @@ def _resolve(settings: IpfixSettings, kind: socket.SocketKind) -> tuple[int, tup
 class UdpIpfixExporter:
     """IPFIX over UDP, sent from the exporter's thread (see the module docstring)."""
 
-    def __init__(self, settings: IpfixSettings, metrics: Metrics) -> None:
+    accounts_delivery = True  # flows count as exported once the kernel took their datagram
+
+    def __init__(
+        self, settings: IpfixSettings, metrics: Metrics, account: ExporterAccount | None = None
+    ) -> None:
         self.settings = settings
-        self._counters = _Counters(metrics, "udp")
+        self._counters = _Counters(metrics, "udp", account)
         self._problems = RateLimitedLog(log)
         family, self._address = _resolve(settings, socket.SOCK_DGRAM)
         overhead = _UDP_OVERHEAD[6 if family == socket.AF_INET6 else 4]
@@ -278,7 +295,7 @@ class UdpIpfixExporter:
             for message in messages:
                 self._maybe_send_templates(now)
                 if self._send(message.data):
-                    self._counters.sent_flows.inc(message.records)
+                    self._counters.sent(message.records)
                     self._messages_since_templates += 1
                 else:
                     self._counters.drop("error", message.records)
@@ -350,9 +367,13 @@ class TcpIpfixExporter:
     encoded when they are written.
     """
 
-    def __init__(self, settings: IpfixSettings, metrics: Metrics) -> None:
+    accounts_delivery = True  # flows count as exported once the collector's kernel took them
+
+    def __init__(
+        self, settings: IpfixSettings, metrics: Metrics, account: ExporterAccount | None = None
+    ) -> None:
         self.settings = settings
-        self._counters = _Counters(metrics, "tcp")
+        self._counters = _Counters(metrics, "tcp", account)
         self._problems = RateLimitedLog(log)
         self._socket: socket.socket | None = None
         self._sequence = 0
@@ -375,7 +396,7 @@ class TcpIpfixExporter:
                               settings.ipfix_retry_max_backoff),
             spool=spool,
             on_drop=self._counters.drop,
-            on_delivered=self._counters.sent_flows.inc,
+            on_delivered=self._counters.sent,
             target=f"collector {settings.target}",
             buffer_setting="IPFIX_BUFFER_MAX_FLOWS",
         )
@@ -520,8 +541,8 @@ def _factory(transport: Literal["udp", "tcp"] | None) -> object:
         if transport is not None and settings.ipfix_transport != transport:
             settings = settings.with_transport(transport)
         if settings.ipfix_transport == "tcp":
-            return TcpIpfixExporter(settings, context.metrics)
-        return UdpIpfixExporter(settings, context.metrics)
+            return TcpIpfixExporter(settings, context.metrics, context.account)
+        return UdpIpfixExporter(settings, context.metrics, context.account)
 
     return make
 

@@ -14,8 +14,9 @@ Failure behaviour: the producer never raises into the pipeline. Messages wait in
 local queue (bounded by ``KAFKA_QUEUE_MAX_MESSAGES`` and ``KAFKA_QUEUE_MAX_BYTES``) while brokers
 are away and are delivered when they return, unless they wait longer than
 ``KAFKA_MESSAGE_TIMEOUT``. When the queue is full, ``KAFKA_ASYNC=true`` drops the flow and counts
-it (``kafka_dropped_flows``); ``KAFKA_ASYNC=false`` waits for room, so the agent's bounded batch
-queue absorbs the back-pressure. Broker errors become rate-limited log lines, never tracebacks.
+it (``dropped_flows{exporter="kafka",reason="buffer_full"}``); ``KAFKA_ASYNC=false`` waits for
+room, so the agent's bounded batch queue absorbs the back-pressure. Broker errors become
+rate-limited log lines, never tracebacks.
 
 With ``KAFKA_SPOOL_DIR`` set, flows are kept on disk instead while no broker takes them
 (:mod:`flowkit.spool`): when librdkafka reports every broker down (or gives a flow up), the
@@ -40,10 +41,18 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from flowkit import hookimpl
+from flowkit.accounts import ExporterAccount
 from flowkit.components import ComponentContext, ExporterSpec
 from flowkit.model import FlowBatch
 from flowkit.ratelimit import RateLimitedLog
-from flowkit.settings_types import Bool, ByteSize, CommaList, Duration
+from flowkit.settings_types import (
+    Bool,
+    ByteSize,
+    CommaList,
+    Duration,
+    check_pem_file,
+    parse_host_port,
+)
 from flowkit.spool import Spool, check_spool_settings, decode_batch, encode_batch, open_spool
 
 if TYPE_CHECKING:
@@ -64,6 +73,8 @@ _POLL_INTERVAL = 0.2
 _PURGED = frozenset({"_PURGE_QUEUE", "_PURGE_INFLIGHT"})
 # Delivery errors that mean "no broker took it in time", not "the broker refuses it".
 _BROKER_AWAY = frozenset({"_MSG_TIMED_OUT", "_TIMED_OUT", "_TRANSPORT", "_ALL_BROKERS_DOWN"})
+# Errors meaning no broker can be reached; a delivery after one of them means they are back.
+_UNREACHABLE = frozenset({"_TRANSPORT", "_ALL_BROKERS_DOWN", "_RESOLVE"})
 
 
 class KafkaSettings(BaseModel):
@@ -183,16 +194,23 @@ class KafkaSettings(BaseModel):
                 "KAFKA_BROKERS is required when EXPORT includes kafka "
                 "(e.g. KAFKA_BROKERS=broker1:9092,broker2:9092)"
             )
+        for broker in self.kafka_brokers:
+            try:
+                parse_host_port(broker)
+            except ValueError as exc:
+                raise ValueError(f"KAFKA_BROKERS: {exc}") from None
         if self.kafka_enable_tls:
-            _check_readable("KAFKA_TLS_CA_CERT_PATH", self.kafka_tls_ca_cert_path)
+            if self.kafka_tls_ca_cert_path:
+                check_pem_file("KAFKA_TLS_CA_CERT_PATH", self.kafka_tls_ca_cert_path)
             cert, key = self.kafka_tls_user_cert_path, self.kafka_tls_user_key_path
             if bool(cert) != bool(key):
                 raise ValueError(
                     "KAFKA_TLS_USER_CERT_PATH and KAFKA_TLS_USER_KEY_PATH go together: set both "
                     "for mutual TLS, or neither"
                 )
-            _check_readable("KAFKA_TLS_USER_CERT_PATH", cert)
-            _check_readable("KAFKA_TLS_USER_KEY_PATH", key)
+            if cert:
+                check_pem_file("KAFKA_TLS_USER_CERT_PATH", cert)
+                check_pem_file("KAFKA_TLS_USER_KEY_PATH", key, "key")
         if self.kafka_enable_sasl:
             for setting, path in (
                 ("KAFKA_SASL_CLIENT_ID_PATH", self.kafka_sasl_client_id_path),
@@ -246,16 +264,6 @@ class KafkaSettings(BaseModel):
                 "KAFKA_SASL_CLIENT_SECRET_PATH", self.kafka_sasl_client_secret_path
             )
         return config
-
-
-def _check_readable(setting: str, path: str) -> None:
-    if not path:
-        return
-    try:
-        with open(path, "rb") as handle:
-            handle.read(1)
-    except OSError as exc:
-        raise ValueError(f"{setting}: cannot read {path}: {exc.strerror or exc}") from None
 
 
 def _read_secret(setting: str, path: str) -> str:
@@ -368,11 +376,15 @@ class KafkaExporter:
     """Writes every flow of every batch to a Kafka topic, one message per flow.
 
     Counters (prefix from METRICS_PREFIX): ``kafka_produced_flows`` (accepted by the local
-    queue), ``kafka_dropped_flows`` (never queued: queue full, encoding error, or still queued at
-    shutdown), ``kafka_delivery_failures`` (queued but given up by librdkafka), the gauge
+    queue), ``kafka_delivery_failures`` (queued but given up by librdkafka), the gauge
     ``kafka_queue_flows`` and ``errors{component="exporter/kafka", error=...}`` (librdkafka error
     names such as ``_TRANSPORT`` or ``_ALL_BROKERS_DOWN``; ``queue_full``, ``encode``, ``produce``).
     """
+
+    accounts_delivery = True
+    """Flows count as exported when the broker acknowledged them (delivery report); dropped
+    flows go to the agent's books with ``buffer_full``, ``encode``, ``rejected``, ``timeout``
+    or ``shutdown``."""
 
     CHUNK_FLOWS = 4096
     """Flows encoded at once (bounds the transient memory of one export)."""
@@ -388,11 +400,14 @@ class KafkaExporter:
         self.produced: Counter = metrics.counter(
             "kafka_produced_flows", "Flows accepted by the Kafka producer queue"
         )
-        self.dropped: Counter = metrics.counter(
-            "kafka_dropped_flows",
-            "Flows the Kafka exporter dropped: local queue full, encoding error, or undelivered "
-            "at shutdown",
-        )
+        account = context.account
+        self.account = account if account is not None else ExporterAccount("kafka", metrics)
+        self._agent_stopping = context.stop_event
+        self._broker_down = False
+        self._sync_lock = threading.Lock()
+        self._produced_total = 0  # flows librdkafka accepted
+        self._given_up = 0  # flows whose failure report was served (purged included)
+        self._delivered_reported = 0
         self.delivery_failures: Counter = metrics.counter(
             "kafka_delivery_failures", "Flows the Kafka producer gave up delivering"
         )
@@ -419,7 +434,7 @@ class KafkaExporter:
             settings.kafka_spool_fsync,
             name="kafka",
             metrics=metrics,
-            on_drop=lambda _reason, flows: self.dropped.inc(flows),
+            on_drop=lambda reason, flows: self.account.dropped(flows, reason),
         )
         self._spool_lock = threading.Condition()
         self._export_lock = threading.Lock()
@@ -456,6 +471,8 @@ class KafkaExporter:
         if name == "_ALL_BROKERS_DOWN" and self._spool is not None:
             self._brokers_down.set()
         level = logging.ERROR if error.fatal() else logging.WARNING
+        if name in _UNREACHABLE:
+            self._broker_down = True
         text = error.str()
         hint = ""
         if self.settings.kafka_enable_tls and any(
@@ -470,8 +487,10 @@ class KafkaExporter:
         self._log.emit(f"error-{name}", level, "kafka: %s: %s%s", name, text, hint)
 
     def _on_delivery(self, error: Any, message: Any) -> None:
+        # Only failures are reported (delivery.report.only.error): see _sync_delivered.
         if error is None:
             return
+        self._given_up += 1
         if self._spool is not None and (
             error.name() in _PURGED or error.name() in _BROKER_AWAY or error.retriable()
         ):
@@ -486,10 +505,11 @@ class KafkaExporter:
             return
         if error.name() in _PURGED:
             self._purged += 1
-            self.dropped.inc()
+            self.account.dropped(1, "shutdown")
             return
         self.delivery_failures.inc()
         name = error.name()
+        self.account.dropped(1, "timeout" if name == "_MSG_TIMED_OUT" else "rejected")
         self._error(name)
         self._log.emit(
             f"delivery-{name}",
@@ -498,9 +518,35 @@ class KafkaExporter:
             error.str(),
         )
 
+    def _sync_delivered(self) -> None:
+        """Report to the books the flows the brokers acknowledged since the last call.
+
+        Successful deliveries have no callback (one Python call per flow would cost more than
+        the encoding), so they are derived: every produced flow is still in librdkafka
+        (``len(producer)``), or given up (a failure report was served), or delivered. Reading
+        in this order can only under-count for a moment, never over-count.
+        """
+        with self._sync_lock:
+            produced = self._produced_total
+            waiting = len(self._producer)
+            delivered = produced - waiting - self._given_up
+            if delivered > self._delivered_reported:
+                self.account.delivered(delivered - self._delivered_reported)
+                self._delivered_reported = delivered
+                if self._broker_down:
+                    self._broker_down = False
+                    log.info("kafka: brokers %s are reachable again; delivering",
+                             ",".join(self.settings.kafka_brokers))
+
+    def _count_produced(self, flows: int) -> None:
+        with self._sync_lock:
+            self._produced_total += flows
+        self.produced.inc(flows)
+
     def _poll_loop(self) -> None:
         # Serves delivery reports and error callbacks even when no batch comes in.
         while not self._stop.is_set():
+            self._sync_delivered()
             try:
                 self._producer.poll(_POLL_INTERVAL)
             except Exception as exc:  # a callback failed; keep serving the others
@@ -609,7 +655,7 @@ class KafkaExporter:
             else:
                 messages = unpack_messages(payload)
         except ValueError as exc:
-            self.dropped.inc(flows)
+            self.account.dropped(flows, "spool_corrupt")
             self._log.emit(
                 "spool-decode", logging.ERROR, "kafka: dropped a spooled record of %d flows: %s",
                 flows, exc,
@@ -626,13 +672,13 @@ class KafkaExporter:
                         # Stopping: put what was not produced back; shutdown takes the rest.
                         with self._undelivered_lock:
                             self._undelivered.extend(messages[index:])
-                        self.produced.inc(index)
+                        self._count_produced(index)
                         return True
                 except Exception as exc:  # this message can never be produced (too large...)
-                    self.dropped.inc()
+                    self.account.dropped(1, "rejected")
                     self._produce_failed(exc)
                     break
-        self.produced.inc(len(messages))
+        self._count_produced(len(messages))
         # Acknowledged only once librdkafka is done with it: failures come back to the spool.
         while len(self._producer) and not self._stop.is_set():
             self._producer.flush(_POLL_INTERVAL)
@@ -656,7 +702,7 @@ class KafkaExporter:
             with self._export_lock:
                 with self._spool_lock:
                     if self._spool_closed:
-                        self.dropped.inc(count)
+                        self.account.dropped(count, "shutdown")
                         return
                     if self._spooling or self._stop.is_set():
                         self._spool.append(_BATCH_RECORD + encode_batch(batch), count)
@@ -671,15 +717,17 @@ class KafkaExporter:
         array = batch.array
         for start in range(0, count, self.CHUNK_FLOWS):
             if self._stop.is_set():
-                self.dropped.inc(count - start)
+                self.account.dropped(count - start, "shutdown")
                 return
             chunk = array[start : start + self.CHUNK_FLOWS]
             self._export_chunk(FlowBatch(chunk, batch.interfaces, batch.agent_ip))
         if not self.settings.kafka_async:
             # Synchronous mode: return once the batch is delivered (or given up by librdkafka
             # after KAFKA_MESSAGE_TIMEOUT), unless a shutdown interrupts the wait, or, with a
-            # spool, the brokers are down (the queue then moves to the spool).
-            while len(self._producer) and not self._stop.is_set():
+            # spool, the brokers are down (the queue then moves to the spool). Once the agent
+            # is stopping, flush() (called with the shutdown deadline) does the waiting.
+            while (len(self._producer) and not self._stop.is_set()
+                   and not self._agent_stopping.is_set()):
                 if self._spool is not None and self._brokers_down.is_set():
                     break
                 self._producer.flush(_POLL_INTERVAL)
@@ -689,7 +737,7 @@ class KafkaExporter:
             keys = message_keys(chunk)
             values = self._encode(chunk)
         except Exception as exc:
-            self.dropped.inc(len(chunk))
+            self.account.dropped(len(chunk), "encode")
             self._error("encode")
             self._log.emit(
                 "encode",
@@ -715,15 +763,15 @@ class KafkaExporter:
             try:
                 produce(topic, value, key)
             except BufferError:
-                self.produced.inc(index)
+                self._count_produced(index)
                 with self._undelivered_lock:
                     self._undelivered.extend(zip(keys[index:], values[index:], strict=True))
                 self._take_back()
                 return
             except Exception as exc:
-                self.dropped.inc()
+                self.account.dropped(1, "rejected")
                 self._produce_failed(exc)
-        self.produced.inc(len(keys))
+        self._count_produced(len(keys))
 
     def _produce_nowait(self, keys: Sequence[bytes], values: Sequence[bytes]) -> None:
         produce = self._producer.produce
@@ -736,11 +784,11 @@ class KafkaExporter:
             except BufferError:
                 dropped += 1
             except Exception as exc:  # KafkaException: e.g. message larger than allowed
-                dropped += 1
+                self.account.dropped(1, "rejected")
                 self._produce_failed(exc)
-        self.produced.inc(queued)
+        self._count_produced(queued)
         if dropped:
-            self.dropped.inc(dropped)
+            self.account.dropped(dropped, "buffer_full")
             self._error("queue_full")
             self._log.emit(
                 "queue-full",
@@ -758,14 +806,14 @@ class KafkaExporter:
             while True:
                 try:
                     produce(topic, value, key)
-                    self.produced.inc()
+                    self._count_produced(1)
                     break
                 except BufferError:
                     if self._stop.wait(0.05):
-                        self.dropped.inc(len(keys) - index)
+                        self.account.dropped(len(keys) - index, "shutdown")
                         return
                 except Exception as exc:
-                    self.dropped.inc()
+                    self.account.dropped(1, "rejected")
                     self._produce_failed(exc)
                     break
 
@@ -782,6 +830,7 @@ class KafkaExporter:
             if remaining == 0 and self._spool is not None and self._spooling:
                 remaining = self._spool.flows  # the spool is being replayed: wait for it too
             if remaining == 0 or left <= 0:
+                self._sync_delivered()
                 return remaining == 0
 
     def shutdown(self, timeout: float) -> None:
@@ -791,6 +840,7 @@ class KafkaExporter:
         delivered = self.flush(timeout)
         self._stop.set()
         self._poller.join(timeout=2 * _POLL_INTERVAL + 1.0)
+        self._sync_delivered()
         if self._replayer is not None:
             self._replayer.join(timeout=2 * _POLL_INTERVAL + 1.0)
         if self._spool is not None:
@@ -805,6 +855,7 @@ class KafkaExporter:
             self._producer.flush(1.0)
         except Exception as exc:
             log.debug("kafka: purge at shutdown failed: %s", exc)
+        self._sync_delivered()
         if self._purged:
             log.warning(
                 "kafka: %d flows were still queued at shutdown and are lost (brokers unreachable?)",

@@ -14,6 +14,7 @@ record, sampling the largest); ``poll`` evicts whenever the cache reaches CACHE_
 
 from __future__ import annotations
 
+import logging
 import threading
 
 import numpy as np
@@ -34,6 +35,9 @@ from flowkit.components import AccounterSpec, ComponentContext, KernelMaps, Trac
 from flowkit.metrics import Metrics
 from flowkit.model import RECORD_DTYPE, FlowArray, FlowBatch
 from flowkit.native import NativeError
+from flowkit.ratelimit import RateLimitedLog
+
+log = logging.getLogger(__name__)
 
 
 def _make(context: ComponentContext) -> NativeAccounter:
@@ -102,6 +106,8 @@ class NativeAccounter:
         self.evictions = 0
         """Batches handed out so far (including early evictions)."""
         self._last_kernel_counters: dict[str, int] = dict.fromkeys(KERNEL_COUNTERS, 0)
+        self._lost_reported = 0
+        self._losses = RateLimitedLog(log)
         self._attach_kernel()
         if metrics is not None:
             self._register_metrics(metrics)
@@ -181,6 +187,7 @@ class NativeAccounter:
 
     def evict(self) -> FlowBatch:
         """Merge everything the tracer aggregated and evict all flows as one batch."""
+        self._report_losses()
         if self._attach_kernel() is None:
             aggregates = (
                 self._tracer.read_aggregates()
@@ -246,6 +253,23 @@ class NativeAccounter:
             return reader.records()
         except ValueError:  # closed meanwhile
             return 0
+
+    def _report_losses(self) -> None:
+        """Log (at most every 30 s) packets the kernel could not keep since the last eviction:
+        the flow map and the ring buffer were both full."""
+        if self._kernel_maps is None:
+            return
+        lost = self.kernel_counters()["ringbuf_lost"]
+        new = lost - self._lost_reported
+        if new > 0:
+            self._lost_reported = lost
+            self._losses.emit(
+                "ringbuf-lost", logging.WARNING,
+                "kernel: %d packets lost since the last eviction (%d in all): the flow map "
+                "(CACHE_MAX_FLOWS=%d) and the ring buffer were both full; raise CACHE_MAX_FLOWS "
+                "or EBPF_RINGBUF_SIZE, or shorten CACHE_ACTIVE_TIMEOUT",
+                new, lost, self._max_flows,
+            )
 
     def kernel_counters(self) -> dict[str, int]:
         """The eBPF program's counters (last known values once the maps are gone)."""

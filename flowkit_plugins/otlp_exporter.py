@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from flowkit import hookimpl
+from flowkit.accounts import ExporterAccount
 from flowkit.components import ComponentContext, ExporterSpec
 from flowkit.delivery import Outcome, RetryPolicy, Sender, Split
 from flowkit.ratelimit import RateLimitedLog
@@ -380,7 +381,16 @@ class OtlpExporter:
     by the logs).
     """
 
-    def __init__(self, settings: OtlpSettings, metrics: Metrics, agent_ip: str | None) -> None:
+    accounts_delivery = True
+    """Flows count as exported when the collector accepted them; drops go to the books."""
+
+    def __init__(
+        self,
+        settings: OtlpSettings,
+        metrics: Metrics,
+        agent_ip: str | None,
+        account: ExporterAccount | None = None,
+    ) -> None:
         from flowkit import otlp
 
         self._proto = otlp.import_otlp_proto()
@@ -401,7 +411,14 @@ class OtlpExporter:
         )
         dropped = metrics.counter("otlp_dropped_flows", "Flows the otlp exporter could not "
                                   "deliver", ["reason"])
-        self._sent_flows = metrics.counter("otlp_sent_flows", "Flows delivered to the collector")
+        self.account = account if account is not None else ExporterAccount("otlp", metrics)
+        sent_flows = metrics.counter("otlp_sent_flows", "Flows delivered to the collector")
+
+        def on_delivered(flows: int) -> None:
+            sent_flows.inc(flows)
+            self.account.delivered(flows)
+
+        self._sent_flows = sent_flows
         self._sent_requests = metrics.counter("otlp_sent_requests", "OTLP requests delivered",
                                               ["signal"])
         self._errors = metrics.counter("otlp_send_errors", "Failed OTLP requests by status",
@@ -414,6 +431,7 @@ class OtlpExporter:
 
         def on_drop(reason: str, flows: int) -> None:
             dropped.labels(reason=reason).inc(flows)
+            self.account.dropped(flows, reason)
 
         spool = open_spool(
             "OTLP",
@@ -433,7 +451,7 @@ class OtlpExporter:
             self._logs = Sender(
                 "otlp", lambda data, flows: self._send_one("logs", data, flows),
                 max_buffered_flows=settings.otlp_buffer_max_flows, retry=retry, spool=spool,
-                on_drop=on_drop, on_delivered=self._sent_flows.inc, target=target,
+                on_drop=on_drop, on_delivered=on_delivered, target=target,
                 buffer_setting="OTLP_BUFFER_MAX_FLOWS",
             )
         if settings.otlp_metrics:
@@ -444,7 +462,7 @@ class OtlpExporter:
                 spool=spool if carries else None,
                 on_drop=on_drop if carries
                 else (lambda reason, flows: dropped_metrics.labels(reason=reason).inc()),
-                on_delivered=self._sent_flows.inc if carries else (lambda flows: None),
+                on_delivered=on_delivered if carries else (lambda flows: None),
                 target=target, buffer_setting="OTLP_BUFFER_MAX_FLOWS",
             )
         metrics.gauge_callback(
@@ -543,7 +561,7 @@ class OtlpExporter:
 
 def _make_exporter(context: ComponentContext) -> OtlpExporter:
     settings: OtlpSettings = context.settings
-    return OtlpExporter(settings, context.metrics, context.config.agent_ip)
+    return OtlpExporter(settings, context.metrics, context.config.agent_ip, context.account)
 
 
 @hookimpl

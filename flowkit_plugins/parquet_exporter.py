@@ -38,6 +38,7 @@ import numpy as np
 from pydantic import BaseModel, Field, field_validator
 
 from flowkit import hookimpl
+from flowkit.accounts import ExporterAccount
 from flowkit.components import ComponentContext, ExporterSpec
 from flowkit.model import FlowBatch
 from flowkit.ratelimit import RateLimitedLog
@@ -115,9 +116,17 @@ class _OpenFile:
 
 
 class ParquetExporter:
-    """Writes batches to Parquet files (implements ``Exporter``); see the module docstring."""
+    """Writes batches to Parquet files (implements ``Exporter``); see the module docstring.
 
-    def __init__(self, settings: ParquetSettings, metrics: Any = None) -> None:
+    Flows count as exported (in the agent's books, ``account``) once their file is renamed
+    complete, and as dropped (``error``, ``shutdown``) when they will never be in one.
+    """
+
+    accounts_delivery = True
+
+    def __init__(
+        self, settings: ParquetSettings, metrics: Any = None, account: ExporterAccount | None = None
+    ) -> None:
         from flowkit.arrow import flow_schema, require_pyarrow
 
         require_pyarrow("the parquet exporter")
@@ -155,6 +164,7 @@ class ParquetExporter:
                 ["reason"])
         self.dropped_flows = 0
         self.written_flows = 0
+        self._account = account if account is not None else ExporterAccount("parquet")
         self.completed: list[Path] = []
         self._stop = threading.Event()
         self._timer = threading.Thread(target=self._age_loop, name="flowkit-parquet-age",
@@ -295,6 +305,7 @@ class ParquetExporter:
         self._problems.recovered("write", logging.INFO, "parquet: writing files again")
         self.completed.append(open_file.final)
         self.written_flows += open_file.rows_written
+        self._account.delivered(open_file.rows_written)
         if self._written is not None:
             self._written.inc(open_file.rows_written)
         if self._files_done is not None:
@@ -317,6 +328,7 @@ class ParquetExporter:
         if flows <= 0:
             return
         self.dropped_flows += flows
+        self._account.dropped(flows, "error" if reason == "write_error" else reason)
         if self._dropped is not None:
             self._dropped.labels(reason=reason).inc(flows)
 
@@ -344,7 +356,7 @@ class ParquetExporter:
 
 def _make(context: ComponentContext) -> ParquetExporter:
     assert isinstance(context.settings, ParquetSettings)
-    return ParquetExporter(context.settings, context.metrics)
+    return ParquetExporter(context.settings, context.metrics, context.account)
 
 
 @hookimpl

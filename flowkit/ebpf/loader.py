@@ -60,6 +60,9 @@ def fkl_libbpf_log(level: int, message: Any) -> None:
         lines.append((level, text))
         libbpf_logger.debug("%s", text)
         return
+    if any(expected in text for expected in _EXPECTED_LIBBPF_MESSAGES):
+        libbpf_logger.debug("%s", text)
+        return
     libbpf_logger.log(_LIBBPF_LEVELS.get(level, logging.DEBUG), "%s", text)
 
 
@@ -78,6 +81,11 @@ def route_libbpf_log() -> None:
         if not _routed_done:
             lib.fkl_libbpf_route_log_to_python()
             _routed_done = True
+
+
+# libbpf warnings about situations flowkit expects and handles: bpf_tc_hook_create() on an
+# interface that already has a clsact qdisc (flowkit then uses that qdisc; EEXIST is not an error).
+_EXPECTED_LIBBPF_MESSAGES = ("Exclusivity flag on",)
 
 
 @contextlib.contextmanager

@@ -6,7 +6,8 @@ flowkit free of the minimum grpcio version that generated service modules enforc
 * :func:`send_method` — the client side: a callable that sends one serialized ``Records``
   message (bytes) and returns the decoded ``CollectorReply``;
 * :func:`collector_handler` — the server side: a generic handler calling ``on_records`` with each
-  decoded ``Records`` message, to pass to ``grpc.Server.add_generic_rpc_handlers``.
+  decoded ``Records`` message, to pass to ``grpc.Server.add_generic_rpc_handlers``;
+  :func:`collector_raw_handler` hands over the undecoded bytes instead.
 
 Needs ``grpcio`` and ``protobuf`` (extra ``flowkit-ebpf[grpc]``).
 """
@@ -56,6 +57,29 @@ def collector_handler(
         "Send": grpc.unary_unary_rpc_method_handler(
             send,
             request_deserializer=Records.FromString,
+            response_serializer=CollectorReply.SerializeToString,
+        )
+    }
+    handler: grpc.GenericRpcHandler = grpc.method_handlers_generic_handler(
+        COLLECTOR_SERVICE, handlers
+    )
+    return handler
+
+
+def collector_raw_handler(
+    on_message: Callable[[bytes, grpc.ServicerContext], None],
+) -> grpc.GenericRpcHandler:
+    """Like :func:`collector_handler`, but ``on_message`` gets the serialized ``Records``
+    message as bytes, undecoded (for servers that decode record by record)."""
+
+    def send(request: bytes, context: grpc.ServicerContext) -> CollectorReply:
+        on_message(request, context)
+        return CollectorReply()
+
+    handlers: dict[str, Any] = {
+        "Send": grpc.unary_unary_rpc_method_handler(
+            send,
+            request_deserializer=_identity,
             response_serializer=CollectorReply.SerializeToString,
         )
     }

@@ -282,7 +282,7 @@ class Harness:
         self.exporter = GrpcExporter(self.settings, self.metrics)
 
     def dropped(self, reason: str) -> float:
-        return self.metrics.value("grpc_dropped_flows_total", reason=reason)
+        return self.metrics.value("dropped_flows_total", exporter="grpc", reason=reason)
 
 
 @pytest.fixture

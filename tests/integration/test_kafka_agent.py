@@ -7,7 +7,6 @@ SYNTHETIC_FLOWS flows of N / SYNTHETIC_FLOWS packets each, in one batch.
 
 from __future__ import annotations
 
-import ast
 import os
 import signal
 import subprocess
@@ -83,14 +82,20 @@ class AgentProcess:
             os.kill(self.process.pid, signal.SIGKILL)
             self.process.wait(timeout=10)
 
-    def stats(self) -> dict[str, float]:
-        """The totals of the agent's final 'flowkit agent stopped: {...}' line."""
+    def stats(self) -> dict[str, Any]:
+        """The counters of the agent's final 'flowkit agent stopped' line, with ``books``: its
+        flow account (evicted, and exported / dropped by reason per exporter)."""
         for entry in self.log_lines():
-            msg = entry.get("msg", "")
-            if msg.startswith("flowkit agent stopped: "):
-                parsed: dict[str, float] = ast.literal_eval(msg.split(": ", 1)[1])
-                return parsed
+            if entry.get("msg", "").startswith("flowkit agent stopped: "):
+                stats: dict[str, Any] = dict(entry["counters"])
+                stats["books"] = entry["flows"]
+                return stats
         raise AssertionError(f"no final stats line: {self.stderr_path.read_text()}")
+
+    def dropped(self) -> dict[str, int]:
+        """The kafka exporter's dropped flows by reason, from the final line."""
+        dropped: dict[str, int] = self.stats()["books"]["exporters"]["kafka"]["dropped"]
+        return dropped
 
     def tracebacks(self) -> list[str]:
         text = self.stderr_path.read_text()
@@ -206,7 +211,7 @@ def test_agent_exports_every_field_of_every_synthetic_flow(
         assert times["TimeFlowEnd"] == times["TimeFlowEndMs"] // 1000
     stats = agent.stats()
     assert stats["kafka_produced_flows"] == flows
-    assert stats["kafka_dropped_flows"] == 0
+    assert stats["books"]["exporters"]["kafka"] == {"exported": flows, "dropped": {}}
     assert stats["kafka_delivery_failures"] == 0
     assert agent.tracebacks() == []
 
@@ -259,7 +264,8 @@ def test_agent_drops_exactly_what_exceeds_the_queue_bound_while_the_broker_is_do
     assert len(messages) == bound
     stats = agent.stats()
     assert stats["kafka_produced_flows"] == bound
-    assert stats["kafka_dropped_flows"] == flows - bound
+    assert agent.dropped() == {"buffer_full": flows - bound}
+    assert stats["books"]["exporters"]["kafka"]["exported"] == bound
     assert stats["kafka_delivery_failures"] == 0
     assert agent.tracebacks() == []
 
@@ -296,7 +302,7 @@ def test_agent_survives_a_broker_outage_and_delivers_what_it_queued(
     assert agent.stop() == 0
 
     stats = agent.stats()
-    assert stats["kafka_dropped_flows"] == 0
+    assert agent.dropped() == {}
     assert stats["kafka_delivery_failures"] == 0
     produced = int(stats["kafka_produced_flows"])
     after = kafka_broker.consume(TOPIC, produced - len(before))

@@ -77,7 +77,7 @@ def test_slow_exporter_drops_and_counts_batches_without_stalling_the_others(
         fast.wait_for(lambda e, n=n: len(e.batches) == n)  # type: ignore[misc]
 
     assert agent.metrics.value("dropped_batches_total", exporter="slow") == 4
-    assert agent.metrics.value("dropped_flows_total", exporter="slow") == 32
+    assert agent.metrics.value("dropped_flows_total", exporter="slow", reason="queue_full") == 32
     assert agent.metrics.value("dropped_batches_total", exporter="fast") == 0
     assert fast.packets == 48
     slow.release.set()
@@ -248,3 +248,77 @@ def _wait(condition: Callable[[], bool], timeout: float = 10) -> None:
             return
         done.wait(0.02)
     pytest.fail("condition not reached")
+
+
+def _balanced(summary: dict[str, Any]) -> None:
+    for name, books in summary["exporters"].items():
+        total = books["exported"] + sum(books["dropped"].values())
+        assert total == summary["evicted"], f"{name}: {books} of {summary['evicted']}"
+
+
+def test_flows_stuck_in_a_queue_at_shutdown_are_counted_as_dropped(
+    run_agent: Callable[..., Agent], scripted: ScriptedPlugin
+) -> None:
+    agent = run_agent(tracer="scripted", accounter="python", listen_interfaces="scripted",
+                      export="slow,fast", buffers_length=3, cache_max_flows=8,
+                      cache_active_timeout=FOREVER, shutdown_timeout="300ms")
+    slow, fast = scripted.exporter("slow"), scripted.exporter("fast")
+    for n in range(1, 4):  # slow: one batch inside export() (never returns), two queued
+        scripted.tracer.feed(synthetic_records(range(8)))
+        fast.wait_for(lambda e, n=n: len(e.batches) == n)  # type: ignore[misc]
+    agent.shutdown()
+
+    summary = agent.summary()
+    assert summary["evicted"] == 24
+    assert summary["exporters"]["slow"] == {"exported": 0, "dropped": {"shutdown": 24}}
+    assert summary["exporters"]["fast"] == {"exported": 24, "dropped": {}}
+    assert agent.metrics.value("dropped_flows_total", exporter="slow", reason="shutdown") == 24
+    slow.release.set()  # the abandoned export returns late: still counted once, as dropped
+    assert slow.entered.is_set()
+    _balanced(agent.summary())
+
+
+def test_a_failing_exporter_counts_its_flows_as_dropped_with_reason_error(
+    run_agent: Callable[..., Agent], scripted: ScriptedPlugin
+) -> None:
+    agent = run_agent(tracer="scripted", accounter="python", listen_interfaces="scripted",
+                      export="failing,fast", cache_max_flows=8, cache_active_timeout=FOREVER)
+    scripted.tracer.feed(synthetic_records(range(8)))
+    scripted.exporter("failing").wait_for(lambda e: e.attempts == 1)
+    agent.shutdown()
+
+    summary = agent.summary()
+    assert summary["exporters"]["failing"] == {"exported": 0, "dropped": {"error": 8}}
+    _balanced(summary)
+
+
+def test_the_final_log_line_carries_the_books_as_integers(
+    run_agent: Callable[..., Agent], scripted: ScriptedPlugin, caplog: pytest.LogCaptureFixture
+) -> None:
+    agent = run_agent(tracer="scripted", accounter="python", listen_interfaces="scripted",
+                      export="fast", cache_max_flows=8, cache_active_timeout=FOREVER)
+    scripted.tracer.feed(synthetic_records(range(5)))
+    caplog.set_level("INFO", logger="flowkit.agent")
+    agent.shutdown()
+
+    [record] = [r for r in caplog.records if r.getMessage().startswith("flowkit agent stopped")]
+    assert record.flows == {  # type: ignore[attr-defined]
+        "evicted": 5, "exporters": {"fast": {"exported": 5, "dropped": {}}}
+    }
+
+
+def test_a_failed_start_shuts_down_the_exporters_already_built_and_closes_the_tracer(
+    load: Callable[..., AgentConfig], builtin_pm: PluginManager, scripted: ScriptedPlugin
+) -> None:
+    def broken_start() -> None:
+        raise OSError("the kernel refused the map")
+
+    scripted.tracer.start = broken_start  # type: ignore[method-assign]
+    agent = Agent(load(tracer="scripted", accounter="python", listen_interfaces="scripted",
+                       export="fast"), plugin_manager=builtin_pm)
+    with pytest.raises(OSError, match="refused the map"):
+        agent.start()
+    assert scripted.exporter("fast").shut_down
+    assert scripted.tracer.closed
+    agent.shutdown()  # after a failed start: nothing left to do, and no error
+    assert agent.join(1)

@@ -107,7 +107,7 @@ def test_unreadable_ca_file_names_the_setting(pm: PluginManager, tmp_path: Path)
 
 def test_client_certificate_needs_its_key(pm: PluginManager, tmp_path: Path) -> None:
     pem = tmp_path / "fkE.pem"
-    pem.write_text("x")
+    pem.write_text("-----BEGIN CERTIFICATE-----\nx\n-----END CERTIFICATE-----\n")
     with pytest.raises(ConfigError, match="TARGET_TLS_USER_KEY_PATH"):
         load(
             pm,
@@ -146,3 +146,13 @@ def test_backoff_is_jittered_exponential_and_capped() -> None:
             assert len(set(waits)) > 1
     finally:
         exporter.shutdown(0.1)
+
+
+def test_a_ca_file_that_is_not_pem_is_refused_naming_the_setting(
+    pm: PluginManager, tmp_path: Path
+) -> None:
+    der = tmp_path / "fkE-ca.der"
+    der.write_bytes(b"\x30\x82\x01\x0a")  # DER starts like this: not what gRPC reads
+    with pytest.raises(ConfigError, match="TARGET_TLS_CA_CERT_PATH") as info:
+        load(pm, TARGET_HOST="h", TARGET_PORT="1", TARGET_TLS_CA_CERT_PATH=str(der))
+    assert "is not a PEM certificate" in str(info.value)

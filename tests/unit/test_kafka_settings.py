@@ -9,6 +9,9 @@ from pydantic import ValidationError
 
 from flowkit_plugins.kafka_exporter import KafkaSettings, flowkit_exporters
 
+CERT_PEM = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n"
+KEY_PEM = "-----BEGIN PRIVATE KEY-----\nMIIE\n-----END PRIVATE KEY-----\n"
+
 
 def settings(**values: object) -> KafkaSettings:
     return KafkaSettings.model_validate({"kafka_brokers": "b1:9092", **values})
@@ -73,7 +76,7 @@ def test_tls_paths_are_ignored_while_tls_is_off(tmp_path: Path):
 
 def test_mutual_tls_needs_both_certificate_and_key(tmp_path: Path):
     cert = tmp_path / "user.pem"
-    cert.write_text("cert")
+    cert.write_text(CERT_PEM)
     message = error_message(
         kafka_brokers="b:1", kafka_enable_tls=True, kafka_tls_user_cert_path=str(cert)
     )
@@ -81,8 +84,9 @@ def test_mutual_tls_needs_both_certificate_and_key(tmp_path: Path):
 
 
 def test_tls_maps_to_librdkafka_ssl_settings(tmp_path: Path):
-    for name in ("ca.pem", "user.pem", "user.key"):
-        (tmp_path / name).write_text(name)
+    for name in ("ca.pem", "user.pem"):
+        (tmp_path / name).write_text(CERT_PEM)
+    (tmp_path / "user.key").write_text(KEY_PEM)
     config = settings(
         kafka_enable_tls=True,
         kafka_tls_ca_cert_path=str(tmp_path / "ca.pem"),
@@ -158,3 +162,23 @@ def test_the_plugin_provides_the_kafka_exporter_spec():
     (spec,) = flowkit_exporters()
     assert spec.name == "kafka"
     assert spec.settings_model is KafkaSettings
+
+
+def test_a_ca_file_that_is_not_pem_is_refused(tmp_path: Path):
+    ca = tmp_path / "ca.der"
+    ca.write_bytes(b"\x30\x82\x01\x0a")
+    message = error_message(kafka_brokers="b:1", kafka_enable_tls=True,
+                            kafka_tls_ca_cert_path=str(ca))
+    assert "KAFKA_TLS_CA_CERT_PATH" in message
+    assert "is not a PEM certificate" in message
+
+
+@pytest.mark.parametrize("brokers", ["::::", "broker", "broker:0", "broker:99999", ":9092",
+                                     "::1:9092"])
+def test_broker_addresses_must_be_host_and_port(brokers: str):
+    message = error_message(kafka_brokers=brokers)
+    assert "KAFKA_BROKERS" in message
+
+
+def test_bracketed_ipv6_brokers_are_accepted():
+    assert settings(kafka_brokers="[fd00::1]:9092,b:1").kafka_brokers == ["[fd00::1]:9092", "b:1"]
