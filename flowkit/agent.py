@@ -269,11 +269,12 @@ class ExporterWorker:
             if not self.exporter.flush(remaining):
                 log.warning("exporter %s could not flush everything in time", self.name)
         except Exception as exc:
-            log.warning("exporter %s failed to flush: %r", self.name, exc)
+            log.error("exporter %s failed to flush: %s: %s", self.name, type(exc).__name__, exc)
         try:
             self.exporter.shutdown(max(0.1, deadline - time.monotonic()))
         except Exception as exc:
-            log.warning("exporter %s failed to shut down: %r", self.name, exc)
+            log.error("exporter %s failed to shut down: %s: %s", self.name,
+                      type(exc).__name__, exc)
 
     def books(self, evicted: int) -> dict[str, Any]:
         """The final account: what was exported and dropped of the ``evicted`` flows.
@@ -511,8 +512,13 @@ class Agent:
                 self.tracer.detach(iface)
             except Exception as exc:
                 log.debug("detaching from %s failed: %s", iface.name, exc)
-        deadline = time.monotonic() + min(2.0, self.config.shutdown_timeout)
-        stop_workers(self._workers, deadline)
+        # Exporters built but never started get their shutdown() (nothing to flush yet).
+        for worker in self._workers:
+            try:
+                worker.exporter.shutdown(1.0)
+            except Exception as exc:
+                log.error("exporter %s failed to shut down: %s: %s", worker.name,
+                          type(exc).__name__, exc)
         self._close_components()
         self._stopped.set()
 
