@@ -140,7 +140,7 @@ class WatchInformer:
         self._rescan_period = rescan_period
         self._home = _Namespace(None)
         self._others: dict[str, _Namespace] = {}
-        self._unusable: set[str] = set()
+        self._unusable: dict[str, int] = {}  # namespaces that cannot be traced, by inode
         self._own_inode = 0
         self._lock = threading.Lock()
         self._closed = False
@@ -253,9 +253,9 @@ class WatchInformer:
         for name, ns in list(self._others.items()):
             if present.get(name) != ns.inode:
                 yield from self._forget_namespace(ns)
-        self._unusable &= set(present)
+        self._unusable = {n: i for n, i in self._unusable.items() if present.get(n) == i}
         for name, inode in sorted(present.items()):
-            if name in self._others or name in self._unusable:
+            if name in self._others or self._unusable.get(name) == inode:
                 continue
             try:
                 handle = NetnsHandle.open(name, inode)
@@ -263,7 +263,7 @@ class WatchInformer:
                 continue
             if handle.id is None:
                 handle.close()
-                self._unusable.add(name)
+                self._unusable[name] = inode
                 log.warning("cannot trace network namespace %s: its inode %#x is not of the form "
                             "0xf000xxxx that flows can carry", name, inode)
                 continue
@@ -273,6 +273,7 @@ class WatchInformer:
                     ns.sock = self._open()
             except OSError as exc:
                 ns.close()
+                self._unusable[name] = inode  # not retried (nor logged again) while it exists
                 log.warning("cannot watch network namespace %s: %s", name, exc)
                 continue
             with self._lock:
