@@ -32,6 +32,7 @@ import argparse
 import json
 import os
 import re
+import signal
 import statistics
 import subprocess
 import sys
@@ -47,7 +48,7 @@ sys.path.insert(0, str(ROOT / "tests" / "integration"))
 sys.path.insert(0, str(ROOT / "bench"))
 
 from bench_rate import cpu_seconds, pmacct_pids  # noqa: E402
-from netns import AgentRun, Pair, flow_totals  # noqa: E402
+from netns import AgentRun, Pair, flow_totals, sh  # noqa: E402
 
 SENDER_CPU = "1"
 
@@ -153,58 +154,181 @@ def one_run(kind: str, seconds: float, workdir: Path) -> dict[str, Any]:
     return out
 
 
+# -- alternating windows: the kernel cost, robust to other work on the VM ----------------------
+
+
+class Hook:
+    """Something that observes the receiving veth end and can be switched on and off quickly."""
+
+    def __init__(self, kind: str, pair: Pair, workdir: Path) -> None:
+        self.kind, self.pair, self.workdir = kind, pair, workdir
+        self._on = False
+        self._proc: subprocess.Popen[bytes] | None = None
+        if kind.startswith("flowkit"):
+            from flowkit.ebpf import CollectionSpec
+            from flowkit.ebpf.attach import Attacher
+            from flowkit.netns import NetnsHandle
+
+            path = kind.split(":", 1)[1] if ":" in kind else str(
+                ROOT / "flowkit" / "bpf" / "flowkit.bpf.o")
+            self._collection = CollectionSpec.from_file(path).load()
+            programs = self._collection.programs
+            self._attacher = Attacher(programs["flowkit_ingress"].fd,
+                                      programs["flowkit_egress"].fd, "tcx")
+            with NetnsHandle.open(pair.right.ns.name) as handle:
+                self._netns_id = handle.id or 0
+            self._ifindex = pair.right.ifindex
+
+    def on(self) -> None:
+        if self.kind.startswith("flowkit"):
+            self._attacher.attach(self._ifindex, self.pair.right.ifname,
+                                  netns=self.pair.right.ns.name, netns_id=self._netns_id)
+        elif self.kind == "pmacctd":
+            conf = self.workdir / "pmacctd-alt.conf"
+            conf.write_text(
+                "daemonize: false\n"
+                f"pcap_interface: {self.pair.right.ifname}\n"
+                "plugins: print\n"
+                "aggregate: src_mac,dst_mac,src_host,dst_host,src_port,dst_port,proto\n"
+                "print_output: json\n"
+                f"print_output_file: {self.workdir / 'pmacct-alt.json'}\n"
+                "print_refresh_time: 1\n"
+            )
+            self._proc = self.pair.right.ns.popen(
+                ["taskset", "-c", "0", "pmacctd", "-f", str(conf)],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            time.sleep(2)  # its capture socket is open
+        self._on = True
+
+    def off(self) -> None:
+        if self.kind.startswith("flowkit"):
+            self._attacher.detach(self._ifindex, self._netns_id)
+        elif self._proc is not None:
+            self._proc.terminate()
+            self._proc.wait(10)
+            self._proc = None
+        self._on = False
+
+    def close(self) -> None:
+        if self._on:
+            self.off()
+        if self.kind.startswith("flowkit"):
+            self._attacher.close()
+            self._collection.close()
+
+
+def _sender_state(pair: Pair) -> tuple[float, int]:
+    """(CPU seconds of every process in the sender's namespace + ksoftirqd, packets sent)."""
+    pids = [int(p) for p in sh("ip", "netns", "pids", pair.left.ns.name).stdout.split()]
+    cpu = cpu_seconds(pids + ksoftirqd(SENDER_CPU))
+    packets = pair.left.ns.link_stats(pair.left.ifname)["tx"]["packets"]
+    return cpu, packets
+
+
+def alternating(kind: str, windows: int, window_s: float, workdir: Path) -> dict[str, Any]:
+    """Sender-core CPU per packet with the hook on minus with it off, in alternating windows.
+
+    trafgen runs the whole time; each on-window is compared with the mean of the off-windows
+    around it, and the median of those differences is the hook's kernel cost.
+    """
+    with Pair.create("fkBa") as pair:
+        cfg = workdir / "alt.cfg"
+        cfg.write_text(
+            f"{{ eth(da={pair.right.mac}, sa={pair.left.mac}), ipv4(saddr={pair.left.ip4}, "
+            f"daddr={pair.right.ip4}), udp(sport=40000, dport=7777), fill(0x00, 18) }}\n"
+        )
+        hook = Hook(kind, pair, workdir)
+        sender = subprocess.Popen(
+            pair.left.ns.cmd("trafgen", "--dev", pair.left.ifname, "--conf", str(cfg), "--cpu",
+                             SENDER_CPU, "-q"),
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        per_packet: list[tuple[bool, float]] = []
+        try:
+            time.sleep(1.0)
+            for i in range(2 * windows + 1):
+                state = i % 2 == 1
+                hook.on() if state else hook.off()
+                cpu0, pk0 = _sender_state(pair)
+                time.sleep(window_s)
+                cpu1, pk1 = _sender_state(pair)
+                if pk1 > pk0:
+                    per_packet.append((state, (cpu1 - cpu0) * 1e9 / (pk1 - pk0)))
+        finally:
+            os.killpg(sender.pid, signal.SIGINT)  # trafgen and its worker
+            try:
+                sender.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(sender.pid, signal.SIGKILL)
+                sender.wait(10)
+            hook.close()
+    diffs = []
+    for j, (state, value) in enumerate(per_packet):
+        if state and 0 < j < len(per_packet) - 1:
+            diffs.append(value - (per_packet[j - 1][1] + per_packet[j + 1][1]) / 2)
+    return {
+        "windows": windows,
+        "window_s": window_s,
+        "sender_ns_per_packet_off": round(statistics.median(
+            v for st, v in per_packet if not st), 1),
+        "kernel_ns_per_packet": round(statistics.median(diffs), 1),
+        "kernel_ns_per_packet_each": [round(d, 1) for d in diffs],
+    }
+
+
 def _median(runs: list[dict[str, Any]], key: str) -> float:
     return statistics.median(r[key] for r in runs)
 
 
-def summarise(runs: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
-    base = _median(runs["none"], "sender_ns_per_packet") if "none" in runs else None
+def summarise(kernel: dict[str, dict[str, Any]],
+              runs: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for kind, results in runs.items():
-        sender = _median(results, "sender_ns_per_packet")
+        own = _median(results, "collector_cpu_ns_per_packet")
+        k = kernel[kind]["kernel_ns_per_packet"]
         entry: dict[str, Any] = {
-            "rounds": len(results),
-            "packets_sent_median": int(_median(results, "sent")),
-            "sender_ns_per_packet": round(sender, 1),
+            "kernel_ns_per_packet": k,
+            "collector_cpu_ns_per_packet": round(own, 1),
+            "host_ns_per_packet": round(k + own, 1),
+            "sender_ns_per_packet_without_observer": kernel[kind]["sender_ns_per_packet_off"],
         }
-        if kind != "none" and base is not None:
-            hook = sender - base
-            own = _median(results, "collector_cpu_ns_per_packet")
-            entry.update({
-                "kernel_ns_per_packet": round(hook, 1),
-                "collector_cpu_ns_per_packet": round(own, 1),
-                "host_ns_per_packet": round(hook + own, 1),
-            })
         if "counted" in results[0]:
             entry["all_packets_counted"] = all(r["counted"] == r["sent"] for r in results)
         out[kind] = entry
-    flowkit = out.get("flowkit", {}).get("host_ns_per_packet")
     pmacct = out.get("pmacctd", {}).get("host_ns_per_packet")
-    if flowkit and pmacct and flowkit > 0:
-        out["pmacctd_over_flowkit"] = round(pmacct / flowkit, 1)
+    for kind, entry in list(out.items()):
+        if kind.startswith("flowkit") and pmacct and entry["host_ns_per_packet"] > 0:
+            entry["pmacctd_over_this"] = round(pmacct / entry["host_ns_per_packet"], 1)
     return out
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seconds", type=float, default=5)
-    parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--collectors", default="none,flowkit,pmacctd",
-                        help="comma-separated: none, flowkit, flowkit:<object>, pmacctd")
+    parser.add_argument("--windows", type=int, default=15,
+                        help="on-windows per observer (as many off-windows around them)")
+    parser.add_argument("--window", type=float, default=1.0, help="seconds per window")
+    parser.add_argument("--seconds", type=float, default=4,
+                        help="length of each run measuring the observer's own CPU")
+    parser.add_argument("--rounds", type=int, default=3, help="such runs per observer")
+    parser.add_argument("--collectors", default="flowkit,pmacctd",
+                        help="comma-separated: flowkit, flowkit:<object>, pmacctd")
     args = parser.parse_args()
     if os.geteuid() != 0:
         raise SystemExit("needs root (namespaces, eBPF, trafgen)")
+    os.sched_setaffinity(0, {0})  # keep this process off the sender's CPU
     kinds = args.collectors.split(",")
+    kernel: dict[str, dict[str, Any]] = {}
     runs: dict[str, list[dict[str, Any]]] = {k: [] for k in kinds}
     with tempfile.TemporaryDirectory(prefix="fkbench") as tmp:
+        for kind in kinds:
+            kernel[kind] = alternating(kind, args.windows, args.window, Path(tmp))
+            print(json.dumps({"collector": kind, **kernel[kind]}), file=sys.stderr, flush=True)
         for round_no in range(args.rounds):
-            order = kinds[round_no % len(kinds):] + kinds[:round_no % len(kinds)]
-            for kind in order:
+            for kind in kinds:
                 result = one_run(kind, args.seconds, Path(tmp))
                 runs[kind].append(result)
                 print(json.dumps({"round": round_no, "collector": kind, **result}),
                       file=sys.stderr, flush=True)
-    print(json.dumps({"seconds": args.seconds, "runs": runs, "summary": summarise(runs)},
+    print(json.dumps({"kernel": kernel, "runs": runs, "summary": summarise(kernel, runs)},
                      indent=2))
 
 
