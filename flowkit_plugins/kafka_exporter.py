@@ -66,7 +66,11 @@ _PROTOCOL_FOR = {
     (False, True): "sasl_plaintext",
     (True, True): "sasl_ssl",
 }
-_SASL_MECHANISM = {"plain": "PLAIN", "scramSHA512": "SCRAM-SHA-512"}
+_SASL_MECHANISM = {
+    "plain": "PLAIN",
+    "scramSHA512": "SCRAM-SHA-512",
+    "scramSHA256": "SCRAM-SHA-256",  # flowkit's addition to NetObserv's two
+}
 # How long the background thread blocks in poll(): bounds how late a shutdown is noticed.
 _POLL_INTERVAL = 0.2
 # Delivery-report errors of messages purged at shutdown.
@@ -129,8 +133,8 @@ class KafkaSettings(BaseModel):
         default="", description="Client private key (PEM) for mutual TLS."
     )
     kafka_enable_sasl: Bool = Field(default=False, description="Authenticate with SASL.")
-    kafka_sasl_type: Literal["plain", "scramSHA512"] = Field(
-        default="plain", description="SASL mechanism: plain or scramSHA512."
+    kafka_sasl_type: Literal["plain", "scramSHA512", "scramSHA256"] = Field(
+        default="plain", description="SASL mechanism: plain, scramSHA512 or scramSHA256."
     )
     kafka_sasl_client_id_path: str = Field(
         default="", description="File holding the SASL user name."
@@ -483,6 +487,12 @@ class KafkaExporter:
                 " (TLS: check that KAFKA_TLS_CA_CERT_PATH signed the brokers' certificates and "
                 "that they match the broker addresses; for mutual TLS, that the brokers accept "
                 "KAFKA_TLS_USER_CERT_PATH / KAFKA_TLS_USER_KEY_PATH); retrying"
+            )
+        if self.settings.kafka_enable_sasl and "SASL" in text:
+            hint = (
+                f" (SASL {self.settings.kafka_sasl_type}: check the user name in "
+                "KAFKA_SASL_CLIENT_ID_PATH and the password in KAFKA_SASL_CLIENT_SECRET_PATH, "
+                "and that the brokers enable this mechanism); retrying"
             )
         self._log.emit(f"error-{name}", level, "kafka: %s: %s%s", name, text, hint)
 
