@@ -7,6 +7,7 @@ In-process exporters; the collector is a thread decoding with the PyPI ``ipfix``
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import threading
 import time
@@ -37,6 +38,7 @@ class Collector:
         self.server.listen(4)
         self.port = int(self.server.getsockname()[1])
         self.records: list[dict[str, Any]] = []
+        self.conn: socket.socket | None = None
         self.connections = 0
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
@@ -48,6 +50,7 @@ class Collector:
             except OSError:
                 return
             self.connections += 1
+            self.conn = conn
             with conn, conn.makefile("rb") as stream:
                 buffer = ipfix.message.MessageBuffer()
                 try:
@@ -66,6 +69,9 @@ class Collector:
 
     def close(self) -> None:
         self.server.close()
+        if self.conn is not None:
+            with contextlib.suppress(OSError):
+                self.conn.shutdown(socket.SHUT_RDWR)
 
 
 def exporter(port: int, metrics: Metrics, **settings: Any) -> TcpIpfixExporter:
@@ -133,3 +139,37 @@ def test_a_connection_lost_mid_batch_resends_only_the_unwritten_records() -> Non
         assert ports == sorted(int(p) for p in synthetic_flows(n_flows=60).array["key"]["src_port"])
     finally:
         collector.close()
+
+
+def test_ipfix_tcp_passes_the_conformance_kit() -> None:
+    from collections.abc import Iterator
+
+    from flowkit.testing import check_exporter
+    from flowkit_plugins import ipfix_exporter
+
+    state = {"collector": Collector(), "before": 0}
+    port = state["collector"].port  # type: ignore[union-attr]
+
+    def delivered() -> int:
+        return len(state["collector"].records) + state["before"]  # type: ignore[union-attr,operator]
+
+    @contextlib.contextmanager
+    def stalled() -> Iterator[None]:
+        state["before"] = delivered()
+        state["collector"].close()  # type: ignore[union-attr]
+        try:
+            yield
+        finally:
+            state["collector"] = Collector(port)
+
+    try:
+        spec = next(s for s in ipfix_exporter.flowkit_exporters() if s.name == "ipfix+tcp")
+        settings = spec.settings_model.model_validate({  # type: ignore[union-attr]
+            "target_host": "127.0.0.1", "target_port": port, "ipfix_transport": "tcp",
+            "ipfix_retry_initial_backoff": 0.05, "ipfix_retry_max_backoff": 0.2,
+            "ipfix_buffer_max_flows": 2000, "ipfix_timeout": 2.0,
+        })
+        ran = check_exporter(spec, settings, delivered=delivered, stall=stalled)
+        assert "bounded_memory" in ran
+    finally:
+        state["collector"].close()  # type: ignore[union-attr]

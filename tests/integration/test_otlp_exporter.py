@@ -475,3 +475,36 @@ def test_spool_keeps_requests_across_an_outage_and_a_restart(
         assert up.value("otlp_sent_flows_total") == 24
     finally:
         up.exporter.shutdown(1)
+
+
+def test_the_otlp_exporter_passes_the_conformance_kit() -> None:
+    import contextlib as _contextlib
+
+    from flowkit.testing import check_exporter
+    from flowkit_plugins import otlp_exporter
+
+    port = free_port()
+    state = {"receiver": Receiver(port=port)}
+
+    def delivered() -> int:
+        return len(state["receiver"].records()) + state.get("before", 0)  # type: ignore[operator]
+
+    @_contextlib.contextmanager
+    def stalled() -> Iterator[None]:
+        state["before"] = delivered()
+        state["receiver"].stop()
+        try:
+            yield
+        finally:
+            state["receiver"] = Receiver(port=port)
+
+    try:
+        spec = otlp_exporter.flowkit_exporters()[0]
+        settings = spec.settings_model.model_validate({  # type: ignore[union-attr]
+            "otlp_endpoint": f"127.0.0.1:{port}", "otlp_retry_initial_backoff": 0.05,
+            "otlp_retry_max_backoff": 0.2, "otlp_buffer_max_flows": 2000, "otlp_timeout": 2.0,
+        })
+        ran = check_exporter(spec, settings, delivered=delivered, stall=stalled)
+        assert "bounded_memory" in ran
+    finally:
+        state["receiver"].stop()
