@@ -95,7 +95,9 @@ def test_scram_credentials_the_broker_refuses_are_retried_logged_and_counted(
     assert any(f"SASL {mechanism}" in m and "KAFKA_SASL_CLIENT_SECRET_PATH" in m for m in sasl)
     assert any("SCRAM" in m for m in sasl), sasl  # the broker's SCRAM exchange was reached
     assert len(sasl) <= 4  # rate-limited, not one line per retry
-    assert metrics.registry.get_sample_value("ebpf_agent_kafka_dropped_flows_total") == 6
+    assert sum(s.value for fam in metrics.registry.collect() for s in fam.samples
+               if s.name == "ebpf_agent_dropped_flows_total"
+               and s.labels.get("exporter") == "kafka") == 6
     errors = sum(s.value for fam in metrics.registry.collect() for s in fam.samples
                  if s.name == "ebpf_agent_errors_total")
     assert errors >= 1
