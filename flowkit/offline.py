@@ -25,9 +25,10 @@ __all__ = ["CaptureError", "replay"]
 log = logging.getLogger(__name__)
 
 REPLAY_DEFAULTS = {"tracer": "replay", "listen_interfaces": "none",
-                   "cache_active_timeout": "24h", "cache_max_flows": 100_000}
+                   "cache_active_timeout": "1h", "cache_max_flows": 100_000}
 """Settings :func:`replay` and ``flowkit-agent replay`` use unless told otherwise: one eviction
-at the end of the file (a capture with fewer than CACHE_MAX_FLOWS flows gives one record per
+at the end of the file (replays are timed by the wall clock; CACHE_ACTIVE_TIMEOUT is at most 1h;
+a capture with fewer than CACHE_MAX_FLOWS flows gives one record per
 flow), no interface informer."""
 
 
