@@ -50,6 +50,10 @@ class ExporterAccount:
                 "dropped_flows", "Flows an exporter will never deliver, by reason",
                 ["exporter", "reason"],
             )
+            # The reasons every exporter can see (the agent's queue, the stop deadline) are
+            # served at 0 from the start, so a scrape or an alert finds them before a drop.
+            for reason in ("queue_full", "shutdown"):
+                self._dropped_metric.labels(exporter=exporter, reason=reason)
 
     def delivered(self, flows: int) -> None:
         """``flows`` reached the sink."""
