@@ -28,6 +28,7 @@ from flowkit.privileges import PrivilegeError
 
 PROG = "flowkit-agent"
 COMMANDS = ("run", "replay", "top", "plugins", "check", "inspect")
+_PRINTING = ("top", "plugins", "check", "inspect")  # commands whose result is what they print
 _LEVELS = {
     "trace": logging.DEBUG,
     "debug": logging.DEBUG,
@@ -307,16 +308,28 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = args[1:]
     handlers = {"run": cmd_run, "replay": cmd_replay, "top": cmd_top, "plugins": cmd_plugins,
                 "check": cmd_check, "inspect": cmd_inspect}
+    if sys.stdout is None:
+        # Started with standard output closed (`flowkit-agent >&-`): keep descriptor 1 taken
+        # by /dev/null, so that no file, socket or eBPF map the agent opens lands on it and
+        # receives what is meant for standard output. sys.stdout stays None: what needs it
+        # (the stdout exporter, `check`) says that it is closed.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        if devnull != 1:
+            os.dup2(devnull, 1)
+            os.close(devnull)
+        if command in _PRINTING:
+            return _fail(f"{command}: standard output is closed; nothing to print to", 1)
     try:
         status = handlers[command](args)
-        sys.stdout.flush()
+        if sys.stdout is not None:
+            sys.stdout.flush()
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:
         # The reader went away (`flowkit-agent check | head -1`): what it wanted, it has.
         # Point stdout at /dev/null so that the interpreter's final flush does not fail again.
         devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
+        os.dup2(devnull, 1)
         return 0
     return status
 

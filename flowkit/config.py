@@ -47,6 +47,7 @@ from flowkit.settings_types import (
     Duration,
     format_byte_size,
     format_duration,
+    parse_duration,
 )
 
 if TYPE_CHECKING:
@@ -234,7 +235,7 @@ class AgentConfig(BaseModel):
         try:
             return model.model_validate(values)
         except ValidationError as exc:
-            raise _to_config_error(exc, _field_table([model])) from None
+            raise _to_config_error(exc, _field_table([model]), values) from None
 
     def selected(self) -> Iterator[tuple[str, str]]:
         """(kind, name) of every component this configuration selects, in pipeline order."""
@@ -348,7 +349,16 @@ def settings_table(plugin_manager: SettingsSource | None) -> dict[str, SettingIn
     return _field_table(models, owners)
 
 
-def _to_config_error(exc: ValidationError, table: Mapping[str, SettingInfo]) -> ConfigError:
+_BOUNDS = {"greater_than": ("gt", "more than"), "greater_than_equal": ("ge", "at least"),
+           "less_than": ("lt", "less than"), "less_than_equal": ("le", "at most")}
+
+
+def _is_duration(info: SettingInfo) -> bool:
+    return any(getattr(m, "func", None) is parse_duration for m in info.field.metadata)
+
+
+def _to_config_error(exc: ValidationError, table: Mapping[str, SettingInfo],
+                     raw: Mapping[str, Any] | None = None) -> ConfigError:
     error = exc.errors()[0]
     loc = error.get("loc") or ()
     name = str(loc[0]) if loc else ""
@@ -361,6 +371,17 @@ def _to_config_error(exc: ValidationError, table: Mapping[str, SettingInfo]) -> 
         # model-level validators: the message names the settings itself
         return ConfigError(f"invalid settings: {message}", None)
     value = error.get("input")
+    bound = _BOUNDS.get(str(error.get("type")))
+    if bound is not None and name in table and _is_duration(table[name]):
+        # A duration out of range: the value as written (not as seconds) and the limit as a
+        # duration ("at most 1h", not "less than or equal to 3600").
+        limit = (error.get("ctx") or {}).get(bound[0])
+        if isinstance(limit, int | float):
+            text = (f"{limit / 3600:g}h" if limit >= 3600 and limit % 3600 == 0
+                    else format_duration(float(limit)))
+            message = f"must be {bound[1]} {text}"
+        if raw is not None and name in raw:
+            value = raw[name]
     shown = "" if isinstance(value, dict) else f"={value!r}"
     return ConfigError(f"invalid setting {setting}{shown}: {message}", setting)
 
@@ -457,7 +478,7 @@ def load_config(
     try:
         config = AgentConfig.model_validate(core)
     except ValidationError as exc:
-        raise _to_config_error(exc, table) from None
+        raise _to_config_error(exc, table, core) from None
 
     config._component_values = MappingProxyType(
         {k: v for k, v in merged.items() if k not in AgentConfig.model_fields}

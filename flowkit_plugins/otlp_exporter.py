@@ -38,7 +38,7 @@ from flowkit.accounts import ExporterAccount
 from flowkit.components import ComponentContext, ExporterSpec
 from flowkit.delivery import Outcome, RetryPolicy, Sender, Split
 from flowkit.ratelimit import RateLimitedLog
-from flowkit.settings_types import Bool, ByteSize, CommaList, Duration
+from flowkit.settings_types import Bool, ByteSize, CommaList, Duration, check_pem_file
 from flowkit.spool import check_spool_settings, open_spool
 
 if TYPE_CHECKING:
@@ -70,12 +70,9 @@ _METRIC_ATTRIBUTES = (
 )
 
 
-def _readable(value: str, setting: str) -> str:
-    if value:
-        try:
-            Path(value).read_bytes()
-        except OSError as exc:
-            raise ValueError(f"cannot read {setting} file {value}: {exc.strerror}") from None
+def _pem(value: str, setting: str, kind: str = "certificate") -> str:
+    if value:  # a DER or garbage file fails here, at start, not at the first handshake
+        check_pem_file(setting, value, kind)
     return value
 
 
@@ -190,17 +187,17 @@ class OtlpSettings(BaseModel):
     @field_validator("otlp_tls_ca_cert_path")
     @classmethod
     def _check_ca(cls, value: str) -> str:
-        return _readable(value, "OTLP_TLS_CA_CERT_PATH")
+        return _pem(value, "OTLP_TLS_CA_CERT_PATH")
 
     @field_validator("otlp_tls_user_cert_path")
     @classmethod
     def _check_cert(cls, value: str) -> str:
-        return _readable(value, "OTLP_TLS_USER_CERT_PATH")
+        return _pem(value, "OTLP_TLS_USER_CERT_PATH")
 
     @field_validator("otlp_tls_user_key_path")
     @classmethod
     def _check_key(cls, value: str) -> str:
-        return _readable(value, "OTLP_TLS_USER_KEY_PATH")
+        return _pem(value, "OTLP_TLS_USER_KEY_PATH", "key")
 
     @model_validator(mode="after")
     def _check(self) -> OtlpSettings:

@@ -252,7 +252,7 @@ def test_lists_booleans_and_cidrs_parse_from_strings() -> None:
         ({"SAMPLING": "-1"}, "SAMPLING", "greater than or equal to 0"),
         ({"DIRECTION": "sideways"}, "DIRECTION", "'both', 'ingress' or 'egress'"),
         ({"CACHE_ACTIVE_TIMEOUT": "5 parsecs"}, "CACHE_ACTIVE_TIMEOUT", "500ms, 5s or 1m30s"),
-        ({"CACHE_ACTIVE_TIMEOUT": "0s"}, "CACHE_ACTIVE_TIMEOUT", "greater than 0"),
+        ({"CACHE_ACTIVE_TIMEOUT": "0s"}, "CACHE_ACTIVE_TIMEOUT", "must be more than 0s"),
         ({"CACHE_MAX_FLOWS": "0"}, "CACHE_MAX_FLOWS", "greater than 0"),
         ({"BUFFERS_LENGTH": "lots"}, "BUFFERS_LENGTH", "valid integer"),
         ({"METRICS_ENABLE": "maybe"}, "METRICS_ENABLE", "true or false"),
