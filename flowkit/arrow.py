@@ -207,7 +207,7 @@ def to_arrow(batch: FlowBatch) -> pa.RecordBatch:
 
     The record batch owns its memory: it stays valid after the FlowBatch is released.
     """
-    from flowkit.native import ffi, lib
+    from flowkit.native.encode import gather_columns
 
     pa = require_pyarrow("FlowBatch.to_arrow()")
     array = batch.array
@@ -225,16 +225,11 @@ def to_arrow(batch: FlowBatch) -> pa.RecordBatch:
     if n:
         if not array.flags.c_contiguous:
             array = np.ascontiguousarray(array)
-        rows = ffi.cast("uint8_t *", array.ctypes.data)
-        base = ffi.cast("uint8_t *", buffer.address)
+        rows = array
+        base = int(buffer.address)
 
         def gather(selected: list[tuple[_Column, int]]) -> None:
-            specs = ffi.new("struct fk_column[]", len(selected))
-            for spec, (column, start) in zip(specs, selected, strict=True):
-                spec.offset = column.offset
-                spec.width = column.width
-                spec.dst = base + start
-            lib.fk_gather_columns(rows, n, array.itemsize, specs, len(selected))
+            gather_columns(rows, base, [(c.offset, c.width, start) for c, start in selected])
 
         # Optional-feature columns are zero unless their gate column says otherwise (see
         # FLOW_DTYPE): gather the rest first, and those only when a flow carries the feature.

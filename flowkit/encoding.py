@@ -20,11 +20,10 @@ Example (what a Kafka exporter does, one message per flow)::
 
 from __future__ import annotations
 
-import errno
 import ipaddress
 from collections.abc import Mapping
 from itertools import pairwise
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import numpy as np
 import numpy.typing as npt
@@ -38,7 +37,7 @@ from flowkit.model import (
     flow_to_json_dict,
     ip_to_16,
 )
-from flowkit.native import NativeError, check, ffi, lib
+from flowkit.native.encode import NAMES_DROP_REASON, NAMES_TCP_STATE, Encoder
 
 __all__ = [
     "EncodedFlows",
@@ -53,10 +52,6 @@ __all__ = [
     "reference_records",
     "reference_records_message",
 ]
-
-# The output buffer is sized for the worst case and only the used part is copied out: no need
-# to zero it first.
-_alloc_uninitialised = ffi.new_allocator(should_clear_after_alloc=False)
 
 _MAX_IF_ID = (0xFFFF << 32) | 0xFFFF_FFFF  # interface_key(): 16-bit netns, 32-bit index
 _NO_ID = np.uint64(1 << 63)  # matches no interface
@@ -80,20 +75,19 @@ class EncodedFlows(NamedTuple):
 class _BatchEncoder:
     """A batch's flows as a C array plus the C encoder for its interface names and agent."""
 
-    __slots__ = ("_array", "_bad_names", "count", "encoder", "flows")
+    __slots__ = ("_array", "_bad_names", "count", "encoder")
 
     def __init__(self, batch: FlowBatch) -> None:
         # Exporters get contiguous arrays; a strided view is copied once.
         self._array = np.ascontiguousarray(batch.array)
         self.count = len(self._array)
-        self.flows = ffi.from_buffer("struct fk_flow_out[]", self._array)
         self._bad_names: dict[int, UnicodeEncodeError] = {}
         self.encoder = self._make_encoder(batch.interfaces, batch.agent_ip)
         if self.count and (self._array["features"] & FEATURE_DROPS).any():
             from flowkit.kernel_names import drop_reason_names
 
-            self._set_names(lib.FK_NAMES_DROP_REASON, drop_reason_names())
-            self._set_names(lib.FK_NAMES_TCP_STATE, TCP_STATE_NAMES)
+            self._set_names(NAMES_DROP_REASON, drop_reason_names())
+            self._set_names(NAMES_TCP_STATE, TCP_STATE_NAMES)
 
     def _set_names(self, kind: int, names: Mapping[int, str]) -> None:
         values = np.array(list(names), dtype=np.uint32)
@@ -101,19 +95,9 @@ class _BatchEncoder:
         offsets = np.zeros(len(encoded) + 1, dtype=np.uint64)
         np.cumsum([len(n) for n in encoded], out=offsets[1:])
         blob = b"".join(encoded)
-        check(
-            lib.fk_encoder_set_names(
-                self.encoder,
-                kind,
-                ffi.from_buffer("uint32_t[]", values),
-                ffi.from_buffer("uint64_t[]", offsets),
-                ffi.from_buffer("uint8_t[]", blob),
-                len(encoded),
-            ),
-            "fk_encoder_set_names",
-        )
+        self.encoder.set_names(kind, values, offsets, blob)
 
-    def _make_encoder(self, interfaces: Mapping[int, str], agent_ip: str | None) -> Any:
+    def _make_encoder(self, interfaces: Mapping[int, str], agent_ip: str | None) -> Encoder:
         indexes: list[int] = []
         names: list[bytes] = []
         for if_index, name in interfaces.items():
@@ -129,27 +113,12 @@ class _BatchEncoder:
         offsets = np.zeros(len(names) + 1, dtype=np.uint64)
         np.cumsum([len(n) for n in names], out=offsets[1:])
         blob = b"".join(names)
-        agent_text = agent_ip16 = ffi.NULL
-        agent_len = 0
+        agent_text = agent_ip16 = None
         if agent_ip:  # the same test as FlowBatch.__iter__
             address = ipaddress.ip_address(agent_ip)
-            text = str(address).encode("utf-8")
-            agent_text, agent_len = ffi.from_buffer("uint8_t[]", text), len(text)
-            agent_ip16 = ffi.from_buffer("uint8_t[]", ip_to_16(address))
-        err = ffi.new("int *")
-        encoder = lib.fk_encoder_new(
-            ffi.from_buffer("uint64_t[]", index_array),
-            ffi.from_buffer("uint64_t[]", offsets),
-            ffi.from_buffer("uint8_t[]", blob),
-            len(names),
-            agent_text,
-            agent_len,
-            agent_ip16,
-            err,
-        )
-        if encoder == ffi.NULL:
-            raise NativeError("fk_encoder_new", -err[0] if err[0] < 0 else errno.ENOMEM)
-        return ffi.gc(encoder, lib.fk_encoder_free)
+            agent_text = str(address).encode("utf-8")
+            agent_ip16 = ip_to_16(address)
+        return Encoder(index_array, offsets, blob, agent_text, agent_ip16)
 
     def check_names(self, json: bool, start: int = 0, stop: int | None = None) -> None:
         """Raise what the Python encoders raise when a flow's interface name is not UTF-8."""
@@ -171,24 +140,17 @@ class _BatchEncoder:
 
     def json(self, newline: bool) -> EncodedFlows:
         self.check_names(json=True)
-        return self._run(lib.fk_encode_json, "fk_encode_json", lib.fk_encoder_json_bound, newline)
+        offsets = np.zeros(self.count + 1, dtype=np.uint64)
+        if self.count == 0:
+            return EncodedFlows(b"", offsets)
+        return EncodedFlows(self.encoder.json(self._array, newline, offsets), offsets)
 
     def records(self) -> EncodedFlows:
         self.check_names(json=False)
-        return self._run(lib.fk_encode_records, "fk_encode_records", lib.fk_encoder_records_bound)
-
-    def _run(self, function: Any, name: str, bound: Any, *newline: bool) -> EncodedFlows:
-        count = self.count
-        offsets = np.zeros(count + 1, dtype=np.uint64)
-        if count == 0:
+        offsets = np.zeros(self.count + 1, dtype=np.uint64)
+        if self.count == 0:
             return EncodedFlows(b"", offsets)
-        capacity = bound(self.encoder, count)
-        out = _alloc_uninitialised("uint8_t[]", capacity)
-        offsets_out = ffi.from_buffer("uint64_t[]", offsets, require_writable=True)
-        used = check(
-            function(self.encoder, self.flows, count, out, capacity, *newline, offsets_out), name
-        )
-        return EncodedFlows(ffi.buffer(out, used)[:], offsets)
+        return EncodedFlows(self.encoder.records(self._array, offsets), offsets)
 
     def records_message(self, start: int, stop: int) -> bytes:
         """A serialized ``pbflow.Records`` holding flows ``start`` to ``stop`` (clamped)."""
@@ -197,13 +159,7 @@ class _BatchEncoder:
         if count == 0:
             return b""
         self.check_names(json=False, start=start, stop=stop)
-        capacity = lib.fk_encoder_records_bound(self.encoder, count)
-        out = _alloc_uninitialised("uint8_t[]", capacity)
-        used = check(
-            lib.fk_encode_records_message(self.encoder, self.flows + start, count, out, capacity),
-            "fk_encode_records_message",
-        )
-        return ffi.buffer(out, used)[:]  # type: ignore[no-any-return]
+        return self.encoder.records_message(self._array[start:stop])
 
 
 def encode_json_lines(batch: FlowBatch) -> bytes:

@@ -29,7 +29,8 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from flowkit.model import DNS_NAME_LEN, FlowBatch, ip_to_16
-from flowkit.native import NativeError, check, ffi, lib
+from flowkit.native import NativeError
+from flowkit.native import encode as native_encode
 
 __all__ = [
     "ENTERPRISE_ELEMENTS",
@@ -237,25 +238,22 @@ class IpfixMessage(NamedTuple):
 
 # -- C encoder --------------------------------------------------------------------------------
 
-_alloc_uninitialised = ffi.new_allocator(should_clear_after_alloc=False)
+def _c_params(params: IpfixParams, export_time: int, sequence: int) -> native_encode.IpfixParams:
+    return native_encode.IpfixParams(
+        export_time=export_time,
+        sequence=sequence,
+        domain_id=params.domain_id,
+        max_message=params.max_message,
+        template_base=params.template_base,
+        exporter_kind=params.exporter_kind,
+        enterprise=params.enterprise,
+        exporter_ip16=(
+            ip_to_16(ipaddress.ip_address(params.exporter_ip)) if params.exporter_ip else None
+        ),
+    )
 
 
-def _c_params(params: IpfixParams, export_time: int, sequence: int) -> Any:
-    c = ffi.new("struct fk_ipfix_params *")
-    c.export_time = export_time & 0xFFFF_FFFF
-    c.sequence = sequence & 0xFFFF_FFFF
-    c.domain_id = params.domain_id
-    c.max_message = params.max_message
-    c.template_base = params.template_base
-    c.exporter_kind = params.exporter_kind
-    c.enterprise = params.enterprise
-    if params.exporter_ip:
-        raw = ip_to_16(ipaddress.ip_address(params.exporter_ip))
-        ffi.memmove(c.exporter_ip, raw, 16)
-    return c
-
-
-def _names_table(interfaces: Mapping[int, str]) -> Any:
+def _names_table(interfaces: Mapping[int, str]) -> native_encode.IpfixNames:
     indexes: list[int] = []
     names: list[bytes] = []
     for key, name in interfaces.items():
@@ -268,17 +266,7 @@ def _names_table(interfaces: Mapping[int, str]) -> Any:
     offsets = np.zeros(len(names) + 1, dtype=np.uint64)
     np.cumsum([len(n) for n in names], out=offsets[1:])
     blob = b"".join(names)
-    err = ffi.new("int *")
-    table = lib.fk_ipfix_names_new(
-        ffi.from_buffer("uint64_t[]", index_array),
-        ffi.from_buffer("uint64_t[]", offsets),
-        ffi.from_buffer("uint8_t[]", blob),
-        len(names),
-        err,
-    )
-    if table == ffi.NULL:
-        raise NativeError("fk_ipfix_names_new", -err[0] if err[0] < 0 else errno.ENOMEM)
-    return ffi.gc(table, lib.fk_ipfix_names_free)
+    return native_encode.IpfixNames(index_array, offsets, blob)
 
 
 def encode_messages(
@@ -301,27 +289,17 @@ def encode_messages(
         return []
     table = _names_table(batch.interfaces)
     c_params = _c_params(params, export_time, sequence)
-    capacity = lib.fk_ipfix_bound(table, c_params, count)
-    out = _alloc_uninitialised("uint8_t[]", capacity)
     ends = np.empty(count, dtype=np.uint64)
     records = np.empty(count, dtype=np.uint64)
-    rc = lib.fk_ipfix_encode(
-        table,
-        ffi.from_buffer("struct fk_flow_out[]", array),
-        count,
-        c_params,
-        out,
-        capacity,
-        ffi.from_buffer("uint64_t[]", ends, require_writable=True),
-        ffi.from_buffer("uint64_t[]", records, require_writable=True),
-    )
-    if rc == -errno.EMSGSIZE:
+    try:
+        data, n_messages = table.ipfix_encode(array, c_params, ends, records)
+    except NativeError as exc:
+        if exc.errno != errno.EMSGSIZE:
+            raise
         raise ValueError(
             f"an IPFIX record of this batch does not fit in a message of {params.max_message} "
             "bytes"
-        )
-    n_messages = check(rc, "fk_ipfix_encode")
-    data = ffi.buffer(out, int(ends[n_messages - 1]))[:]
+        ) from None
     result: list[IpfixMessage] = []
     begin = 0
     for end, n in zip(ends[:n_messages].tolist(), records[:n_messages].tolist(), strict=True):
@@ -332,10 +310,7 @@ def encode_messages(
 
 def template_message(params: IpfixParams, *, export_time: int, sequence: int) -> bytes:
     """A message holding only the template set (both templates)."""
-    c_params = _c_params(params, export_time, sequence)
-    out = ffi.new("uint8_t[]", 1024)
-    used = check(lib.fk_ipfix_template_message(c_params, out, 1024), "fk_ipfix_template_message")
-    return ffi.buffer(out, used)[:]  # type: ignore[no-any-return]
+    return native_encode.ipfix_template_message(_c_params(params, export_time, sequence))
 
 
 # -- Python reference -------------------------------------------------------------------------

@@ -27,7 +27,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from flowkit.model import FlowBatch, mac_to_str
-from flowkit.native import check, ffi, lib
+from flowkit.native.encode import IpfixNames
 
 __all__ = [
     "LOG_ATTRIBUTES",
@@ -86,7 +86,6 @@ OVERFLOW_ATTRIBUTE = "otel.metric.overflow"
 
 _TRANSPORTS = {6: "tcp", 17: "udp", 1: "icmp", 58: "icmpv6", 132: "sctp"}
 _MAPPED = bytes(10) + b"\xff\xff"
-_alloc_uninitialised = ffi.new_allocator(should_clear_after_alloc=False)
 
 
 def import_otlp_proto() -> Any:
@@ -171,7 +170,7 @@ def _field(number: int, payload: bytes) -> bytes:
     return _varint(number << 3 | 2) + _varint(len(payload)) + payload
 
 
-def _names_table(interfaces: Mapping[int, str]) -> Any:
+def _names_table(interfaces: Mapping[int, str]) -> IpfixNames:
     from flowkit.ipfix import _names_table as table
 
     return table(interfaces)
@@ -191,19 +190,9 @@ def encode_log_records(batch: FlowBatch, start: int = 0, stop: int | None = None
     if count == 0:
         return LogRecords(b"", [])
     table = _names_table(batch.interfaces)
-    capacity = lib.fk_otlp_bound(table, count)
-    out = _alloc_uninitialised("uint8_t[]", capacity)
     ends = np.empty(count, dtype=np.uint64)
-    used = lib.fk_otlp_log_records(
-        table,
-        ffi.from_buffer("struct fk_flow_out[]", array),
-        count,
-        out,
-        capacity,
-        ffi.from_buffer("uint64_t[]", ends, require_writable=True),
-    )
-    check(used, "fk_otlp_log_records")
-    return LogRecords(ffi.buffer(out, used)[:], ends.tolist())
+    data = table.otlp_log_records(array, ends)
+    return LogRecords(data, ends.tolist())
 
 
 def wrap_log_records(records: bytes, resource: bytes, scope: bytes) -> bytes:

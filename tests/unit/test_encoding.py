@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 
 from flowkit import encoding
 from flowkit.model import FLOW_DTYPE, Flow, FlowBatch, ip_from_16, ip_to_16
-from flowkit.native import ffi, lib
+from flowkit.native._lib import ffi, lib
 
 pb = pytest.importorskip("flowkit.pbflow.convert")
 

@@ -14,7 +14,7 @@ from flowkit.filters import (
     FilterRuleError,
     parse_filter_rules,
 )
-from flowkit.native import ffi
+from flowkit.native._lib import ffi
 
 
 def test_dtypes_match_the_c_structs() -> None:

@@ -51,7 +51,7 @@ NETOBSERV_KEYS = {
 def test_numpy_layouts_match_the_c_structs_field_by_field(
     dtype: np.dtype[Any], struct: str
 ) -> None:
-    from flowkit.native import ffi
+    from flowkit.native._lib import ffi
 
     c_fields = dict(ffi.typeof(struct).fields)
     assert dtype.itemsize == ffi.sizeof(struct)

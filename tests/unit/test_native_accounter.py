@@ -28,7 +28,7 @@ from flowkit.model import (
     FlowArray,
     FlowBatch,
 )
-from flowkit.native import ffi
+from flowkit.native._lib import ffi
 from flowkit_plugins import native_accounter
 from flowkit_plugins.native_accounter import NativeAccounter
 from flowkit_plugins.python_accounter import PythonAccounter
