@@ -14,9 +14,12 @@ An exporter that buffers and delivers later (gRPC, Kafka) sets the class attribu
     self._account.delivered(len(records))            # the sink confirmed them
     self._account.dropped(len(records), "rejected")  # they will never arrive
 
-Reasons used by flowkit (see docs/exporters.md): ``queue_full``, ``shutdown``, ``error``,
-``closed``, ``buffer_full``, ``rejected``, ``timeout``, ``encode``, ``spool_full``,
-``spool_corrupt``.
+This account is the only drop counter an exporter needs: every built-in exporter reports
+every loss here, its disk spool's included, and keeps no drop family of its own. The reasons
+flowkit uses, with their meaning, are :data:`flowkit.delivery.DROP_REASONS` (the table in
+docs/exporters.md and docs/plugins.md); a plugin may add its own short snake_case reasons.
+With a disk spool the per-run rule gains two terms (``recovered`` and ``spooled``, see
+:meth:`flowkit.agent.ExporterWorker.books`) that cancel out over the runs sharing the spool.
 """
 
 from __future__ import annotations

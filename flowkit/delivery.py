@@ -51,13 +51,16 @@ DROP_REASONS: dict[str, str] = {
     "queue_full": "the agent's queue for the exporter (BUFFERS_LENGTH batches) was full",
     "buffer_full": "the exporter's buffer (e.g. GRPC_BUFFER_MAX_FLOWS) was full, no spool",
     "rejected": "the peer refused the flows for good (e.g. INVALID_ARGUMENT, a bad record)",
-    "error": "export() raised, or the sink failed in a way that cannot be retried",
+    "error": "export() raised, or the sink failed in a way that cannot be retried (a refused "
+    "datagram, a failed file write)",
+    "closed": "the sink went away for good (standard output's reader closed the pipe)",
     "shutdown": "still undelivered when the stop deadline (SHUTDOWN_TIMEOUT) passed",
     "timeout": "the sink's own delivery deadline passed (e.g. KAFKA_MESSAGE_TIMEOUT)",
     "encode": "a flow could not be encoded for the sink",
     "spool_full": "the disk spool exceeded its budget and dropped its oldest segment",
     "spool_corrupt": "a spool record failed its checksum when read back",
     "spool_error": "writing to the disk spool failed (e.g. the disk is full)",
+    "spool_torn": "a record an earlier run left in the spool was cut short or corrupt at start",
 }
 """Every ``reason`` label of ``dropped_flows``, with what it means."""
 

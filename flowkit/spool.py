@@ -25,7 +25,13 @@ the reader acknowledges it (:meth:`Spool.ack`); a segment file is deleted once e
 it was acknowledged. When appending would take the spool over its byte budget, whole segments
 are dropped, oldest first, and their flows counted (``reason="spool_full"``). At start, every
 segment is checked record by record: a torn tail (a record cut short by a crash, or failing
-its checksum) is cut off and counted (``spool_torn_records``, ``spool_torn_bytes``).
+its checksum) is cut off and counted (``spool_torn_records``, ``spool_torn_bytes``, and its
+flows as dropped with ``reason="spool_torn"``).
+
+Every flow a spool loses is reported through ``on_drop(reason, flows)`` (``spool_full``,
+``spool_error``, ``spool_corrupt``, ``spool_torn``): an exporter wires it to its
+:class:`~flowkit.accounts.ExporterAccount`, so spool losses are counted in the one drop family,
+``dropped_flows{exporter,reason}``, like every other loss.
 """
 
 from __future__ import annotations
@@ -42,7 +48,7 @@ import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import BinaryIO, Literal
 
 import numpy as np
 
@@ -274,6 +280,7 @@ class _Scan:
     torn_records: int
     torn_bytes: int
     reason: str = ""
+    torn_flows: int = 0
 
 
 def _scan_segment(path: Path, with_payloads: list[bytes] | None = None) -> _Scan:
@@ -304,13 +311,29 @@ def _scan_segment(path: Path, with_payloads: list[bytes] | None = None) -> _Scan
                     elif _crc(length, flows, payload) != crc:
                         reason = "checksum mismatch"
             if reason:
-                return _Scan(offset, records, 1, data_size - offset, reason)
+                torn_flows = _torn_flows(handle, offset, data_size)
+                return _Scan(offset, records, 1, data_size - offset, reason, torn_flows)
             end = offset + RECORD_HEADER.size + length
             records.append((offset, end, flows))
             if with_payloads is not None:
                 with_payloads.append(payload)
             offset = end
         return _Scan(offset, records, 0, 0)
+
+
+def _torn_flows(handle: BinaryIO, offset: int, data_size: int) -> int:
+    """Flows of the torn tail from ``offset``, as the record headers in it say: every whole
+    header is counted, following their lengths, until one is implausible (a flow takes at least
+    one payload byte in every format) or cut short, whose flows are unknown."""
+    flows = 0
+    while offset + RECORD_HEADER.size <= data_size:
+        handle.seek(offset)
+        length, count, _crc32 = RECORD_HEADER.unpack(handle.read(RECORD_HEADER.size))
+        if length > MAX_RECORD_BYTES or count > length:
+            break
+        flows += count
+        offset += RECORD_HEADER.size + length
+    return flows
 
 
 def _segments_in(directory: Path) -> list[tuple[int, Path]]:
@@ -372,9 +395,11 @@ class Spool:
     delivered or :meth:`release` when it was not.
 
     Metrics (``exporter`` label = ``name``): ``spool_written_flows``, ``spool_replayed_flows``,
-    ``spool_recovered_flows``, ``spool_dropped_flows{reason}``, ``spool_torn_records``,
-    ``spool_torn_bytes``, ``spool_possible_duplicate_flows`` (counters) and the gauges
-    ``spool_flows``, ``spool_bytes``, ``spool_segments``.
+    ``spool_recovered_flows``, ``spool_torn_records``, ``spool_torn_bytes``,
+    ``spool_possible_duplicate_flows`` (counters) and the gauges ``spool_flows``,
+    ``spool_bytes``, ``spool_segments``. Lost flows are not a spool metric: they go to
+    ``on_drop(reason, flows)`` (the exporter's ``dropped_flows{exporter,reason}``) and
+    :attr:`dropped`.
     """
 
     def __init__(
@@ -406,8 +431,14 @@ class Spool:
         """Records found cut short or corrupt when the spool was opened."""
         self.torn_bytes = 0
         """Bytes cut off when the spool was opened."""
+        self.torn_flows = 0
+        """Flows of the torn records, as their headers say (0 for a record whose header is cut
+        short); dropped with reason ``spool_torn``."""
         self.recovered_flows = 0
-        """Flows found in the spool when it was opened (left by a previous run)."""
+        """Flows found in the spool when it was opened (left by a previous run), torn ones
+        included."""
+        self.dropped: dict[str, int] = {}
+        """Flows this spool dropped, by reason (also reported through ``on_drop``)."""
         self.possible_duplicate_flows = 0
         """Flows of a record that was being delivered when a previous run died."""
         metrics = metrics or Metrics()
@@ -422,9 +453,6 @@ class Spool:
             "spool_recovered_flows", "Flows found in a disk spool at start (left by an earlier "
             "run)", ["exporter"]
         ).labels(**labels)
-        self._m_dropped = metrics.counter(
-            "spool_dropped_flows", "Flows a disk spool dropped, by reason", ["exporter", "reason"]
-        )
         self._m_torn_records = metrics.counter(
             "spool_torn_records", "Records cut short or corrupt, cut off when a spool was opened",
             ["exporter"],
@@ -479,9 +507,11 @@ class Spool:
             if scan.torn_records:
                 self.torn_records += scan.torn_records
                 self.torn_bytes += scan.torn_bytes
+                self.torn_flows += scan.torn_flows
                 log.warning(
-                    "%s spool: cut %d bytes off %s at offset %d (%s); the torn record is dropped",
-                    self.name, scan.torn_bytes, path, scan.good_end, scan.reason,
+                    "%s spool: cut %d bytes off %s at offset %d (%s); the torn record is dropped "
+                    "(%d flows, reason spool_torn)",
+                    self.name, scan.torn_bytes, path, scan.good_end, scan.reason, scan.torn_flows,
                 )
             start = SEGMENT_HEADER.size
             if cursor is not None and seq == cursor[0]:
@@ -510,18 +540,20 @@ class Spool:
                 self._read_seq, self._read_offset = seq, start
         self._bytes = sum(s.size for s in self._segments)
         self._flows = sum(s.flows for s in self._segments)
-        self.recovered_flows = self._flows
+        # The torn flows were left by the earlier run too: found here, and dropped at once.
+        self.recovered_flows = self._flows + self.torn_flows
         if not self._segments:
             (self.directory / "cursor").unlink(missing_ok=True)
         self._m_recovered.inc(self.recovered_flows)
         self._m_torn_records.inc(self.torn_records)
         self._m_torn_bytes.inc(self.torn_bytes)
         self._m_duplicates.inc(self.possible_duplicate_flows)
+        self._drop("spool_torn", self.torn_flows)
         self._update_gauges()
-        if self.recovered_flows:
+        if self._flows:
             log.info(
                 "%s spool: %d flows in %d segments left by an earlier run in %s; replaying them "
-                "first", self.name, self.recovered_flows, len(self._segments), self.directory,
+                "first", self.name, self._flows, len(self._segments), self.directory,
             )
 
     # -- state ------------------------------------------------------------------------------
@@ -553,7 +585,7 @@ class Spool:
     def _drop(self, reason: str, flows: int) -> None:
         if flows <= 0:
             return
-        self._m_dropped.labels(exporter=self.name, reason=reason).inc(flows)
+        self.dropped[reason] = self.dropped.get(reason, 0) + flows
         if self._on_drop is not None:
             self._on_drop(reason, flows)
 

@@ -9,7 +9,7 @@ UDP: each batch is sent at once from the exporter's thread, in messages that fil
 again every ``IPFIX_TEMPLATE_REFRESH`` and every ``IPFIX_TEMPLATE_REFRESH_MESSAGES`` messages,
 and after a send error (the collector may have restarted). A datagram the kernel accepts counts
 as exported; one it refuses (collector port unreachable, no buffer space) is tried once more,
-then dropped and counted (``ipfix_dropped_flows{reason="error"}``).
+then dropped and counted (``dropped_flows{exporter="ipfix+udp",reason="error"}``).
 
 TCP follows flowkit's one delivery rule (:mod:`flowkit.delivery`): ``export`` only queues the
 batch (bounded by ``IPFIX_BUFFER_MAX_FLOWS``, the rest counted with ``reason="buffer_full"``, or
@@ -194,35 +194,28 @@ class IpfixSettings(BaseModel):
 
 
 class _Counters:
-    """The metrics of one IPFIX exporter: one drop family with a ``reason`` label."""
+    """The metrics of one IPFIX exporter. Drops go to the agent's account only (the one family
+    ``dropped_flows{exporter,reason}``)."""
 
     def __init__(
         self, metrics: Metrics, transport: str, account: ExporterAccount | None = None
     ) -> None:
-        self.account = account if account is not None else ExporterAccount("ipfix")
+        self.account = account if account is not None else ExporterAccount(
+            f"ipfix+{transport}", metrics)
         self.sent_flows = metrics.counter("ipfix_sent_flows", "Flows sent to the IPFIX collector")
         self.sent_messages = metrics.counter(
             "ipfix_sent_messages", "IPFIX messages sent (data and templates)"
-        )
-        self.dropped = metrics.counter(
-            "ipfix_dropped_flows", "Flows the ipfix exporter could not send", ["reason"]
         )
         self.errors = metrics.counter(
             "ipfix_send_errors", "Failed sends or connections to the IPFIX collector", ["error"]
         )
 
     def drop(self, reason: str, flows: int) -> None:
-        if flows:
-            self.dropped.labels(reason=reason).inc(flows)
-            self.account.dropped(flows, _BOOK_REASONS.get(reason, reason))
+        self.account.dropped(flows, reason)
 
     def sent(self, flows: int) -> None:
         self.sent_flows.inc(flows)
         self.account.delivered(flows)
-
-
-# The agent's books use the reasons shared by every exporter (docs/exporters.md).
-_BOOK_REASONS = {"too_large": "rejected", "send_error": "error"}
 
 
 def _params(settings: IpfixSettings, agent_ip: str | None, max_message: int) -> IpfixParams:
@@ -418,6 +411,10 @@ class TcpIpfixExporter:
     def spooled_flows(self) -> int:
         """Flows waiting in the disk spool (0 without one)."""
         return self._sender.spooled_flows()
+
+    def recovered_flows(self) -> int:
+        """Flows found in the disk spool at start, left by an earlier run (0 without a spool)."""
+        return self._sender.recovered_flows()
 
     def flush(self, timeout: float) -> bool:
         """Wait until every buffered flow was sent; False on timeout."""

@@ -10,7 +10,8 @@ series plus one overflow series. Requests go over gRPC (``OTLP_PROTOCOL=grpc``, 
 Failure behaviour is flowkit's one delivery rule (:mod:`flowkit.delivery`, as the ``grpc``
 exporter): ``export`` encodes and queues, never waiting for the collector; the queue holds at most
 ``OTLP_BUFFER_MAX_FLOWS`` flows, more are dropped and counted
-(``otlp_dropped_flows{reason="buffer_full"}``) or written to the disk spool of ``OTLP_SPOOL_DIR``;
+(``dropped_flows{exporter="otlp",reason="buffer_full"}``) or written to the disk spool of
+``OTLP_SPOOL_DIR``;
 a sender thread delivers requests in order and retries the transient failures OTLP defines (gRPC
 UNAVAILABLE, ...; HTTP 429, 502, 503, 504, connection errors) after a jittered exponential
 backoff; a permanent refusal drops the request (``reason="rejected"``), as do records a
@@ -406,8 +407,6 @@ class OtlpExporter:
             if settings.otlp_protocol == "grpc"
             else _HttpTransport(settings, self._proto)
         )
-        dropped = metrics.counter("otlp_dropped_flows", "Flows the otlp exporter could not "
-                                  "deliver", ["reason"])
         self.account = account if account is not None else ExporterAccount("otlp", metrics)
         sent_flows = metrics.counter("otlp_sent_flows", "Flows delivered to the collector")
 
@@ -427,7 +426,6 @@ class OtlpExporter:
         self._last_metrics_ns = time.time_ns()
 
         def on_drop(reason: str, flows: int) -> None:
-            dropped.labels(reason=reason).inc(flows)
             self.account.dropped(flows, reason)
 
         spool = open_spool(
@@ -503,6 +501,10 @@ class OtlpExporter:
     def spooled_flows(self) -> int:
         """Flows waiting in the disk spool (0 without one)."""
         return sum(x.spooled_flows() for x in self._senders())
+
+    def recovered_flows(self) -> int:
+        """Flows found in the disk spool at start, left by an earlier run (0 without a spool)."""
+        return sum(x.recovered_flows() for x in self._senders())
 
     def flush(self, timeout: float) -> bool:
         """Wait until every queued request was delivered (or dropped); False on timeout."""

@@ -17,9 +17,9 @@ file is closed (and renamed) when it reaches PARQUET_MAX_FILE_SIZE bytes or
 PARQUET_MAX_FILE_AGE, when more than PARQUET_MAX_OPEN_FILES partitions are open (the one written
 longest ago), and at shutdown.
 
-Every flow handed to ``export`` ends in a renamed file or is counted in
-``parquet_dropped_flows{reason}``: ``write_error`` (the file system refused a write: the flows
-of the file being written and the buffered ones are lost).
+Every flow handed to ``export`` ends in a renamed file or is counted in the agent's one drop
+family, ``dropped_flows{exporter="parquet",reason}``: ``error`` (the file system refused a write:
+the flows of the file being written and the buffered ones are lost) or ``shutdown``.
 """
 
 from __future__ import annotations
@@ -154,17 +154,14 @@ class ParquetExporter:
         self._seq = 0
         self._closed = False
         self._problems = RateLimitedLog(log)
-        self._files_done = self._dropped = self._written = None
+        self._files_done = self._written = None
         if metrics is not None:
             self._files_done = metrics.counter("parquet_files", "Parquet files completed")
             self._written = metrics.counter(
                 "parquet_written_flows", "Flows in completed Parquet files")
-            self._dropped = metrics.counter(
-                "parquet_dropped_flows", "Flows the parquet exporter could not write",
-                ["reason"])
         self.dropped_flows = 0
         self.written_flows = 0
-        self._account = account if account is not None else ExporterAccount("parquet")
+        self._account = account if account is not None else ExporterAccount("parquet", metrics)
         self.completed: list[Path] = []
         self._stop = threading.Event()
         self._timer = threading.Thread(target=self._age_loop, name="flowkit-parquet-age",
@@ -210,7 +207,7 @@ class ParquetExporter:
     def _add(self, partition: int, record_batch: Any) -> None:
         open_file = self._files.get(partition) or self._open(partition)
         if open_file is None:
-            self._drop(record_batch.num_rows, "write_error")
+            self._drop(record_batch.num_rows, "error")
             return
         open_file.pending.append(record_batch)
         open_file.pending_rows += record_batch.num_rows
@@ -321,16 +318,14 @@ class ParquetExporter:
             open_file.writer.close()
         with contextlib.suppress(OSError):
             open_file.temp.unlink()
-        self._drop(rows + open_file.rows_written + open_file.pending_rows, "write_error")
+        self._drop(rows + open_file.rows_written + open_file.pending_rows, "error")
         open_file.pending, open_file.pending_rows, open_file.rows_written = [], 0, 0
 
     def _drop(self, flows: int, reason: str) -> None:
         if flows <= 0:
             return
         self.dropped_flows += flows
-        self._account.dropped(flows, "error" if reason == "write_error" else reason)
-        if self._dropped is not None:
-            self._dropped.labels(reason=reason).inc(flows)
+        self._account.dropped(flows, reason)
 
     def _age_loop(self) -> None:
         period = min(1.0, self.settings.parquet_max_file_age / 4)

@@ -85,7 +85,7 @@ def test_tcp_collector_down_buffers_bounded_counts_drops_and_logs_rarely() -> No
     assert stats.get("ipfix_sent_flows", 0) == 0
     # Every evicted flow is counted: the buffer kept two batches of 50, later batches overflowed,
     # and the 100 kept were given up at shutdown.
-    assert stats["ipfix_dropped_flows"] == stats["evicted_flows"]
+    assert stats["dropped_flows"] == stats["evicted_flows"]
     assert stats["ipfix_send_errors"] >= 5
     errors = [r for r in agent.log_records() if "cannot connect" in r.get("msg", "")]
     assert 1 <= len(errors) <= 2, errors  # rate-limited: once, then at most every 30 s
@@ -110,7 +110,7 @@ def test_udp_collector_down_keeps_running_and_accounts_for_every_flow() -> None:
     # UDP has no acknowledgements: a datagram the kernel took counts as sent; one it refused
     # (port unreachable reported) is tried again once, then dropped and counted.
     assert stats["evicted_flows"] > 0
-    assert stats.get("ipfix_sent_flows", 0) + stats.get("ipfix_dropped_flows", 0) == stats[
+    assert stats.get("ipfix_sent_flows", 0) + stats.get("dropped_flows", 0) == stats[
         "evicted_flows"
     ]
     assert stats["ipfix_send_errors"] >= 1

@@ -313,7 +313,7 @@ def test_tls_failures_are_retried_counted_and_logged_once(
     assert "TLS is on" in lines[0]
     assert "OTLP_TLS_CA_CERT_PATH" in lines[0]
     h.exporter.shutdown(0.2)
-    assert h.value("otlp_dropped_flows_total", reason="shutdown") == 5
+    assert h.value("dropped_flows_total", exporter="otlp", reason="shutdown") == 5
 
 
 def test_collector_down_then_up_receives_everything_in_order(receivers: Any, harness: Any) -> None:
@@ -327,7 +327,7 @@ def test_collector_down_then_up_receives_everything_in_order(receivers: Any, har
     assert h.exporter.flush(20)
     assert len(receiver.records()) == 12
     assert h.value("otlp_sent_flows_total") == 12
-    assert h.value("otlp_dropped_flows_total", reason="buffer_full") == 0
+    assert h.value("dropped_flows_total", exporter="otlp", reason="buffer_full") == 0
 
 
 def test_buffer_bound_drops_and_counts(harness: Any) -> None:
@@ -335,9 +335,9 @@ def test_buffer_bound_drops_and_counts(harness: Any) -> None:
                 otlp_message_max_flows=4)
     h.exporter.export(synthetic_flows(n_flows=8))  # two requests of 4: both fit
     h.exporter.export(synthetic_flows(n_flows=8))  # room for none of its requests
-    assert h.value("otlp_dropped_flows_total", reason="buffer_full") == 8
+    assert h.value("dropped_flows_total", exporter="otlp", reason="buffer_full") == 8
     h.exporter.shutdown(0.2)
-    assert h.value("otlp_dropped_flows_total", reason="shutdown") == 8
+    assert h.value("dropped_flows_total", exporter="otlp", reason="shutdown") == 8
 
 
 def test_refused_request_is_dropped_and_counted(receivers: Any, harness: Any) -> None:
@@ -345,7 +345,7 @@ def test_refused_request_is_dropped_and_counted(receivers: Any, harness: Any) ->
     h = harness(otlp_endpoint=f"127.0.0.1:{receiver.port}")
     h.exporter.export(synthetic_flows(n_flows=6))
     assert h.exporter.flush(10)
-    assert h.value("otlp_dropped_flows_total", reason="rejected") == 6
+    assert h.value("dropped_flows_total", exporter="otlp", reason="rejected") == 6
     assert h.value("otlp_send_errors_total", code="INVALID_ARGUMENT") == 1
 
 
@@ -354,7 +354,7 @@ def test_partial_success_counts_the_rejected_records(receivers: Any, harness: An
     h = harness(otlp_endpoint=f"127.0.0.1:{receiver.port}")
     h.exporter.export(synthetic_flows(n_flows=6))
     assert h.exporter.flush(10)
-    assert h.value("otlp_dropped_flows_total", reason="rejected") == 2
+    assert h.value("dropped_flows_total", exporter="otlp", reason="rejected") == 2
     assert h.value("otlp_sent_flows_total") == 4
 
 
@@ -418,7 +418,7 @@ def test_http_503_is_retried_and_400_is_dropped(harness: Any) -> None:
         assert len(server.requests) >= 2  # retried
         server.status = 400
         assert h.exporter.flush(10)
-        assert h.value("otlp_dropped_flows_total", reason="rejected") == 2
+        assert h.value("dropped_flows_total", exporter="otlp", reason="rejected") == 2
     finally:
         server.shutdown()
 
@@ -470,7 +470,7 @@ def test_spool_keeps_requests_across_an_outage_and_a_restart(
         down.exporter.export(synthetic_flows(n_flows=6))  # 24 flows, beyond the memory bound
     down.exporter.shutdown(0.3)
     assert down.value("otlp_sent_flows_total") == 0
-    assert down.value("otlp_dropped_flows_total", reason="buffer_full") == 0
+    assert down.value("dropped_flows_total", exporter="otlp", reason="buffer_full") == 0
     receiver = receivers(port=port)
     up = Harness(otlp_endpoint=f"127.0.0.1:{port}", otlp_spool_dir=spool)
     try:

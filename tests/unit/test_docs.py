@@ -192,3 +192,41 @@ def test_the_documented_json_keys_are_those_flow_to_dict_writes() -> None:
     for _, keys in _flow_table().values():
         documented.update(re.findall(r"`([A-Za-z]+)`", keys))
     assert documented == written
+
+
+def _reason_table(page: str, heading: str) -> set[str]:
+    """The reasons in the first column of the table under ``heading`` in docs/``page``."""
+    text = (DOCS / page).read_text()
+    section = text.split(heading, 1)[1]
+    reasons: set[str] = set()
+    started = False
+    for line in section.splitlines():
+        if line.startswith("|"):
+            started = True
+            reasons.update(re.findall(r"`([a-z_]+)`", line.split("|")[1]))
+        elif started:
+            break
+    return reasons
+
+
+@pytest.mark.parametrize(("page", "heading"), [("exporters.md", "## Every flow is counted"),
+                                               ("plugins.md", "The reasons (`flowkit.delivery")])
+def test_the_drop_reason_tables_are_the_reasons_of_the_code(page: str, heading: str) -> None:
+    from flowkit.delivery import DROP_REASONS
+
+    assert _reason_table(page, heading) == set(DROP_REASONS)
+
+
+def test_every_reason_the_built_in_exporters_drop_with_is_documented() -> None:
+    from flowkit.delivery import DROP_REASONS
+
+    used: set[str] = set()
+    for path in [*ROOT.joinpath("flowkit").glob("*.py"),
+                 *ROOT.joinpath("flowkit_plugins").glob("*.py")]:
+        text = path.read_text()
+        for call in re.findall(r"(?:\.dropped|\bdrop|_drop)\((.*)", text):
+            used.update(re.findall(r"\"([a-z_]+)\"", call))
+        used.update(re.findall(r"\breason=\"([a-z_]+)\"", text))
+    assert {"queue_full", "shutdown", "buffer_full", "spool_full", "spool_torn", "closed",
+            "timeout", "encode", "rejected"} <= used, used
+    assert used <= set(DROP_REASONS), used - set(DROP_REASONS)

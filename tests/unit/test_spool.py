@@ -33,8 +33,10 @@ SEG = MIN_SEGMENT_BYTES
 def open_spool(
     directory: Path, max_bytes: int = 8 * SEG, metrics: Metrics | None = None, **kw: object
 ) -> Spool:
+    on_drop = kw.pop("on_drop", None)
     config = SpoolConfig(directory, max_bytes=max_bytes, segment_bytes=SEG, **kw)  # type: ignore[arg-type]
-    return Spool(config, name="test", metrics=metrics or Metrics())
+    return Spool(config, name="test", metrics=metrics or Metrics(),
+                 on_drop=on_drop)  # type: ignore[arg-type]
 
 
 def drain(spool: Spool) -> list[tuple[int, bytes]]:
@@ -134,11 +136,18 @@ def test_a_torn_tail_is_cut_off_and_counted_never_parsed(tmp_path: Path, cut: in
         record = RECORD_HEADER.pack(100, 7, 0) + b"c" * 100
         handle.write(record[:cut])
     metrics = Metrics()
-    with open_spool(tmp_path, metrics=metrics) as again:
+    dropped: list[tuple[str, int]] = []
+    with open_spool(tmp_path, metrics=metrics,
+                    on_drop=lambda reason, n: dropped.append((reason, n))) as again:
         assert again.torn_records == 1
         assert again.torn_bytes == cut
         assert path.stat().st_size == whole
+        # The header names 7 flows when it is whole; a header cut short names none.
+        torn = 7 if cut >= RECORD_HEADER.size else 0
+        assert again.torn_flows == torn
+        assert again.recovered_flows == 3 + torn
         assert drain(again) == [(1, b"a" * 100), (2, b"b" * 100)]
+    assert dropped == ([("spool_torn", torn)] if torn else [])
     assert metrics.value("spool_torn_records_total", exporter="test") == 1
     assert metrics.value("spool_torn_bytes_total", exporter="test") == cut
 
@@ -155,6 +164,9 @@ def test_a_corrupt_record_ends_its_segment(tmp_path: Path) -> None:
     with open_spool(tmp_path) as again:
         assert again.torn_records == 1
         assert again.torn_bytes == 2 * (RECORD_HEADER.size + 50)
+        # The corrupt record and the whole one behind it, cut off with it.
+        assert again.torn_flows == 2
+        assert again.dropped == {"spool_torn": 2}
         assert drain(again) == [(1, b"A" * 50)]
 
 
@@ -181,7 +193,7 @@ def test_over_the_budget_the_oldest_segments_are_dropped_and_counted(tmp_path: P
     lost = sum(n for _r, n in dropped)
     assert {r for r, _n in dropped} == {"spool_full"}
     assert lost + len(kept) == 400
-    assert metrics.value("spool_dropped_flows_total", exporter="test", reason="spool_full") == lost
+    assert spool.dropped == {"spool_full": lost}
     # What is kept is the newest, contiguous and in order.
     indices = [int.from_bytes(p[-4:], "little") for _f, p in kept]
     assert indices == list(range(400 - len(kept), 400))
@@ -193,7 +205,8 @@ def test_a_record_larger_than_the_budget_is_dropped(tmp_path: Path) -> None:
         assert not spool.append(b"x" * (2 * SEG), 9)
         assert spool.append(b"y" * (SEG + 10), 1)  # bigger than a segment: one segment alone
         assert drain(spool) == [(1, b"y" * (SEG + 10))]
-    assert metrics.value("spool_dropped_flows_total", exporter="test", reason="spool_full") == 9
+    assert spool.dropped == {"spool_full": 9}
+    assert "ebpf_agent_spool_dropped_flows" not in metrics._instruments  # one family: the account's
 
 
 def test_appends_while_reading_keep_the_order(tmp_path: Path) -> None:
