@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 
 import numpy as np
 
@@ -35,9 +36,13 @@ from flowkit.components import AccounterSpec, ComponentContext, KernelMaps, Trac
 from flowkit.metrics import Metrics
 from flowkit.model import RECORD_DTYPE, FlowArray, FlowBatch
 from flowkit.native import NativeError
-from flowkit.ratelimit import RateLimitedLog
+from flowkit.ratelimit import DEFAULT_INTERVAL
 
 log = logging.getLogger(__name__)
+
+LOSS_LOG_INTERVAL = DEFAULT_INTERVAL
+"""Seconds between two log lines about packets the kernel lost (each says how many since the
+previous one; the ``kernel_ringbuf_lost_packets`` metric is always current)."""
 
 
 def _make(context: ComponentContext) -> NativeAccounter:
@@ -107,7 +112,7 @@ class NativeAccounter:
         """Batches handed out so far (including early evictions)."""
         self._last_kernel_counters: dict[str, int] = dict.fromkeys(KERNEL_COUNTERS, 0)
         self._lost_reported = 0
-        self._losses = RateLimitedLog(log)
+        self._loss_logged_at: float | None = None
         self._attach_kernel()
         if metrics is not None:
             self._register_metrics(metrics)
@@ -217,6 +222,8 @@ class NativeAccounter:
 
     def close(self) -> None:
         """Free the C objects and the buffer pool. Batches already handed out stay valid."""
+        if not self._closed:
+            self._report_losses(final=True)  # what the rate limit held back is logged now
         with self._lock:
             self._closed = True
             for closable in (self._reader, self._drainer, self._stage, self._table):
@@ -254,22 +261,30 @@ class NativeAccounter:
         except ValueError:  # closed meanwhile
             return 0
 
-    def _report_losses(self) -> None:
-        """Log (at most every 30 s) packets the kernel could not keep since the last eviction:
-        the flow map and the ring buffer were both full."""
+    def _report_losses(self, final: bool = False) -> None:
+        """Log packets the kernel could not keep (the flow map and the ring buffer were both
+        full): at the first eviction that sees some, then at most every
+        :data:`LOSS_LOG_INTERVAL` seconds with what was lost since the previous line, and once
+        more when the accounter closes if some were not logged yet (``final``)."""
         if self._kernel_maps is None:
             return
         lost = self.kernel_counters()["ringbuf_lost"]
         new = lost - self._lost_reported
-        if new > 0:
-            self._lost_reported = lost
-            self._losses.emit(
-                "ringbuf-lost", logging.WARNING,
-                "kernel: %d packets lost since the last eviction (%d in all): the flow map "
-                "(CACHE_MAX_FLOWS=%d) and the ring buffer were both full; raise CACHE_MAX_FLOWS "
-                "or EBPF_RINGBUF_SIZE, or shorten CACHE_ACTIVE_TIMEOUT",
-                new, lost, self._max_flows,
-            )
+        if new <= 0:
+            return
+        now = time.monotonic()
+        logged_at = self._loss_logged_at
+        if not final and logged_at is not None and now - logged_at < LOSS_LOG_INTERVAL:
+            return  # counted in the metric now, in the log with the next line
+        self._loss_logged_at = now
+        self._lost_reported = lost
+        log.warning(
+            "kernel: %d packets lost %s (%d in all): the flow map (CACHE_MAX_FLOWS=%d) and the "
+            "ring buffer were both full; raise CACHE_MAX_FLOWS or EBPF_RINGBUF_SIZE, or shorten "
+            "CACHE_ACTIVE_TIMEOUT",
+            new, "since the start" if logged_at is None else
+            f"in the last {now - logged_at:.0f} s", lost, self._max_flows,
+        )
 
     def kernel_counters(self) -> dict[str, int]:
         """The eBPF program's counters (last known values once the maps are gone)."""
