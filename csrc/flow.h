@@ -32,6 +32,8 @@ typedef uint64_t fk_u64;
 #define FK_FEATURE_DNS 0x04   /* ENABLE_DNS_TRACKING: a DNS query or response was seen */
 
 #define FK_DNS_NAME_LEN 32 /* bytes of the queried name kept per flow */
+#define FK_FLOW_CACHE_SHIFT 8 /* the eBPF program's per-CPU flow cache has 1 << 8 slots */
+#define FK_FLOW_CACHE_SLOTS (1 << FK_FLOW_CACHE_SHIFT)
 #define FK_MAX_DUPS 6      /* interfaces listed per flow (DEDUPER), NetObserv's maximum */
 
 /* Flow identity: 48 bytes, 4-byte aligned, the hash key of the kernel flow maps (hashed with
@@ -92,8 +94,9 @@ struct fk_flow_extra {
     fk_u8 dns_name[FK_DNS_NAME_LEN]; /* queried name, DNS wire format (labels), truncated */
 };
 
-/* A packet sent to the `flow_events` ring buffer when the active flow map is full (one packet
- * each): 104 bytes. */
+/* A flow's packets sent to the `flow_events` ring buffer when the active flow map is full (one
+ * packet, or the packets a slot of the flow cache held), and the value of a flow cache slot:
+ * 104 bytes. */
 struct fk_flow_event {
     struct fk_flow_key key;
     struct fk_flow_value value;

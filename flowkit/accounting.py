@@ -254,7 +254,8 @@ class KernelDrainer:
     :meth:`drain` points ``flow_selector`` at the other flow map (the kernel waits until no
     program still writes the old one), then reads and deletes every entry of the old map with
     batch syscalls and merges the per-CPU values (CPUs that saw no packet are skipped). The
-    file descriptors stay owned by the caller.
+    feature maps and the program's flow caches (when ``kernel_maps`` names them) are flipped and
+    read the same way, into the same flows. The file descriptors stay owned by the caller.
     """
 
     def __init__(self, kernel_maps: KernelMaps, chunk: int = 4096, mode: str = "auto") -> None:
@@ -282,6 +283,17 @@ class KernelDrainer:
                     "struct fk_flow_extra and their selector an array of maps",
                 )
             self._extra_drainer = ffi.gc(extra, lib.fk_drainer_free)
+        self._cache_drainer: Any = None
+        if kernel_maps.cache_selector_fd >= 0:
+            cache0, cache1 = kernel_maps.cache_map_fds
+            cache = lib.fk_cache_drainer_new(kernel_maps.cache_selector_fd, cache0, cache1, err)
+            if cache == ffi.NULL:
+                raise NativeError(
+                    "fk_cache_drainer_new", -err[0],
+                    "the flow caches must be per-CPU arrays of struct fk_flow_event, of one "
+                    "size, and their selector an array of maps",
+                )
+            self._cache_drainer = ffi.gc(cache, lib.fk_drainer_free)
         self._stage = FlowTable(kernel_maps.max_entries)
         self._lock = threading.Lock()
         if mode != "auto":
@@ -308,6 +320,10 @@ class KernelDrainer:
             # Feature data of the same period: merged into the same flows (or new ones, for a
             # flow known only from its drops).
             keys += check(lib.fk_drainer_drain(self._extra_drainer, table), "fk_drainer_drain")
+        if self._cache_drainer is not None:
+            # Packets the program's flow caches held: flipped after the flow maps, so that a
+            # slot flushed meanwhile went to a flow map that is drained now or next time.
+            keys += check(lib.fk_drainer_drain(self._cache_drainer, table), "fk_drainer_drain")
         return keys
 
     def drain_into(self, table: FlowTable) -> int:
@@ -354,6 +370,9 @@ class KernelDrainer:
             extra, self._extra_drainer = self._extra_drainer, None
             if extra is not None:
                 ffi.release(extra)
+            cache, self._cache_drainer = self._cache_drainer, None
+            if cache is not None:
+                ffi.release(cache)
             self._stage.close()
 
 

@@ -297,6 +297,8 @@ class KernelMaps:
     ``ringbuf_fd`` carries single-packet records when the active map is full.
     ``extra_selector_fd`` and ``extra_map_fds`` are the same pair for the optional feature data
     (drops, RTT, DNS: ``struct fk_flow_extra``), or -1 when no feature is on.
+    ``cache_selector_fd`` and ``cache_map_fds`` are the same pair for the program's per-CPU flow
+    caches (``cache_a``/``cache_b``, used when the object's ``flow_cache`` setting is 1), or -1.
     """
 
     selector_fd: int
@@ -307,6 +309,8 @@ class KernelMaps:
     ncpus: int
     extra_selector_fd: int = -1
     extra_map_fds: tuple[int, int] = (-1, -1)
+    cache_selector_fd: int = -1
+    cache_map_fds: tuple[int, int] = (-1, -1)
 
 
 @runtime_checkable

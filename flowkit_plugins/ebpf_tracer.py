@@ -45,6 +45,8 @@ MAP_EVENTS = "flow_events"
 MAP_COUNTERS = "counters"
 PROGRAM_DROPS = "flowkit_drops"  # tp_btf/kfree_skb (ENABLE_PKT_DROPS)
 PROGRAM_RTT = "flowkit_rtt"  # tp_btf/tcp_probe (ENABLE_RTT)
+MAP_CACHES = ("cache_a", "cache_b")  # per-CPU flow caches, drained with the flow maps
+MAP_CACHE_SELECTOR = "cache_selector"
 MAP_EXTRAS = ("extras_a", "extras_b")
 MAP_EXTRA_SELECTOR = "extra_selector"
 MAP_DNS = "dns_queries"
@@ -224,6 +226,8 @@ class EbpfTracer:
             for name in MAP_FLOWS:
                 spec.maps[name].max_entries = self.cache_max_flows
             spec.maps[MAP_EVENTS].max_entries = self.settings.ebpf_ringbuf_size
+            if "flow_cache" in spec.variables:
+                spec.variables["flow_cache"].set(1)  # drained by KernelDrainer with the maps
             settings = self.settings
             rules = parse_filter_rules(settings.flow_filter_rules)
             features = settings.features_enabled
@@ -341,6 +345,7 @@ class EbpfTracer:
             if removed:
                 log.info("removed %d stale flowkit tc filters", len(removed))
             maps = collection.maps
+            cached = MAP_CACHE_SELECTOR in maps
             self._kernel_maps = KernelMaps(
                 selector_fd=maps[MAP_SELECTOR].fd,
                 flow_map_fds=(maps[MAP_FLOWS[0]].fd, maps[MAP_FLOWS[1]].fd),
@@ -351,6 +356,10 @@ class EbpfTracer:
                 extra_selector_fd=maps[MAP_EXTRA_SELECTOR].fd if features else -1,
                 extra_map_fds=(
                     (maps[MAP_EXTRAS[0]].fd, maps[MAP_EXTRAS[1]].fd) if features else (-1, -1)
+                ),
+                cache_selector_fd=maps[MAP_CACHE_SELECTOR].fd if cached else -1,
+                cache_map_fds=(
+                    (maps[MAP_CACHES[0]].fd, maps[MAP_CACHES[1]].fd) if cached else (-1, -1)
                 ),
             )
         except BaseException:

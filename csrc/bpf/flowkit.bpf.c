@@ -181,6 +181,11 @@ volatile const __u32 host_netns_inum = 0;
  * are tracked on the TC path. */
 volatile const __u8 enable_dns = 0;
 volatile const __u16 dns_port = 53;
+/* 1: packets go through the per-CPU flow cache (`cache_a`/`cache_b`, see account_cached) before
+ * the flow map; the ebpf tracer sets it, as its drainer empties the caches with the maps.
+ * 0 (the object's default, for loaders that drain only the flow maps): every packet updates
+ * the flow map. */
+volatile const __u8 flow_cache = 0;
 /* FLOW_FILTER_RULES: 1 when rules are loaded into `filter_rules`; then a packet is kept only
  * if the rule deciding for it accepts it. */
 volatile const __u8 filter_enabled = 0;
@@ -209,6 +214,28 @@ struct {
     __array(values, struct fk_flow_map);
 } flow_selector SEC(".maps") = {
     .values = {[0] = &flows_a},
+};
+
+/* The flow cache: per CPU, FK_FLOW_CACHE_SLOTS slots each holding one flow's key and the
+ * packets of it not yet added to the flow map; double-buffered behind `cache_selector`, which
+ * the drainer flips together with `flow_selector` (csrc/native/kernel_drain.c). */
+struct fk_cache_map {
+    __uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+    __uint(max_entries, FK_FLOW_CACHE_SLOTS);
+    __type(key, __u32);
+    __type(value, struct fk_flow_event);
+};
+
+struct fk_cache_map cache_a SEC(".maps");
+struct fk_cache_map cache_b SEC(".maps");
+
+struct {
+    __uint(type, BPF_MAP_TYPE_ARRAY_OF_MAPS);
+    __uint(max_entries, 1);
+    __type(key, __u32);
+    __array(values, struct fk_cache_map);
+} cache_selector SEC(".maps") = {
+    .values = {[0] = &cache_a},
 };
 
 struct {
@@ -942,6 +969,129 @@ static __always_inline void to_ringbuf(struct fk_parse *p, __u64 len, __u64 now,
     count(FK_COUNTER_RINGBUF_RECORDS);
 }
 
+/* ---- the flow cache (flow_cache = 1) ----
+ *
+ * The per-CPU hash lookup of the flow map (jhash of the 48-byte key, bucket walk, key compare)
+ * is most of the cost of a packet. Each CPU therefore keeps FK_FLOW_CACHE_SLOTS flows of its
+ * own in a per-CPU array (inlined lookup, no hashing in the kernel): a packet whose flow holds
+ * its slot updates the slot; any other packet first adds the slot's packets to the flow map
+ * (one hash lookup, as without the cache) and then takes the slot over. The slots are drained
+ * with the flow maps: `cache_selector` is flipped like `flow_selector`, and the drainer reads
+ * every CPU's slots of the old cache once no program can still be using it, so every packet is
+ * counted exactly once, in the period it arrived in or the next. */
+
+typedef __u64 __attribute__((may_alias)) fk_alias64;
+
+/* The slot of a key: a multiplicative hash of the address words, ports and interface. */
+static __always_inline __u32 cache_slot(const struct fk_flow_key *k)
+{
+    const __u8 *b = (const __u8 *)k;
+    __u32 h = ld32(b + 8) ^ ld32(b + 12) ^ ld32(b + 24) ^ ld32(b + 28) ^ ld32(b + 32) ^
+              (ld32(b + 36) << 7);
+    return (h * 0x9e3779b1u) >> (32 - FK_FLOW_CACHE_SHIFT);
+}
+
+static __always_inline int keys_equal(const struct fk_flow_key *a, const struct fk_flow_key *b)
+{
+    const fk_alias64 *x = (const fk_alias64 *)a;
+    const fk_alias64 *y = (const fk_alias64 *)b;
+    return ((x[0] ^ y[0]) | (x[1] ^ y[1]) | (x[2] ^ y[2]) | (x[3] ^ y[3]) | (x[4] ^ y[4]) |
+            (x[5] ^ y[5])) == 0;
+}
+
+static __always_inline void count_n(__u32 index, __u64 n)
+{
+    __u64 *value = bpf_map_lookup_elem(&counters, &index);
+    if (value)
+        *value += n;
+}
+
+/* Add the packets of a cache slot to the flow map (creating the flow), or to the ring buffer
+ * when the map is full. */
+static __always_inline void flush_slot(const struct fk_flow_event *c)
+{
+    const struct fk_flow_value *add = &c->value;
+    __u32 zero = 0;
+    void *flows = bpf_map_lookup_elem(&flow_selector, &zero);
+    if (!flows) {
+        count_n(FK_COUNTER_NO_MAP, add->packets);
+        return;
+    }
+    struct fk_flow_value *v = bpf_map_lookup_elem(flows, &c->key);
+    if (v) {
+        if (v->packets == 0) {
+            v->first_ns = add->first_ns;
+            v->sampling = add->sampling;
+            st32(v->src_mac, ld32(add->src_mac));
+            st32(v->src_mac + 4, ld32(add->src_mac + 4));
+            st32(v->src_mac + 8, ld32(add->src_mac + 8));
+        }
+        v->packets += add->packets;
+        v->bytes += add->bytes;
+        if (add->last_ns > v->last_ns)
+            v->last_ns = add->last_ns;
+        v->flags |= add->flags;
+        v->dscp = add->dscp;
+        return;
+    }
+    long err = bpf_map_update_elem(flows, &c->key, add, BPF_ANY);
+    if (err == -E2BIG) {
+        struct fk_flow_event *rec = bpf_ringbuf_reserve(&flow_events, sizeof(*rec), 0);
+        if (!rec) {
+            count_n(FK_COUNTER_RINGBUF_LOST, add->packets);
+            return;
+        }
+        *rec = *c;
+        bpf_ringbuf_submit(rec, 0);
+        count_n(FK_COUNTER_RINGBUF_RECORDS, add->packets);
+    } else if (err) {
+        count_n(FK_COUNTER_UPDATE_FAILED, add->packets);
+    }
+}
+
+/* Account one packet through the flow cache. Returns 0 when the cache is unavailable (the
+ * caller then updates the flow map itself). */
+static __always_inline int account_cached(struct __sk_buff *skb, const struct fk_parse *p,
+                                          __u64 len, __u32 flow_sampling)
+{
+    __u32 zero = 0;
+    void *cache = bpf_map_lookup_elem(&cache_selector, &zero);
+    if (!cache)
+        return 0;
+    __u32 slot = cache_slot(&p->key);
+    struct fk_flow_event *c = bpf_map_lookup_elem(cache, &slot);
+    if (!c)
+        return 0;
+    if (c->value.packets) {
+        if (keys_equal(&c->key, &p->key)) {
+            __u64 now = packet_time(skb, precise_timestamps, 0);
+            /* The coarse clock lags the precise one by up to a tick. */
+            if (now < c->value.first_ns)
+                now = c->value.first_ns;
+            c->value.packets += 1;
+            c->value.bytes += len;
+            c->value.last_ns = now;
+            c->value.flags |= p->flags;
+            c->value.dscp = p->dscp;
+            return 1;
+        }
+        flush_slot(c);
+    }
+    __u64 now = packet_time(skb, 1, 0);
+    c->key = p->key;
+    c->value.packets = 1;
+    c->value.bytes = len;
+    c->value.first_ns = now;
+    c->value.last_ns = now;
+    c->value.flags = p->flags;
+    c->value.dscp = p->dscp;
+    c->value.pad = 0;
+    c->value.sampling = flow_sampling;
+    set_macs(&c->value, p);
+    c->value.pad2 = 0;
+    return 1;
+}
+
 /* `replay` is a compile-time constant: 0 in the live programs (whose code is then exactly what
  * it is without replay), 1 in the flowkit_replay_* programs (see below). */
 static __always_inline int account(struct __sk_buff *skb, __u8 direction, const int replay)
@@ -986,6 +1136,8 @@ static __always_inline int account(struct __sk_buff *skb, __u8 direction, const 
         track_dns(skb, &p, packet_time(skb, 1, replay));
 
     __u64 len = replay ? replay_word(skb, FK_REPLAY_CB_LEN) : skb->len;
+    if (!replay && flow_cache && account_cached(skb, &p, len, flow_sampling))
+        return TC_ACT_UNSPEC;
     __u32 zero = 0;
     void *flows = bpf_map_lookup_elem(&flow_selector, &zero);
     if (!flows) {

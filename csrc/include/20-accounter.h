@@ -66,6 +66,7 @@ struct fk_drainer *fk_drainer_new(int selector_fd, int map0_fd, int map1_fd, uin
                                   uint32_t chunk, int *err);
 struct fk_drainer *fk_extra_drainer_new(int selector_fd, int map0_fd, int map1_fd,
                                         uint32_t ncpus, uint32_t chunk, int *err);
+struct fk_drainer *fk_cache_drainer_new(int selector_fd, int map0_fd, int map1_fd, int *err);
 void fk_drainer_free(struct fk_drainer *d);
 int fk_drainer_set_mode(struct fk_drainer *d, uint32_t mode);
 int64_t fk_drainer_drain(struct fk_drainer *d, struct fk_table *t);

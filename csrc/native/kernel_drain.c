@@ -13,6 +13,12 @@
  * The optional feature maps (extras_a/extras_b, struct fk_flow_extra) are double-buffered the
  * same way behind their own selector and drained by a second drainer of kind FK_DRAIN_EXTRAS
  * into the same table.
+ *
+ * The eBPF program's flow caches (cache_a/cache_b: per-CPU arrays of struct fk_flow_event, one
+ * flow per slot and CPU, whose packets are not in the flow map yet) are flipped behind their own
+ * selector by a third drainer (FK_DRAIN_CACHE), after the flow maps: a packet cached before the
+ * flip is in the old cache or, if its slot was flushed meanwhile, in one of the flow maps; the
+ * old cache is quiescent after the flip and its slots are read and zeroed.
  */
 #include <errno.h>
 #include <stdlib.h>
@@ -135,7 +141,8 @@ int64_t fk_counter_sum(int fd, uint32_t index, uint32_t ncpus)
 
 static int fk_is_percpu(uint32_t type)
 {
-    return type == BPF_MAP_TYPE_PERCPU_HASH || type == BPF_MAP_TYPE_LRU_PERCPU_HASH;
+    return type == BPF_MAP_TYPE_PERCPU_HASH || type == BPF_MAP_TYPE_LRU_PERCPU_HASH ||
+           type == BPF_MAP_TYPE_PERCPU_ARRAY;
 }
 
 /* The map the selector points at now, as an index into map_fds, or -1 if it points elsewhere. */
@@ -155,6 +162,7 @@ static int fk_selector_active(int selector_fd, const uint32_t ids[2])
  * (struct fk_flow_extra), both keyed by struct fk_flow_key. */
 #define FK_DRAIN_FLOWS 0
 #define FK_DRAIN_EXTRAS 1
+#define FK_DRAIN_CACHE 2
 
 static struct fk_drainer *fk_drainer_create(uint32_t kind, int selector_fd, int map0_fd,
                                             int map1_fd, uint32_t ncpus, uint32_t chunk, int *err);
@@ -171,26 +179,37 @@ struct fk_drainer *fk_extra_drainer_new(int selector_fd, int map0_fd, int map1_f
     return fk_drainer_create(FK_DRAIN_EXTRAS, selector_fd, map0_fd, map1_fd, ncpus, chunk, err);
 }
 
+struct fk_drainer *fk_cache_drainer_new(int selector_fd, int map0_fd, int map1_fd, int *err)
+{
+    return fk_drainer_create(FK_DRAIN_CACHE, selector_fd, map0_fd, map1_fd, 0, 0, err);
+}
+
 static struct fk_drainer *fk_drainer_create(uint32_t kind, int selector_fd, int map0_fd,
                                             int map1_fd, uint32_t ncpus, uint32_t chunk, int *err)
 {
     struct fk_drainer *d = NULL;
-    uint32_t value_size = kind == FK_DRAIN_EXTRAS ? sizeof(struct fk_flow_extra)
-                                                  : sizeof(struct fk_flow_value);
-    uint32_t types[2], key_sizes[2], value_sizes[2], ids[2];
+    uint32_t value_size = kind == FK_DRAIN_EXTRAS  ? sizeof(struct fk_flow_extra)
+                          : kind == FK_DRAIN_CACHE ? sizeof(struct fk_flow_event)
+                                                   : sizeof(struct fk_flow_value);
+    uint32_t key_size = kind == FK_DRAIN_CACHE ? sizeof(uint32_t) : sizeof(struct fk_flow_key);
+    uint32_t types[2], key_sizes[2], value_sizes[2], ids[2], entries[2];
     int fds[2] = {map0_fd, map1_fd};
     int rc = 0;
 
     for (int i = 0; i < 2; i++) {
-        rc = fk_map_info(fds[i], &types[i], &key_sizes[i], &value_sizes[i], NULL, &ids[i]);
+        rc = fk_map_info(fds[i], &types[i], &key_sizes[i], &value_sizes[i], &entries[i],
+                         &ids[i]);
         if (rc)
             goto fail;
-        if (key_sizes[i] != sizeof(struct fk_flow_key) ||
-            value_sizes[i] != value_size || types[i] != types[0]) {
+        if (key_sizes[i] != key_size || value_sizes[i] != value_size || types[i] != types[0] ||
+            (kind == FK_DRAIN_CACHE &&
+             (types[i] != BPF_MAP_TYPE_PERCPU_ARRAY || entries[i] != entries[0]))) {
             rc = -EINVAL;
             goto fail;
         }
     }
+    if (kind == FK_DRAIN_CACHE)
+        chunk = entries[0]; /* the slots, read one by one */
     d = calloc(1, sizeof(*d));
     if (!d) {
         rc = -ENOMEM;
@@ -219,9 +238,9 @@ static struct fk_drainer *fk_drainer_create(uint32_t kind, int selector_fd, int 
     uint32_t budget = FK_VALUES_BUDGET / (d->ncpus * d->value_size);
     if (chunk == 0)
         chunk = 4096;
-    if (chunk > budget)
+    if (chunk > budget && kind != FK_DRAIN_CACHE)
         chunk = budget;
-    if (chunk < 64)
+    if (chunk < 64 && kind != FK_DRAIN_CACHE)
         chunk = 64;
     d->chunk = chunk;
     d->keys = calloc(chunk, sizeof(struct fk_flow_key));
@@ -430,11 +449,46 @@ static int64_t fk_drain_iterate(struct fk_drainer *d, int fd, struct fk_table *t
     }
 }
 
+/* A flow cache (per-CPU array of struct fk_flow_event): every CPU's occupied slots are merged,
+ * then zeroed. Returns the number of flows (slot and CPU pairs) read. */
+static int64_t fk_drain_cache(struct fk_drainer *d, int fd, struct fk_table *t)
+{
+    int64_t total = 0;
+    size_t size = (size_t)d->ncpus * d->value_size;
+    for (uint32_t slot = 0; slot < d->chunk; slot++) {
+        d->stats.syscalls++;
+        if (bpf_map_lookup_elem(fd, &slot, d->values))
+            return -errno;
+        int dirty = 0;
+        for (uint32_t cpu = 0; cpu < d->ncpus; cpu++) {
+            struct fk_flow_event ev;
+            memcpy(&ev, d->values + (size_t)cpu * d->value_size, sizeof(ev));
+            if (ev.value.packets == 0)
+                continue;
+            dirty = 1;
+            d->stats.keys++;
+            int rc = fk_table_merge(t, &ev.key, &ev.value);
+            if (rc < 0)
+                return rc;
+            total++;
+        }
+        if (!dirty)
+            continue;
+        memset(d->values, 0, size);
+        d->stats.syscalls++;
+        if (bpf_map_update_elem(fd, &slot, d->values, BPF_ANY))
+            return -errno;
+    }
+    return total;
+}
+
 int64_t fk_drainer_drain_map(struct fk_drainer *d, uint32_t index, struct fk_table *t)
 {
     if (index > 1)
         return -EINVAL;
     int fd = d->map_fds[index];
+    if (d->kind == FK_DRAIN_CACHE)
+        return fk_drain_cache(d, fd, t);
     int64_t total = 0;
     for (;;) {
         int64_t rc;

@@ -35,9 +35,12 @@ MAPS = {
     "extra_selector": "array_of_maps",
     "dns_queries": "lru_hash",
     "filter_rules": "lpm_trie",
+    "cache_a": "percpu_array",
+    "cache_b": "percpu_array",
+    "cache_selector": "array_of_maps",
 }
 VARIABLES = {"sampling", "trace_ingress", "trace_egress", "precise_timestamps", "enable_dns",
-             "dns_port", "filter_enabled"}
+             "dns_port", "filter_enabled", "flow_cache"}
 
 
 def build_command() -> list[str]:

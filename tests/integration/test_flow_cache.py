@@ -1,0 +1,172 @@
+"""The eBPF program's per-CPU flow cache (``flow_cache`` = 1, as the ebpf tracer loads it).
+
+Packets are run through ``flowkit_ingress`` with BPF_PROG_TEST_RUN, so every count is known: the
+cache must neither lose nor double a packet, whether a flow stays in its slot, is pushed out of
+it by another flow (flush into the flow map), meets a full flow map (flush into the ring buffer)
+or is still in the cache when the drainer flips the maps.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import Counter
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from flowkit.accounting import KernelDrainer, RingBufferReader, read_kernel_counters
+from flowkit.components import KernelMaps
+from flowkit.ebpf import CollectionSpec
+from flowkit.native import lib
+from flowkit_plugins.ebpf_tracer import MAP_CACHE_SELECTOR, MAP_CACHES, default_object_path
+from test_native_drain import FRAME_LEN, udp_frame
+
+pytestmark = pytest.mark.integration
+
+SLOTS = 256  # FK_FLOW_CACHE_SLOTS (csrc/flow.h)
+
+
+class CachedProgram:
+    """flowkit_ingress loaded with the flow cache on, and a drainer of maps and caches."""
+
+    def __init__(self, max_entries: int) -> None:
+        spec = CollectionSpec.from_file(default_object_path())
+        spec.variables["flow_cache"].set(1)
+        for name in ("flows_a", "flows_b"):
+            spec.maps[name].max_entries = max_entries
+        self.coll = spec.load(programs=["flowkit_ingress"])
+        maps = self.coll.maps
+        self.maps = KernelMaps(
+            selector_fd=maps["flow_selector"].fd,
+            flow_map_fds=(maps["flows_a"].fd, maps["flows_b"].fd),
+            ringbuf_fd=maps["flow_events"].fd,
+            counters_fd=maps["counters"].fd,
+            max_entries=max_entries,
+            ncpus=lib.libbpf_num_possible_cpus(),
+            cache_selector_fd=maps[MAP_CACHE_SELECTOR].fd,
+            cache_map_fds=(maps[MAP_CACHES[0]].fd, maps[MAP_CACHES[1]].fd),
+        )
+        self.program = self.coll.programs["flowkit_ingress"]
+        self.drainer = KernelDrainer(self.maps)
+        self.frames: dict[int, bytes] = {}
+
+    def run(self, src_port: int, repeat: int) -> None:
+        frame = self.frames.get(src_port)
+        if frame is None:
+            frame = self.frames[src_port] = udp_frame(src_port)
+        self.program.test_run(frame, repeat)
+
+    def drain(self) -> tuple[Counter[int], Counter[int], list[int]]:
+        """Packets and bytes per source port of one drain, and first_ns <= last_ns checks."""
+        packets: Counter[int] = Counter()
+        nbytes: Counter[int] = Counter()
+        spans = []
+        for record in self.drainer.drain():
+            port = int(record["key"]["src_port"])
+            packets[port] += int(record["value"]["packets"])
+            nbytes[port] += int(record["value"]["bytes"])
+            spans.append(int(record["value"]["last_ns"]) - int(record["value"]["first_ns"]))
+        return packets, nbytes, spans
+
+    def close(self) -> None:
+        self.drainer.close()
+        self.coll.close()
+
+
+@pytest.fixture
+def cached() -> Iterator[Any]:
+    programs: list[CachedProgram] = []
+
+    def load(max_entries: int = 4096) -> CachedProgram:
+        program = CachedProgram(max_entries)
+        programs.append(program)
+        return program
+
+    yield load
+    for program in programs:
+        program.close()
+
+
+def test_packets_held_in_the_cache_are_drained_exactly(cached: Any) -> None:
+    program = cached()
+    program.run(4000, 1000)  # one flow: its slot holds all of them, the map none
+    packets, nbytes, spans = program.drain()
+    assert packets == Counter({4000: 1000})
+    assert nbytes == Counter({4000: 1000 * FRAME_LEN})
+    assert min(spans) >= 0
+    # The drain zeroed the slot: the next period starts from nothing.
+    program.run(4000, 3)
+    assert program.drain()[0] == Counter({4000: 3})
+    assert program.drain()[0] == Counter()
+
+
+def test_flows_pushing_each_other_out_of_their_slots_are_exact(cached: Any) -> None:
+    program = cached()
+    ports = range(5000, 5000 + 3 * SLOTS)  # more flows than slots: slots are shared
+    sent: Counter[int] = Counter()
+    for rnd in range(3):
+        for port in ports:
+            program.run(port, 1 + (port + rnd) % 4)
+            sent[port] += 1 + (port + rnd) % 4
+    packets, nbytes, spans = program.drain()
+    assert packets == sent
+    assert nbytes == Counter({port: n * FRAME_LEN for port, n in sent.items()})
+    assert min(spans) >= 0
+    assert read_kernel_counters(program.maps)["ringbuf_records"] == 0
+
+
+def test_a_full_map_takes_the_flushed_packets_through_the_ring_buffer(cached: Any) -> None:
+    program = cached(max_entries=4)
+    reader = RingBufferReader(program.maps.ringbuf_fd)
+    try:
+        sent: Counter[int] = Counter()
+        for _ in range(2):
+            for port in range(6000, 6000 + 2 * SLOTS):
+                program.run(port, 5)
+                sent[port] += 5
+        events: Counter[int] = Counter()
+        for record in reader.read(0.0):
+            events[int(record["key"]["src_port"])] += int(record["value"]["packets"])
+    finally:
+        reader.close()
+    packets, _, _ = program.drain()
+    counters = read_kernel_counters(program.maps)
+    assert packets + events == sent
+    assert counters["ringbuf_records"] == sum(events.values()) > 0
+    assert counters["ringbuf_lost"] == 0
+
+
+def test_drains_during_traffic_lose_and_double_nothing(cached: Any) -> None:
+    program = cached()
+    sent: Counter[int] = Counter()
+    got: Counter[int] = Counter()
+    stop = threading.Event()
+    errors: list[BaseException] = []
+
+    def generate(first: int) -> None:
+        try:
+            n = 0
+            while n < 40 or not stop.is_set():
+                for port in range(first, first + 300):  # > SLOTS: hits, flushes and misses
+                    program.run(port, 7)
+                    sent[port] += 7
+                n += 1
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=generate, args=(p,)) for p in (7000, 8000)]
+    for t in threads:
+        t.start()
+    drains = 0
+    while any(t.is_alive() for t in threads):
+        got.update(program.drain()[0])
+        drains += 1
+        if drains >= 100:
+            stop.set()
+    for t in threads:
+        t.join()
+    got.update(program.drain()[0])
+    assert not errors, errors
+    assert drains >= 100
+    assert got == sent
