@@ -68,7 +68,7 @@ struct fk_flow_value {
     fk_u32 sampling; /* 1 in N packets kept; 0 or 1 means every packet */
     fk_u8 src_mac[6];
     fk_u8 dst_mac[6];
-    fk_u32 pad2;
+    fk_u32 pad2; /* zero (in a slot of the eBPF flow cache only: the jiffy of last_ns) */
 };
 
 /* Optional feature data of a flow (ENABLE_PKT_DROPS, ENABLE_RTT, ENABLE_DNS_TRACKING): 112

@@ -121,8 +121,13 @@ struct tcp_sock {
     __u32 srtt_us; /* smoothed RTT in microseconds, << 3 */
 } __attribute__((preserve_access_index));
 
+struct dst_entry {
+    struct net_device *dev;
+} __attribute__((preserve_access_index));
+
 struct sk_buff {
     struct net_device *dev;
+    unsigned long _skb_refdst; /* struct dst_entry *, bit 0: SKB_DST_NOREF */
     struct sock *sk;
     int skb_iif;
     unsigned int len;
@@ -818,12 +823,21 @@ static __always_inline int parse_skb(struct sk_buff *skb, struct sock *owner, st
 }
 
 /* The key of the flow an sk_buff belongs to, as the TC programs saw it: the ingress flow on the
- * interface it came in on if that flow exists, else the egress flow on its device if that
- * exists, else a new ingress flow (received packets) or egress flow (sent ones). */
+ * interface it came in on if that flow exists, else the egress flow on its device (or its
+ * route's, see below) if that exists, else a new ingress flow (received packets) or egress flow
+ * (sent ones). */
 static __always_inline void skb_flow(struct sk_buff *skb, struct fk_parse *p)
 {
     __u32 iif = BPF_CORE_READ(skb, skb_iif);
     __u32 dev = BPF_CORE_READ(skb, dev, ifindex);
+    if (!iif && !dev) {
+        /* Sent from this host and dropped before it was given a device (netfilter's OUTPUT
+         * hook, for instance): the device of its route, the one it would have left on. Without
+         * a route either, the drop stays on interface 0 ("no interface"). */
+        unsigned long refdst = BPF_CORE_READ(skb, _skb_refdst) & ~1UL;
+        if (refdst)
+            dev = BPF_CORE_READ((struct dst_entry *)refdst, dev, ifindex);
+    }
     __u32 zero = 0;
     void *flows = bpf_map_lookup_elem(&flow_selector, &zero);
     if (iif) {
@@ -978,7 +992,8 @@ static __always_inline void to_ringbuf(struct fk_parse *p, __u64 len, __u64 now,
  * (one hash lookup, as without the cache) and then takes the slot over. The slots are drained
  * with the flow maps: `cache_selector` is flipped like `flow_selector`, and the drainer reads
  * every CPU's slots of the old cache once no program can still be using it, so every packet is
- * counted exactly once, in the period it arrived in or the next. */
+ * counted exactly once, in the period it arrived in or the next. In a slot, value.pad2 holds the
+ * jiffy of last_ns (zeroed before the value leaves the slot). */
 
 typedef __u64 __attribute__((may_alias)) fk_alias64;
 
@@ -1064,10 +1079,23 @@ static __always_inline int account_cached(struct __sk_buff *skb, const struct fk
         return 0;
     if (c->value.packets) {
         if (keys_equal(&c->key, &p->key)) {
-            __u64 now = packet_time(skb, precise_timestamps, 0);
-            /* The coarse clock lags the precise one by up to a tick. */
-            if (now < c->value.first_ns)
-                now = c->value.first_ns;
+            __u64 now;
+            if (precise_timestamps) {
+                now = bpf_ktime_get_ns();
+            } else {
+                /* The coarse clock moves once per tick: read it only for the first packet of
+                 * the slot in a tick (bpf_jiffies64 is a plain load; the clock is a call). */
+                __u32 tick = (__u32)bpf_jiffies64();
+                if (tick == c->value.pad2) {
+                    now = c->value.last_ns;
+                } else {
+                    c->value.pad2 = tick;
+                    now = bpf_ktime_get_coarse_ns();
+                    /* The coarse clock lags the precise one by up to a tick. */
+                    if (now < c->value.last_ns)
+                        now = c->value.last_ns;
+                }
+            }
             c->value.packets += 1;
             c->value.bytes += len;
             c->value.last_ns = now;
@@ -1075,6 +1103,7 @@ static __always_inline int account_cached(struct __sk_buff *skb, const struct fk
             c->value.dscp = p->dscp;
             return 1;
         }
+        c->value.pad2 = 0;
         flush_slot(c);
     }
     __u64 now = packet_time(skb, 1, 0);
@@ -1088,7 +1117,7 @@ static __always_inline int account_cached(struct __sk_buff *skb, const struct fk
     c->value.pad = 0;
     c->value.sampling = flow_sampling;
     set_macs(&c->value, p);
-    c->value.pad2 = 0;
+    c->value.pad2 = (__u32)bpf_jiffies64();
     return 1;
 }
 

@@ -467,6 +467,7 @@ static int64_t fk_drain_cache(struct fk_drainer *d, int fd, struct fk_table *t)
                 continue;
             dirty = 1;
             d->stats.keys++;
+            ev.value.pad2 = 0; /* the slot's jiffy, see the eBPF program's flow cache */
             int rc = fk_table_merge(t, &ev.key, &ev.value);
             if (rc < 0)
                 return rc;

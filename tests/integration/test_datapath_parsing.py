@@ -53,9 +53,13 @@ def tcp(sport: int, dport: int, flags: int) -> bytes:
     return struct.pack("!HHIIBBHHH", sport, dport, 1, 0, 5 << 4, flags, 1024, 0, 0)
 
 
-@pytest.fixture
-def datapath() -> Iterator[tuple[object, KernelDrainer, KernelMaps]]:
+@pytest.fixture(params=["map", "cache"])
+def datapath(request: pytest.FixtureRequest) -> Iterator[tuple[object, KernelDrainer,
+                                                               KernelMaps]]:
+    """The program with the flow map only, and with the flow cache the ebpf tracer turns on."""
+    cached = request.param == "cache"
     spec = CollectionSpec.from_file(default_object_path())
+    spec.variables["flow_cache"].set(1 if cached else 0)
     for name in ("flows_a", "flows_b"):
         spec.maps[name].max_entries = 256
     with spec.load() as coll:
@@ -66,6 +70,10 @@ def datapath() -> Iterator[tuple[object, KernelDrainer, KernelMaps]]:
             counters_fd=coll.maps["counters"].fd,
             max_entries=256,
             ncpus=lib.libbpf_num_possible_cpus(),
+            cache_selector_fd=coll.maps["cache_selector"].fd if cached else -1,
+            cache_map_fds=(
+                (coll.maps["cache_a"].fd, coll.maps["cache_b"].fd) if cached else (-1, -1)
+            ),
         )
         drainer = KernelDrainer(maps)
         try:

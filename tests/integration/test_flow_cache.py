@@ -9,18 +9,19 @@ or is still in the cache when the drainer flips the maps.
 from __future__ import annotations
 
 import threading
+import time
 from collections import Counter
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from test_native_drain import FRAME_LEN, udp_frame
 
 from flowkit.accounting import KernelDrainer, RingBufferReader, read_kernel_counters
 from flowkit.components import KernelMaps
 from flowkit.ebpf import CollectionSpec
 from flowkit.native import lib
 from flowkit_plugins.ebpf_tracer import MAP_CACHE_SELECTOR, MAP_CACHES, default_object_path
-from test_native_drain import FRAME_LEN, udp_frame
 
 pytestmark = pytest.mark.integration
 
@@ -99,6 +100,21 @@ def test_packets_held_in_the_cache_are_drained_exactly(cached: Any) -> None:
     program.run(4000, 3)
     assert program.drain()[0] == Counter({4000: 3})
     assert program.drain()[0] == Counter()
+
+
+def test_times_of_cached_packets_follow_the_monotonic_clock(cached: Any) -> None:
+    program = cached()
+    before = time.monotonic_ns()
+    program.run(4100, 10)
+    time.sleep(0.05)
+    program.run(4100, 10)  # same slot, later ticks: last_ns moves on
+    after = time.monotonic_ns()
+    (record,) = program.drainer.drain()
+    first, last = int(record["value"]["first_ns"]), int(record["value"]["last_ns"])
+    assert before <= first <= last <= after
+    # The coarse clock lags by at most a tick (10 ms at the lowest HZ, 100).
+    assert last - first >= 40_000_000
+    assert int(record["value"]["pad2"]) == 0
 
 
 def test_flows_pushing_each_other_out_of_their_slots_are_exact(cached: Any) -> None:

@@ -43,10 +43,10 @@ def run_agent(pair: Pair, env: dict[str, str]) -> AgentRun:
     return agent
 
 
-def nft(end: Endpoint, rule: str) -> None:
-    """Add table inet fkdrop with ``rule`` in its input chain, inside the endpoint's namespace
-    (deleted with the namespace)."""
-    script = ("table inet fkdrop {\n chain input {\n  type filter hook input priority 0;\n"
+def nft(end: Endpoint, rule: str, hook: str = "input") -> None:
+    """Add table inet fkdrop with ``rule`` in its chain of ``hook``, inside the endpoint's
+    namespace (deleted with the namespace)."""
+    script = (f"table inet fkdrop {{\n chain {hook} {{\n  type filter hook {hook} priority 0;\n"
               f"  {rule}\n }}\n}}\n")
     subprocess.run(end.ns.cmd("nft", "-f", "-"), input=script, text=True, check=True, timeout=30)
 
@@ -85,6 +85,41 @@ def test_udp_packets_dropped_by_nftables_are_counted_with_their_cause(pair: Pair
     assert sum(f.get("PktDropPackets", 0) for f in other) == 5
     assert {f["PktDropLatestDropCause"] for f in other if "PktDropPackets" in f} == {
         "SKB_DROP_REASON_NO_SOCKET"}
+
+
+UDP_REFUSED = textwrap.dedent("""
+    import socket, sys
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.bind(("", int(sys.argv[3])))
+    refused = 0
+    for _ in range(int(sys.argv[4])):
+        try:
+            s.sendto(b"d" * 100, (sys.argv[1], int(sys.argv[2])))
+        except PermissionError:  # netfilter's drop of a local packet, reported to the sender
+            refused += 1
+    print(refused)
+""")
+
+
+def test_sent_packets_dropped_before_they_have_a_device_count_on_their_route(
+        pair: Pair) -> None:
+    # nftables' OUTPUT hook runs before the packet is given its device (skb->dev is unset):
+    # the drop belongs to the interface of the packet's route, as an egress flow.
+    left, right = pair.left, pair.right
+    nft(right, "udp dport 5006 drop", hook="output")
+    with run_agent(pair, {"ENABLE_PKT_DROPS": "true"}) as agent:
+        refused = right.ns.run(sys.executable, "-c", UDP_REFUSED, left.ip4, "5006", "40014",
+                               "8").stdout
+        assert int(refused) == 8
+        time.sleep(0.3)
+        assert agent.stop() == 0
+    dropped = flows_of(agent.flows, SrcAddr=right.ip4, DstAddr=left.ip4, SrcPort=40014,
+                       DstPort=5006)
+    assert sum(f.get("PktDropPackets", 0) for f in dropped) == 8
+    assert sum(f.get("PktDropBytes", 0) for f in dropped) == 8 * (20 + 8 + 100)
+    assert {(f["Interface"], f["FlowDirection"]) for f in dropped} == {(right.ifname, 1)}
+    assert {f["PktDropLatestDropCause"] for f in dropped} == {"SKB_DROP_REASON_NETFILTER_DROP"}
+    assert not [f for f in agent.flows if f.get("PktDropPackets") and not f.get("Interface")]
 
 
 TCP_CLIENT = textwrap.dedent("""
