@@ -367,6 +367,14 @@ class _Lib:
     @staticmethod
     def bpf_raw_tracepoint_open(name: CData | bytes, prog_fd: int, /) -> int: ...
     @staticmethod
+    def fk_cache_drainer_new(
+        selector_fd: int,
+        map0_fd: int,
+        map1_fd: int,
+        err: CData,
+        /,
+    ) -> CData: ...
+    @staticmethod
     def fk_close_fd(fd: int, /) -> int: ...
     @staticmethod
     def fk_counter_sum(fd: int, index: int, ncpus: int, /) -> int: ...
