@@ -192,7 +192,9 @@ class ExporterWorker:
             return
         except Exception as exc:
             self._errors.inc()
-            self._count_failed(flows, "error")
+            # Even an exporter that keeps its own books did not count a batch whose export
+            # raised (the contract in docs/plugins.md): the agent counts it.
+            self._count_failed(flows, "error", always=True)
             # One line, at most every 30 s with the count held back; the traceback goes to
             # the debug log (an exporter failing twice a second must not flood the log).
             self._error_log.emit(
@@ -209,9 +211,9 @@ class ExporterWorker:
                     return  # already counted as dropped at the deadline
             self.account.delivered(flows)
 
-    def _count_failed(self, flows: int, reason: str) -> None:
-        if self.self_accounting:
-            return  # the exporter counted what it could not deliver
+    def _count_failed(self, flows: int, reason: str, always: bool = False) -> None:
+        if self.self_accounting and not always:
+            return  # ExporterFailed: the exporter counted what it could not deliver
         with self._state:
             if self._abandoned:
                 return

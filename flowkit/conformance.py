@@ -8,8 +8,10 @@ reads back from the real sink (through a function the plugin's test provides) wh
 ``nothing_after_shutdown``
     ``export()`` after ``shutdown()`` delivers nothing (it may return or raise, not deliver).
 ``raising_export``
-    in a running agent, an ``export()`` that raises is logged and counted, the agent keeps
-    running, and every later batch still reaches the sink.
+    in a running agent, an ``export()`` that raises is logged and counted (``dropped_flows``
+    with reason ``error``), the agent keeps running, every later batch still reaches the sink,
+    and the agent's books balance (``evicted == exported + sum(dropped)``: an exporter that
+    reports its deliveries itself must say so with ``accounts_delivery = True``).
 ``bounded_memory``
     while the sink does not accept anything (``stall()``), the memory the exporter holds stops
     growing: the second half of a stream of batches must not add as much as the first half did.
@@ -136,6 +138,9 @@ class _RaisingOnce:
 
     def __init__(self, inner: Any) -> None:
         self.inner = inner
+        # The agent's books must see the exporter as it is: one that reports its own deliveries
+        # (accounts_delivery) would otherwise be counted twice.
+        self.accounts_delivery = bool(getattr(inner, "accounts_delivery", False))
         self.raised = 0
         self.flows_after = 0
         self._lock = threading.Lock()
@@ -208,6 +213,16 @@ def _raising_export(spec: ExporterSpec, settings: BaseModel | None,
             raise AssertionError("after export() raised once, no later batch was exported")
     finally:
         agent.shutdown()
+    books = agent.summary()
+    account = books["exporters"]["under-test"]
+    counted = account["exported"] + sum(account["dropped"].values()) + account.get("spooled", 0)
+    if counted != books["evicted"] + account.get("recovered", 0):
+        raise AssertionError(f"the agent's books do not balance: evicted {books['evicted']}, "
+                             f"{account} (does the exporter set accounts_delivery = True when "
+                             "it reports deliveries itself?)")
+    if account["dropped"].get("error", 0) < wrappers[0].raised:
+        raise AssertionError(f"the failing batch of {wrappers[0].raised} flows was not counted "
+                             f"as dropped with reason error: {account}")
     expected = wrappers[0].flows_after
     if not _wait(lambda: delivered() - before >= expected, timeout):
         raise AssertionError(f"{expected} flows were exported after the failing batch; the "

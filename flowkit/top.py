@@ -87,8 +87,10 @@ class FlowBoard:
         rows = []
         for flow in batch:
             ports = flow.proto in (6, 17, 132)
-            key = (flow.if_index, flow.direction, flow.proto, str(flow.src_ip), flow.src_port,
-                   str(flow.dst_ip), flow.dst_port, flow.eth_protocol)
+            # An interface is its index in its namespace (NETWORK_NAMESPACES): equal indexes
+            # in two namespaces are two interfaces, as the encoders key their names.
+            key = (flow.netns, flow.if_index, flow.direction, flow.proto, str(flow.src_ip),
+                   flow.src_port, str(flow.dst_ip), flow.dst_port, flow.eth_protocol)
             rows.append((key, flow, ports))
             acc = window.setdefault(key, [0, 0])
             acc[0] += flow.bytes

@@ -221,3 +221,37 @@ def test_an_exporter_whose_export_always_raises_fails_the_agent_check() -> None:
         check_exporter(spec, delivered=sink.delivered, timeout=2,
                        skip=("settings_round_trip",))
     assert "raising_export" in caught.value.failures
+
+
+def test_an_exporter_that_reports_deliveries_without_saying_so_is_caught() -> None:
+    """It calls ``context.account.delivered`` but lacks ``accounts_delivery = True``: the agent
+    counts every batch twice, and the books no longer balance."""
+    sink = Sink()
+
+    class CountsItself:
+        def __init__(self, context: ComponentContext) -> None:
+            self.account = context.account
+            self.closed = False
+
+        def export(self, batch: FlowBatch) -> None:
+            if self.closed:
+                return
+            sink.take(len(batch))
+            if self.account is not None:
+                self.account.delivered(len(batch))
+
+        def flush(self, timeout: float) -> bool:
+            return True
+
+        def shutdown(self, timeout: float) -> None:
+            self.closed = True
+
+    spec = ExporterSpec(name="counts-itself", factory=CountsItself)
+    with pytest.raises(ConformanceError) as caught:
+        check_exporter(spec, delivered=sink.delivered, timeout=3, skip=("settings_round_trip",))
+    assert set(caught.value.failures) == {"raising_export"}
+    assert "books do not balance" in caught.value.failures["raising_export"]
+
+    CountsItself.accounts_delivery = True  # type: ignore[attr-defined]
+    assert "raising_export" in check_exporter(spec, delivered=sink.delivered, timeout=3,
+                                              skip=("settings_round_trip",))

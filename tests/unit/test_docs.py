@@ -230,3 +230,15 @@ def test_every_reason_the_built_in_exporters_drop_with_is_documented() -> None:
     assert {"queue_full", "shutdown", "buffer_full", "spool_full", "spool_torn", "closed",
             "timeout", "encode", "rejected"} <= used, used
     assert used <= set(DROP_REASONS), used - set(DROP_REASONS)
+
+
+def test_every_test_the_docs_name_exists() -> None:
+    """``tests/...py::test_name`` references in the docs point at real test functions."""
+    named = set()
+    for page in DOCS.glob("*.md"):
+        named.update(re.findall(r"(tests/[\w/]+\.py)::(\w+)", page.read_text()))
+    assert len(named) >= 8
+    missing = [f"{path}::{name}" for path, name in sorted(named)
+               if not (ROOT / path).exists()
+               or not re.search(rf"^def {name}\(", (ROOT / path).read_text(), re.M)]
+    assert not missing, missing
