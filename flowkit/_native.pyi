@@ -206,6 +206,15 @@ class struct_fk_column(Protocol):
     width: int
     dst: CData
 
+class struct_fk_field(Protocol):
+    offset: int
+    width: int
+
+class struct_fk_interface_map(Protocol):
+    keys: CData
+    values: CData
+    count: int
+
 class struct_fk_ipfix_params(Protocol):
     export_time: int
     sequence: int
@@ -470,6 +479,17 @@ class _Lib:
     ) -> CData: ...
     @staticmethod
     def fk_extra_merge(into: CData, from_: CData, /) -> None: ...
+    @staticmethod
+    def fk_flow_column_layout(out: CData, max: int, /) -> int: ...
+    @staticmethod
+    def fk_flow_columns(
+        rows: CData,
+        nrows: int,
+        dst: CData,
+        interfaces: CData,
+        if_out: CData,
+        /,
+    ) -> int: ...
     @staticmethod
     def fk_format_ip16(ip: CData | bytes, out: CData, /) -> int: ...
     @staticmethod

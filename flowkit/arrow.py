@@ -14,24 +14,31 @@ type, and a few columns are derived (see ``docs/python.md`` for the table):
 * ``direction_name`` and ``proto_name`` are dictionaries (``ingress``/``egress``, ``TCP``...)
   that share their index buffer with the numeric ``direction`` / ``proto`` columns;
 * ``interface`` (dictionary of names, ``""`` when unknown) comes from ``batch.interfaces``;
-* ``agent_ip`` (dictionary, null when unknown) from ``batch.agent_ip``.
+* ``agent_ip`` (dictionary, null when unknown) from ``batch.agent_ip``;
+* the DEDUPER fields ``dup_if_index`` / ``dup_netns`` / ``dup_direction`` are variable-length
+  lists of the ``dup_count`` entries used (empty without DEDUPER).
 
-A FlowBatch is an array of C structs (one row of 104 bytes per flow, the layout the kernel and
-the accounter write), while Arrow keeps each column contiguous: the fixed-width fields are
-therefore copied, all of them in a single C pass over the rows (``fk_gather_columns``), into
-one allocation that the Arrow buffers then use without further copies. Derived columns reuse
-those buffers; only the ``interface`` indices (4 bytes a flow) are computed.
+A FlowBatch is an array of C structs (one row of 224 bytes per flow, the layout the kernel and
+the accounter write), while Arrow keeps each column contiguous and has no strided arrays: no
+column can point into the rows, so the fields are copied. The fields every flow carries (101
+bytes a flow) are copied in one C pass over the rows with compile-time offsets
+(``fk_flow_columns``), which also computes the ``interface`` indices; it runs at the speed of
+reading the rows from memory. The optional-feature fields are copied only when a flow of the
+batch carries such data (otherwise they share one zero buffer), the DEDUPER lists only when a
+flow has entries (otherwise empty lists over a shared zero offsets buffer). The name columns
+reuse the copied buffers (``direction_name``, ``proto_name``) or shared buffers (``agent_ip``).
 """
 
 from __future__ import annotations
 
 import functools
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from flowkit.model import FLOW_DTYPE, FlowBatch
+from flowkit.model import FLOW_DTYPE, MAX_DUPS, FlowBatch
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -125,9 +132,8 @@ def _arrow_type(pa: Any, column: _Column) -> Any:
         return pa.timestamp("ns", tz="UTC")
     if column.kind == "binary":
         return pa.binary(column.width)
-    if column.kind == "list":
-        item = column.numpy.newbyteorder("=")
-        return pa.list_(pa.from_numpy_dtype(item), column.width // item.itemsize)
+    if column.kind == "list":  # variable length: the entries used (DEDUPER: dup_count)
+        return pa.list_(pa.from_numpy_dtype(column.numpy.newbyteorder("=")))
     return pa.from_numpy_dtype(column.numpy.newbyteorder("="))
 
 
@@ -160,35 +166,6 @@ def flow_schema() -> pa.Schema:
     return pa.schema(fields, metadata={"flowkit.record": "struct fk_flow_out"})
 
 
-def _interface_column(pa: Any, if_index: np.ndarray[Any, Any], names: dict[int, str]) -> Any:
-    """Dictionary-encoded interface names (``""`` for indexes without a known name).
-
-    ``if_index`` holds :func:`flowkit.model.interface_key` values (``netns << 32 | if_index``),
-    the keys of ``batch.interfaces``.
-    """
-    known = sorted((index, name) for index, name in names.items() if name)
-    # Dictionary values are unique (pandas categories must be): "" first, then each name once.
-    unique = {"": 0}
-    for _, name in known:
-        unique.setdefault(name, len(unique))
-    dictionary = pa.array(list(unique), pa.string())
-    n = len(if_index)
-    if not known or n == 0:
-        indices = np.zeros(n, dtype=np.int32)
-    else:
-        keys = np.array([index for index, _ in known], dtype=np.uint64)
-        values = np.array([unique[name] for _, name in known], dtype=np.int32)
-        top = max(int(if_index.max()), int(keys[-1]))
-        if top < (1 << 20):
-            lut = np.zeros(top + 1, dtype=np.int32)
-            lut[keys] = values
-            indices = lut[if_index]
-        else:  # sparse, huge indexes: look them up through the sorted keys
-            pos = np.clip(np.searchsorted(keys, if_index), 0, len(keys) - 1)
-            indices = np.where(keys[pos] == if_index, values[pos], 0).astype(np.int32)
-    return pa.DictionaryArray.from_arrays(pa.array(indices, pa.int32()), dictionary, safe=False)
-
-
 # Columns that hold data only when their gate column (by name prefix) is non-zero for the flow:
 # the optional features (FLOW_DTYPE: zero unless ``features`` has the feature's bit) and the
 # DEDUPER lists (``dup_count`` entries used).
@@ -202,101 +179,171 @@ def _gate_of(name: str) -> str | None:
     return None
 
 
+# -- conversion ---------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class _Plan:
+    """What :func:`to_arrow` does for each column, worked out once per process."""
+
+    columns: tuple[_Column, ...]
+    types: tuple[Any, ...]  # Arrow type of each column
+    core: tuple[int, ...]  # columns copied by fk_flow_columns (all flows carry them)
+    features: tuple[int, ...]  # columns with data only when ``features`` says so
+    lists: tuple[int, ...]  # DEDUPER lists (``dup_count`` entries of each flow)
+    names: tuple[str, ...]  # schema order: column names, derived columns included
+
+
+@functools.cache
+def _plan() -> _Plan:
+    from flowkit.native.encode import flow_column_layout
+
+    pa = require_pyarrow()
+    columns = _columns()
+    types = tuple(_arrow_type(pa, column) for column in columns)
+    core = tuple(i for i, c in enumerate(columns) if _gate_of(c.name) is None)
+    layout = [(columns[i].offset, columns[i].width) for i in core]
+    if layout != flow_column_layout():  # pragma: no cover - a unit test keeps them equal
+        raise RuntimeError("csrc/include/40-columns.h FK_FLOW_COLUMN_LIST does not match "
+                           "FLOW_DTYPE: rebuild the extension (make native) or update the list")
+    features = tuple(i for i, c in enumerate(columns) if _gate_of(c.name) == "features")
+    lists = tuple(i for i, c in enumerate(columns) if c.kind == "list")
+    return _Plan(columns, types, core, features, lists, tuple(flow_schema().names))
+
+
+def _aligned(nbytes: int) -> int:
+    return -(-nbytes // _ALIGN) * _ALIGN
+
+
+_zeros: Any = None
+
+
+def _zero_buffer(pa: Any, nbytes: int) -> Any:
+    """A read-only zero-filled Arrow buffer of at least ``nbytes``, shared by every batch."""
+    global _zeros
+    if _zeros is None or _zeros.size < nbytes:
+        _zeros = pa.py_buffer(np.zeros(max(nbytes, 1 << 16), np.uint8))
+    return _zeros.slice(0, nbytes)
+
+
+def _interface_map(names: Mapping[int, str]) -> tuple[Any, np.ndarray[Any, Any],
+                                                   np.ndarray[Any, Any]]:
+    """The ``interface`` dictionary and the sorted keys and indices ``fk_flow_columns`` uses.
+
+    Keys are :func:`flowkit.model.interface_key` values (``netns << 32 | if_index``), the keys
+    of ``batch.interfaces``; unknown interfaces get index 0 (``""``).
+    """
+    pa = require_pyarrow()
+    known = sorted((key, name) for key, name in names.items() if name)
+    # Dictionary values are unique (pandas categories must be): "" first, then each name once.
+    unique = {"": 0}
+    for _, name in known:
+        unique.setdefault(name, len(unique))
+    keys = np.array([key for key, _ in known], dtype=np.uint64)
+    values = np.array([unique[name] for _, name in known], dtype=np.int32)
+    return pa.array(list(unique), pa.string()), keys, values
+
+
+def _list_column(pa: Any, array: np.ndarray[Any, Any], column: _Column, list_type: Any,
+                 counts: np.ndarray[Any, Any] | None, offsets: Any) -> Any:
+    """A DEDUPER list column: the first ``dup_count`` entries of each flow."""
+    n = len(array)
+    if counts is None:  # no flow has entries: empty lists, no values
+        values = pa.array([], list_type.value_type)
+    else:
+        used = np.arange(MAX_DUPS)[None, :] < counts[:, None]
+        values = pa.array(array[column.field][used], list_type.value_type)
+    return pa.ListArray.from_buffers(list_type, n, [None, offsets], children=[values])
+
+
 def to_arrow(batch: FlowBatch) -> pa.RecordBatch:
     """The flows of ``batch`` as a ``pyarrow.RecordBatch`` of :func:`flow_schema`.
 
     The record batch owns its memory: it stays valid after the FlowBatch is released.
     """
-    from flowkit.native.encode import gather_columns
-
     pa = require_pyarrow("FlowBatch.to_arrow()")
+    from flowkit.native.encode import flow_columns, gather_columns
+
+    plan = _plan()
     array = batch.array
+    if not array.flags.c_contiguous:
+        array = np.ascontiguousarray(array)
     n = len(array)
-    columns = _columns()
-    # One allocation for every column, each starting on a 64-byte boundary.
-    starts = []
+    columns, types = plan.columns, plan.types
+    dictionary, keys, values = _interface_map(batch.interfaces)
+    # One allocation from Arrow's memory pool (reused without new page faults once freed) for
+    # the core columns and the interface indices, each starting on a 64-byte boundary.
+    starts = {}
     total = 0
-    for column in columns:
-        starts.append(total)
-        total += -(-column.width * n // _ALIGN) * _ALIGN
-    # From Arrow's memory pool: freed batches' memory is reused without new page faults.
-    buffer = pa.allocate_buffer(max(total, _ALIGN))
-    zero_columns: set[str] = set()
+    for i in plan.core:
+        starts[i] = total
+        total += _aligned(columns[i].width * n)
+    buffer = pa.allocate_buffer(max(total + _aligned(4 * n), _ALIGN))
+    base = buffer.address
+    gates = 0
     if n:
-        if not array.flags.c_contiguous:
-            array = np.ascontiguousarray(array)
-        rows = array
-        base = int(buffer.address)
-
-        def gather(selected: list[tuple[_Column, int]]) -> None:
-            gather_columns(rows, base, [(c.offset, c.width, start) for c, start in selected])
-
-        # Optional-feature columns are zero unless their gate column says otherwise (see
-        # FLOW_DTYPE): gather the rest first, and those only when a flow carries the feature.
-        placed = list(zip(columns, starts, strict=True))
-        gated = {c.name for c, _ in placed if _gate_of(c.name) is not None}
-        gather([(c, st) for c, st in placed if c.name not in gated])
-        gates = {c.name: (c, st) for c, st in placed}
-        for gate in {_gate_of(name) for name in gated}:
-            members = [(c, st) for c, st in placed if _gate_of(c.name) == gate]
-            if gate not in gates:
-                gather(members)
-                continue
-            gate_column, gate_start = gates[gate]
-            values = np.frombuffer(buffer, np.uint8, gate_column.width * n, gate_start)
-            if values.any():
-                gather(members)
-            else:
-                zero_columns.update(c.name for c, _ in members)
-    dictionaries = _dictionaries()
-    schema = flow_schema()
-    gathered = {column.name: buffer.slice(start, column.width * n)
-                for column, start in zip(columns, starts, strict=True)
-                if column.name == "netns"}
-    arrays = []
-    zeros = None
-    for column, start in zip(columns, starts, strict=True):
-        if column.name in zero_columns:
-            if zeros is None:  # calloc'd: untouched pages cost nothing until read
-                zeros = pa.py_buffer(np.zeros(max(c.width for c in columns) * n, np.uint8))
-            data = zeros.slice(0, column.width * n)
-        else:
-            data = buffer.slice(start, column.width * n)
+        gates = flow_columns(array, [base + starts[i] for i in plan.core], keys, values,
+                             base + total)
+    data: dict[int, Any] = {i: buffer.slice(starts[i], columns[i].width * n) for i in plan.core}
+    if gates & 0xFF:  # a flow carries optional-feature data: copy those columns too
+        feature_starts = {}
+        feature_total = 0
+        for i in plan.features:
+            feature_starts[i] = feature_total
+            feature_total += _aligned(columns[i].width * n)
+        extra = pa.allocate_buffer(feature_total)
+        gather_columns(array, extra.address, [(columns[i].offset, columns[i].width,
+                                               feature_starts[i]) for i in plan.features])
+        data.update({i: extra.slice(feature_starts[i], columns[i].width * n)
+                     for i in plan.features})
+    else:  # all zero: one shared zero buffer, nothing copied
+        data.update({i: _zero_buffer(pa, columns[i].width * n) for i in plan.features})
+    if gates & 0x100:
+        counts = np.minimum(array["dup_count"], MAX_DUPS)
+        offsets_np = np.zeros(n + 1, dtype=np.int32)
+        np.cumsum(counts, out=offsets_np[1:])
+        offsets = pa.py_buffer(offsets_np)
+    else:
+        counts, offsets = None, _zero_buffer(pa, 4 * (n + 1))
+    by_name: dict[str, Any] = {}
+    for i, column in enumerate(columns):
         if column.kind == "list":
-            item_type = _arrow_type(pa, column)
-            count = column.width // column.numpy.itemsize
-            items = pa.Array.from_buffers(item_type.value_type, n * count, [None, data])
-            arrays.append(pa.FixedSizeListArray.from_arrays(items, count))
+            by_name[column.name] = _list_column(pa, array, column, types[i], counts, offsets)
             continue
-        arrays.append(pa.Array.from_buffers(_arrow_type(pa, column), n, [None, data]))
-        if column.name == "if_index":
-            # Interface ids from the gathered columns (contiguous), not the strided records.
-            if_index = np.frombuffer(data, dtype=np.uint32, count=n)
-            netns = gathered.get("netns")
-            ids = if_index.astype(np.uint64)
-            if netns is not None:
-                ids |= np.frombuffer(netns, dtype=np.uint16, count=n).astype(np.uint64) << \
-                    np.uint64(32)
-            arrays.append(_interface_column(pa, ids, dict(batch.interfaces)))
-        elif column.name in ("direction", "proto"):
-            index_type, dictionary = dictionaries[f"{column.name}_name"]
-            indices = pa.Array.from_buffers(index_type, n, [None, data])
-            arrays.append(pa.DictionaryArray.from_arrays(indices, dictionary, safe=False))
+        by_name[column.name] = pa.Array.from_buffers(types[i], n, [None, data[i]])
+    interface_indices = pa.Array.from_buffers(pa.int32(), n,
+                                              [None, buffer.slice(total, 4 * n)])
+    by_name["interface"] = pa.DictionaryArray.from_arrays(interface_indices, dictionary,
+                                                          safe=False)
+    for name in ("direction", "proto"):
+        index_type, names = _dictionaries()[f"{name}_name"]
+        indices = pa.Array.from_buffers(index_type, n, [None, by_name[name].buffers()[1]])
+        by_name[f"{name}_name"] = pa.DictionaryArray.from_arrays(indices, names, safe=False)
     if batch.agent_ip:
-        agent = pa.DictionaryArray.from_arrays(
-            pa.Array.from_buffers(pa.int8(), n, [None, pa.py_buffer(bytes(n))]),
+        by_name["agent_ip"] = pa.DictionaryArray.from_arrays(
+            pa.Array.from_buffers(pa.int8(), n, [None, _zero_buffer(pa, n)]),
             pa.array([batch.agent_ip], pa.string()), safe=False)
     else:
-        agent = pa.nulls(n, pa.dictionary(pa.int8(), pa.string()))
-    arrays.append(agent)
-    return pa.RecordBatch.from_arrays(arrays, schema=schema)
+        by_name["agent_ip"] = pa.nulls(n, pa.dictionary(pa.int8(), pa.string()))
+    return pa.RecordBatch.from_arrays([by_name[name] for name in plan.names],
+                                      schema=flow_schema())
 
 
-def column_bytes_copied(n_flows: int, features: bool = True) -> int:
-    """Bytes :func:`to_arrow` copies out of the records for ``n_flows`` flows (the C gather);
-    ``features=False``: a batch where no flow carries optional-feature or DEDUPER data."""
-    return n_flows * sum(column.width for column in _columns()
-                         if features or _gate_of(column.name) is None)
+def column_bytes_copied(n_flows: int, features: bool = True, dup_entries: int = 0) -> int:
+    """Bytes :func:`to_arrow` copies out of the records for ``n_flows`` flows.
+
+    ``features=False``: no flow carries optional-feature data (those columns then share a zero
+    buffer). ``dup_entries``: DEDUPER entries over all flows (4 + 2 + 1 bytes each, plus the
+    4-byte list offsets of every flow when there is at least one). The ``interface`` indices
+    (4 bytes a flow) are computed, not copied, and are not counted.
+    """
+    columns = _columns()
+    core = sum(c.width for c in columns if _gate_of(c.name) is None)
+    optional = sum(c.width for c in columns if _gate_of(c.name) == "features")
+    total = n_flows * (core + (optional if features else 0))
+    if dup_entries:
+        widths = sum(c.numpy.itemsize for c in columns if c.kind == "list")
+        total += dup_entries * widths + 4 * (n_flows + 1)
+    return total
 
 
 def from_arrow(data: Any) -> FlowBatch:
@@ -307,6 +354,7 @@ def from_arrow(data: Any) -> FlowBatch:
     agent address come back from the ``interface`` and ``agent_ip`` columns.
     """
     pa = require_pyarrow("flowkit.arrow.from_arrow()")
+    import pyarrow.compute as pc
     if isinstance(data, pa.RecordBatch):
         table = pa.Table.from_batches([data])
     elif isinstance(data, pa.Table):
@@ -322,9 +370,15 @@ def from_arrow(data: Any) -> FlowBatch:
             raw = np.frombuffer(values.buffers()[1], dtype=np.uint8,
                                 count=column.width * (values.offset + n))
             raw = raw[column.width * values.offset:].reshape(n, column.width)
-        elif column.kind == "list":
-            flat = values.flatten().to_numpy(zero_copy_only=False)
-            raw = flat.astype(column.numpy).view(np.uint8).reshape(n, column.width)
+        elif column.kind == "list":  # the entries used, padded with zeros (fixed-size too)
+            lengths = pc.list_value_length(values).to_numpy(zero_copy_only=False)
+            slots = column.width // column.numpy.itemsize
+            if n and int(lengths.max()) > slots:
+                raise ValueError(f"{column.name}: a list has more than {slots} entries")
+            padded = np.zeros((n, slots), dtype=column.numpy)
+            padded[np.arange(slots)[None, :] < lengths[:, None]] = \
+                values.flatten().to_numpy(zero_copy_only=False)
+            raw = padded.view(np.uint8).reshape(n, column.width)
         else:
             if column.kind == "timestamp":
                 values = values.cast(pa.int64())

@@ -25,7 +25,12 @@ from flowkit.native._lib import (
 )
 
 if TYPE_CHECKING:
-    from flowkit._native import struct_fk_column, struct_fk_ipfix_params
+    from flowkit._native import (
+        struct_fk_column,
+        struct_fk_field,
+        struct_fk_interface_map,
+        struct_fk_ipfix_params,
+    )
 
 __all__ = [
     "NAMES_DROP_REASON",
@@ -33,6 +38,8 @@ __all__ = [
     "Encoder",
     "IpfixNames",
     "IpfixParams",
+    "flow_column_layout",
+    "flow_columns",
     "gather_columns",
     "ipfix_template_message",
 ]
@@ -253,3 +260,47 @@ def gather_columns(
         spec.dst = base + start
     lib.fk_gather_columns(ffi.cast("uint8_t *", rows.ctypes.data), len(rows), rows.itemsize,
                           specs, len(columns))
+
+
+def flow_column_layout() -> list[tuple[int, int]]:
+    """``(offset, width)`` in ``struct fk_flow_out`` of each column :func:`flow_columns`
+    copies, in its order (``FK_FLOW_COLUMN_LIST`` of csrc/include/40-columns.h)."""
+    capacity = 256
+    out = cast("list[struct_fk_field]", ffi.new("struct fk_field[]", capacity))
+    count = min(lib.fk_flow_column_layout(cast("CData", out), capacity), capacity)
+    return [(int(out[i].offset), int(out[i].width)) for i in range(count)]
+
+
+def flow_columns(
+    rows: FlowRows,
+    destinations: list[int],
+    if_keys: U64Array,
+    if_values: npt.NDArray[np.int32],
+    if_destination: int,
+) -> int:
+    """Copy the :func:`flow_column_layout` columns of ``rows`` in one pass: column ``c`` goes
+    back to back from address ``destinations[c]``; each row's ``interface`` dictionary index
+    (``if_values[j]`` where ``if_keys[j]`` is its ``netns << 32 | if_index``, ``if_keys``
+    sorted; 0 when not listed) goes to the int32 at ``if_destination + 4 * i``.
+
+    The destinations are addresses of writable buffers (e.g. a ``pyarrow.Buffer``) large
+    enough for ``len(rows)`` values. Returns the OR of the rows' ``features``, plus 0x100 when
+    a row has DEDUPER entries (``dup_count`` != 0).
+    """
+    if not len(rows):
+        return 0
+    if not rows.flags.c_contiguous:
+        raise ValueError("flow_columns needs C-contiguous rows")
+    if len(destinations) != len(flow_column_layout()):
+        raise ValueError("flow_columns needs one destination per column of flow_column_layout")
+    if len(if_keys) != len(if_values):
+        raise ValueError("flow_columns needs one interface index per key")
+    keys = np.ascontiguousarray(if_keys, dtype=np.uint64)
+    values = np.ascontiguousarray(if_values, dtype=np.int32)
+    interfaces = cast("struct_fk_interface_map", ffi.new("struct fk_interface_map *"))
+    interfaces.keys = array_pointer("uint64_t[]", keys) if len(keys) else NULL
+    interfaces.values = array_pointer("int32_t[]", values) if len(values) else NULL
+    interfaces.count = len(keys)
+    dst = ffi.new("uint8_t *[]", [ffi.cast("uint8_t *", a) for a in destinations])
+    return lib.fk_flow_columns(_flows(rows), len(rows), dst, cast("CData", interfaces),
+                               ffi.cast("int32_t *", if_destination))

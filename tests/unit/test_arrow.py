@@ -181,8 +181,8 @@ def test_docs_schema_table_matches_the_schema() -> None:
     def spelled(t: object) -> str:
         if isinstance(t, pa.DictionaryType):
             return f"dictionary<{t.index_type}, {t.value_type}>"
-        if isinstance(t, pa.FixedSizeListType):
-            return f"fixed_size_list<{t.value_type}>[{t.list_size}]"
+        if isinstance(t, pa.ListType):
+            return f"list<{t.value_type}>"
         return str(t)
 
     assert documented == {f.name: spelled(f.type) for f in flow_schema()}
@@ -201,4 +201,67 @@ def test_feature_columns_are_gathered_only_when_a_flow_has_the_feature() -> None
     array["dup_count"][4] = 2
     table = batch.to_arrow()
     assert table.column("drop_bytes").to_pylist() == [7] * 50
-    assert table.column("dup_if_index")[4].as_py() == array["dup_if_index"][4].tolist()
+    assert table.column("dup_if_index")[4].as_py() == array["dup_if_index"][4][:2].tolist()
+
+
+def test_dedup_lists_hold_the_interfaces_a_flow_was_seen_on() -> None:
+    from flowkit.arrow import from_arrow
+
+    batch = random_batch(6)
+    array = batch.array
+    for field in ("dup_if_index", "dup_netns", "dup_direction"):
+        array[field] = 0
+    array["dup_count"] = [0, 1, 6, 0, 2, 0]
+    array["dup_if_index"][1, 0] = 3
+    array["dup_if_index"][2] = [1, 2, 3, 4, 5, 6]
+    array["dup_if_index"][4, :2] = [7, 8]
+    array["dup_netns"][4, :2] = [0, 5]
+    array["dup_direction"][4, :2] = [1, 0]
+    table = batch.to_arrow()
+    assert table.column("dup_if_index").to_pylist() == [[], [3], [1, 2, 3, 4, 5, 6], [], [7, 8],
+                                                        []]
+    assert table.column("dup_netns")[4].as_py() == [0, 5]
+    assert table.column("dup_direction")[4].as_py() == [1, 0]
+    back = from_arrow(table)
+    for field in ("dup_if_index", "dup_netns", "dup_direction", "dup_count"):
+        assert np.array_equal(back.array[field], array[field])
+    array["dup_count"] = 0
+    assert set(map(len, batch.to_arrow().column("dup_netns").to_pylist())) == {0}
+
+
+def test_from_arrow_reads_fixed_size_dedup_lists() -> None:
+    """Files written when the ``dup_*`` columns were fixed_size_list[6] still read back."""
+    from flowkit.arrow import from_arrow
+
+    batch = random_batch(4)
+    batch.array["dup_count"] = [0, 6, 1, 0]
+    table = batch.to_arrow()
+    for name, width in (("dup_if_index", pa.uint32()), ("dup_netns", pa.uint16()),
+                        ("dup_direction", pa.uint8())):
+        values = pa.array(batch.array[name].reshape(-1), width)
+        fixed = pa.FixedSizeListArray.from_arrays(values, 6)
+        table = table.set_column(table.schema.get_field_index(name), name, fixed)
+    back = from_arrow(table)
+    assert np.array_equal(back.array["dup_if_index"], batch.array["dup_if_index"])
+
+
+def test_native_column_list_matches_the_record() -> None:
+    """fk_flow_columns (csrc/include/40-columns.h) copies exactly the columns every flow
+    carries, at FLOW_DTYPE's offsets: a field added to the record must be added there too."""
+    from flowkit.arrow import _columns, _gate_of
+    from flowkit.native.encode import flow_column_layout
+
+    expected = [(c.offset, c.width) for c in _columns() if _gate_of(c.name) is None]
+    assert flow_column_layout() == expected
+
+
+def test_interfaces_in_other_namespaces_are_named_by_their_key() -> None:
+    from flowkit.model import interface_key
+
+    flows = [make_flow(if_index=i) for i in (2, 2, 3, 2, 40)]
+    batch = FlowBatch.from_flows(flows)
+    batch.array["key"]["netns"] = [0, 1, 0, 1, 0]
+    names = {interface_key(2, 0): "eth0", interface_key(2, 1): "veth-a",
+             interface_key(3, 0): "eth1", interface_key(9, 0): "eth9"}
+    table = FlowBatch(batch.array, names).to_arrow()
+    assert table.column("interface").to_pylist() == ["eth0", "veth-a", "eth1", "veth-a", ""]
