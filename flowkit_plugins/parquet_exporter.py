@@ -25,6 +25,7 @@ the flows of the file being written and the buffered ones are lost) or ``shutdow
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 import os
 import re
@@ -50,6 +51,7 @@ _NS_PER_HOUR = 3_600_000_000_000
 STATISTICS_COLUMNS = ("time_start", "time_end", "src_ip", "dst_ip", "src_port", "dst_port",
                       "proto", "if_index", "direction", "packets", "bytes")
 """Columns whose row groups carry min/max statistics."""
+_FILE_SEQUENCE = itertools.count(1)
 _TEMP = re.compile(r"^\.flows-.*-(?P<pid>\d+)-\d+\.parquet\.tmp$")
 
 
@@ -151,7 +153,6 @@ class ParquetExporter:
         self._remove_stale_temporaries()
         self._files: dict[int, _OpenFile] = {}
         self._lock = threading.Lock()
-        self._seq = 0
         self._closed = False
         self._problems = RateLimitedLog(log)
         self._files_done = self._written = None
@@ -222,9 +223,11 @@ class ParquetExporter:
             self._complete(oldest)
         start = time.gmtime(partition * 3600)
         folder = self.directory / time.strftime("date=%Y-%m-%d/hour=%H", start)
-        self._seq += 1
+        # The sequence number is the process's, not this exporter's: two exporters of one
+        # process (or one restarted) opening files in the same second must not pick the same
+        # name, or the second rename would replace the first file.
         stem = f"flows-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-{os.getpid()}-" \
-               f"{self._seq:06d}"
+               f"{next(_FILE_SEQUENCE):06d}"
         temp = folder / f".{stem}.parquet.tmp"
         compression = self.settings.parquet_compression
         try:

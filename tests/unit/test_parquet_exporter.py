@@ -149,6 +149,16 @@ def test_write_error_is_counted_as_dropped(tmp_path: Path) -> None:
     assert not tmp_file.exists()
 
 
+def test_two_exporters_of_one_process_never_replace_each_others_files(tmp_path: Path) -> None:
+    first, second = exporter(tmp_path), exporter(tmp_path)
+    first.export(batch_of(7))
+    second.export(batch_of(8, port0=100))
+    first.shutdown(5)
+    second.shutdown(5)
+    assert len(list((tmp_path / "flows").rglob("*.parquet"))) == 2
+    assert len(read_back(tmp_path / "flows")) == 15
+
+
 def test_settings_need_a_directory() -> None:
     with pytest.raises(ValueError, match="PARQUET_DIRECTORY is required"):
         ParquetSettings()
