@@ -26,6 +26,7 @@ BENCHMARKS: list[tuple[str, list[str]]] = [
     ("ipfix", ["bench_ipfix.py", "--flows", "200000", "--repeat", "3"]),
     ("spool", ["bench_spool.py", "--mib", "512"]),
     ("otlp", ["bench_otlp.py", "--flows", "100000", "--repeat", "3"]),
+    ("map-memory", ["bench_map_memory.py", "--rounds", "3", "--markdown"]),
     ("data", ["bench_data.py", "--flows", "100000", "--repeat", "50", "--parquet-flows",
               "2000000", "--frames", "500000"]),
 ]

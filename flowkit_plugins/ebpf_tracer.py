@@ -278,11 +278,13 @@ class EbpfTracer:
 
     def describe_memory(self) -> str:
         """One line: what the maps will take and what one flow costs."""
-        from flowkit.ebpf.memory import HOST_OVERHEAD, format_bytes
+        from flowkit.ebpf.memory import format_bytes
 
         plan = self.memory_plan()
-        flows = sum(plan.maps[name] for name in MAP_FLOWS)
-        per_flow = flows * HOST_OVERHEAD / max(1, self.cache_max_flows)
+        # Every map sized by CACHE_MAX_FLOWS (the feature maps take 1 entry when off).
+        sized = (*MAP_FLOWS, *MAP_EXTRAS, MAP_DNS)
+        per_flow = sum(plan.host_maps.get(name, 0) for name in sized) / max(
+            1, self.cache_max_flows)
         return (
             f"{format_bytes(plan.host)} of kernel memory for the eBPF maps (flow maps: "
             f"CACHE_MAX_FLOWS={self.cache_max_flows} x {per_flow:.0f} bytes per flow with "

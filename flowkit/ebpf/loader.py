@@ -220,17 +220,27 @@ def _configure_maps(spec: CollectionSpec, obj: Any, owned_fds: list[int]) -> Non
             _configure_inner(spec, handle, map_spec, owned_fds)
 
 
+# Inner map types whose maps may differ in size from the template (no max_entries check).
+_HASH_INNER_TYPES = frozenset({"hash", "percpu_hash", "lru_hash", "lru_percpu_hash"})
+
+
 def _configure_inner(
     spec: CollectionSpec, handle: Any, outer: MapSpec, owned_fds: list[int]
 ) -> None:
     """Give a map-in-map an inner template matching the (possibly resized) maps put in it.
 
-    Hash maps of different sizes are interchangeable, arrays are not (unless the template has
-    BPF_F_INNER_MAP). libbpf 1.1 cannot resize its own inner template (it crashes), so when the
-    size must change the loader creates the template itself and hands libbpf its fd.
+    Hash maps of different sizes are interchangeable (the kernel does not compare their
+    ``max_entries``): their template keeps the object's size, so that no second copy of a large
+    preallocated map is created just to describe it (a per-CPU flow map of CACHE_MAX_FLOWS
+    entries would take as much memory again while loading). Arrays are not interchangeable
+    (unless the template has BPF_F_INNER_MAP). libbpf 1.1 cannot resize its own inner template
+    (it crashes), so when the size must change the loader creates the template itself and
+    hands libbpf its fd.
     """
     inner_handle = lib.bpf_map__inner_map(handle)
     if inner_handle == ffi.NULL or outer.inner is None:
+        return
+    if outer.inner.type in _HASH_INNER_TYPES:
         return
     size = outer.inner.max_entries
     sizes = {spec.maps[m].max_entries for m in outer.initial_values.values() if m in spec.maps}

@@ -7,11 +7,14 @@ more memory than the host has. :func:`collection_memory` computes, from the size
 ``max_entries`` as set before load) and the number of possible CPUs, what each map will cost.
 
 The per-map figure follows the kernel's own accounting (``map_mem_usage``, what ``bpftool map
-show`` reports as ``memlock``). What the host really loses is more: the per-CPU allocator and
-vmalloc add overhead that the map's accounting leaves out. Measured on this project's reference
-host (Linux 6.18, 2 possible CPUs, the flow maps at 100k and 400k entries; see
-docs/datapath.md, "Kernel memory"), ``MemFree`` dropped by 1.53x the memlock figure;
-:data:`HOST_OVERHEAD` rounds that up.
+show`` reports as ``memlock``). What the host really loses is more. The largest part the
+accounting leaves out: per-CPU map values are charged to the memory cgroup, and for that the
+per-CPU allocator keeps one ``obj_cgroup`` pointer (8 bytes) per 4-byte slot of its chunks, in
+vmalloc memory: 2 bytes per byte of value, whatever the number of CPUs
+(:func:`host_memory`). On top of that come the allocators' own slack (per-CPU chunks, vmalloc
+pages), covered by :data:`HOST_MARGIN`. Measured on this project's reference host (Linux 6.18,
+2 possible CPUs, see docs/datapath.md, "Kernel memory", and bench/bench_map_memory.py), the
+kernel's allocations (``Percpu`` + ``VmallocUsed`` + ``Slab``) stay within the estimate.
 """
 
 from __future__ import annotations
@@ -24,9 +27,12 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from flowkit.ebpf.spec import CollectionSpec, MapSpec
 
-HOST_OVERHEAD = 1.6
-"""Host memory taken per byte of a map's own accounting (measured 1.53, rounded up)."""
+HOST_MARGIN = 1.1
+"""Host memory per byte of :func:`host_memory`: the per-CPU allocator's chunk slack and vmalloc
+rounding (the kernel's allocations measured 0.96-0.99 of :func:`host_memory` for 400,000 to
+1,000,000 flows on the reference host; the margin keeps the estimate above them)."""
 
+_MEMCG_PERCPU = 2  # bytes of obj_cgroup pointers per byte of a per-CPU value (8 per 4-byte slot)
 _PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 _HTAB_ELEM = 48  # struct htab_elem before the key, 64-bit kernels
 _BUCKET = 16  # struct bucket: hlist_nulls_head + raw spinlock, padded
@@ -80,12 +86,25 @@ def map_memory(spec: MapSpec, ncpus: int) -> int:
     return (_round8(spec.key_size) + value * (ncpus if percpu else 1)) * entries
 
 
+def host_memory(spec: MapSpec, ncpus: int) -> int:
+    """Bytes of host memory ``spec`` takes once created (before :data:`HOST_MARGIN`): the
+    kernel's accounting plus what it leaves out (the memory-cgroup metadata of per-CPU
+    values)."""
+    total = map_memory(spec, ncpus)
+    if spec.type in _PERCPU_TYPES:
+        total += _MEMCG_PERCPU * _round8(spec.value_size) * spec.max_entries
+    return total
+
+
 @dataclass(frozen=True)
 class MemoryPlan:
     """What the maps of a collection will take: the kernel's accounting, and the host estimate."""
 
     maps: dict[str, int]
+    """Map name -> bytes the kernel accounts for it (``memlock``)."""
     ncpus: int
+    host_maps: dict[str, int]
+    """Map name -> bytes of host memory it takes (:func:`host_memory`, margin included)."""
 
     @property
     def accounted(self) -> int:
@@ -94,14 +113,17 @@ class MemoryPlan:
 
     @property
     def host(self) -> int:
-        """Bytes of host memory the maps are expected to take (overhead included)."""
-        return int(self.accounted * HOST_OVERHEAD)
+        """Bytes of host memory the maps are expected to take (everything included)."""
+        return sum(self.host_maps.values())
 
 
 def collection_memory(spec: CollectionSpec, ncpus: int | None = None) -> MemoryPlan:
     """The memory every map of ``spec`` will take, as sized now (before load)."""
     cpus = possible_cpus() if ncpus is None else ncpus
-    return MemoryPlan({name: map_memory(m, cpus) for name, m in spec.maps.items()}, cpus)
+    return MemoryPlan(
+        {name: map_memory(m, cpus) for name, m in spec.maps.items()}, cpus,
+        {name: int(host_memory(m, cpus) * HOST_MARGIN) for name, m in spec.maps.items()},
+    )
 
 
 def mem_available() -> int | None:
