@@ -31,18 +31,19 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from flowkit import hookimpl
+from flowkit import peer_settings as shared
 from flowkit.accounts import ExporterAccount
 from flowkit.components import ComponentContext, ExporterSpec
 from flowkit.delivery import Outcome, RetryPolicy, Sender, Split
 from flowkit.pbflow import import_grpc
 from flowkit.ratelimit import RateLimitedLog
-from flowkit.settings_types import ByteSize, Duration, check_pem_file
-from flowkit.spool import Spool, check_spool_settings, open_spool
+from flowkit.settings_types import ByteSize, Duration
+from flowkit.spool import FsyncPolicy, Spool, check_spool_settings, open_spool
 
 if TYPE_CHECKING:
     import grpc
@@ -99,27 +100,14 @@ class GrpcSettings(BaseModel):
         ge=1,
         description="Most flows in one gRPC message; larger batches are split.",
     )
-    target_tls_ca_cert_path: str = Field(
-        default="",
-        description="PEM file of the CA that signed the collector's certificate; enables TLS.",
-    )
-    target_tls_user_cert_path: str = Field(
-        default="",
-        description="PEM client certificate for mutual TLS (with TARGET_TLS_USER_KEY_PATH).",
-    )
-    target_tls_user_key_path: str = Field(
-        default="",
-        description="PEM private key of TARGET_TLS_USER_CERT_PATH, for mutual TLS.",
-    )
+    target_tls_ca_cert_path: str = shared.tls_ca_cert_path("the collector's")
+    target_tls_user_cert_path: str = shared.tls_user_cert_path("TARGET_TLS_USER_KEY_PATH")
+    target_tls_user_key_path: str = shared.tls_user_key_path("TARGET_TLS_USER_CERT_PATH")
     grpc_timeout: Duration = Field(
         default=10.0, gt=0, description="Deadline of one Send call (e.g. 10s)."
     )
-    grpc_retry_initial_backoff: Duration = Field(
-        default=0.5, gt=0, description="Wait before the first retry of a failed Send (doubles)."
-    )
-    grpc_retry_max_backoff: Duration = Field(
-        default=30.0, gt=0, description="Longest wait between two retries of a failed Send."
-    )
+    grpc_retry_initial_backoff: Duration = shared.retry_initial_backoff("a failed Send")
+    grpc_retry_max_backoff: Duration = shared.retry_max_backoff("a failed Send")
     grpc_buffer_max_flows: int = Field(
         default=100_000,
         ge=1,
@@ -127,64 +115,18 @@ class GrpcSettings(BaseModel):
         "dropped and counted in dropped_flows{reason=\"buffer_full\"} (with GRPC_SPOOL_DIR: "
         "written to the spool).",
     )
-    grpc_spool_dir: str = Field(
-        default="",
-        description="Absolute path of a directory for an on-disk spool: while the collector is "
-        "unreachable, messages are written there and replayed in order once it is back, also "
-        "after a restart. Empty: no spool.",
-    )
-    grpc_spool_max_bytes: ByteSize = Field(
-        default=1 << 30,
-        ge=0,
-        description="Most bytes the spool takes on disk (e.g. 512MiB); beyond it the oldest "
-        "segments are dropped and counted (reason spool_full).",
-    )
-    grpc_spool_segment_bytes: ByteSize = Field(
-        default=16 << 20,
-        ge=0,
-        description="Size at which the spool starts a new segment file (the unit the budget "
-        "drops).",
-    )
-    grpc_spool_fsync: Literal["always", "segment", "never"] = Field(
-        default="segment",
-        description="When spooled data is forced to disk: always (every record), segment (when a "
-        "segment is complete and at stop) or never (left to the kernel).",
-    )
-
-    @field_validator("target_tls_ca_cert_path")
-    @classmethod
-    def _check_ca(cls, value: str) -> str:
-        if value:
-            check_pem_file("TARGET_TLS_CA_CERT_PATH", value)
-        return value
-
-    @field_validator("target_tls_user_cert_path")
-    @classmethod
-    def _check_cert(cls, value: str) -> str:
-        if value:
-            check_pem_file("TARGET_TLS_USER_CERT_PATH", value)
-        return value
-
-    @field_validator("target_tls_user_key_path")
-    @classmethod
-    def _check_key(cls, value: str) -> str:
-        if value:
-            check_pem_file("TARGET_TLS_USER_KEY_PATH", value, "key")
-        return value
+    grpc_spool_dir: str = shared.spool_dir("the collector is unreachable", "messages")
+    grpc_spool_max_bytes: ByteSize = shared.spool_max_bytes()
+    grpc_spool_segment_bytes: ByteSize = shared.spool_segment_bytes()
+    grpc_spool_fsync: FsyncPolicy = shared.spool_fsync()
 
     @model_validator(mode="after")
     def _check_pairs(self) -> GrpcSettings:
-        if bool(self.target_tls_user_cert_path) != bool(self.target_tls_user_key_path):
-            raise ValueError(
-                "TARGET_TLS_USER_CERT_PATH and TARGET_TLS_USER_KEY_PATH go together: set both "
-                "for mutual TLS, or neither"
-            )
+        shared.check_tls_files("TARGET", self.target_tls_ca_cert_path,
+                               self.target_tls_user_cert_path, self.target_tls_user_key_path)
         if self.target_tls_user_cert_path and not self.target_tls_ca_cert_path:
             raise ValueError("mutual TLS needs TARGET_TLS_CA_CERT_PATH as well")
-        if self.grpc_retry_max_backoff < self.grpc_retry_initial_backoff:
-            raise ValueError(
-                "GRPC_RETRY_MAX_BACKOFF must not be shorter than GRPC_RETRY_INITIAL_BACKOFF"
-            )
+        shared.check_backoff("GRPC", self.grpc_retry_initial_backoff, self.grpc_retry_max_backoff)
         check_spool_settings(
             "GRPC", self.grpc_spool_dir, self.grpc_spool_max_bytes, self.grpc_spool_segment_bytes
         )

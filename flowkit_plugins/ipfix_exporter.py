@@ -35,12 +35,13 @@ from typing import TYPE_CHECKING, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from flowkit import hookimpl
+from flowkit import peer_settings as shared
 from flowkit.accounts import ExporterAccount
 from flowkit.components import ComponentContext, ExporterSpec
 from flowkit.delivery import Outcome, RetryPolicy, Sender, Split
 from flowkit.ratelimit import RateLimitedLog
 from flowkit.settings_types import ByteSize, Duration
-from flowkit.spool import check_spool_settings, open_spool
+from flowkit.spool import FsyncPolicy, check_spool_settings, open_spool
 
 if TYPE_CHECKING:
     from flowkit.ipfix import IpfixMessage, IpfixParams
@@ -119,36 +120,15 @@ class IpfixSettings(BaseModel):
         description="TCP: most flows kept while the collector is unreachable; more are dropped "
         "and counted.",
     )
-    ipfix_retry_initial_backoff: Duration = Field(
-        default=0.5, gt=0, description="TCP: wait before the first reconnection (doubles)."
-    )
-    ipfix_retry_max_backoff: Duration = Field(
-        default=30.0, gt=0, description="TCP: longest wait between two connection attempts."
-    )
+    ipfix_retry_initial_backoff: Duration = shared.retry_initial_backoff("a connection", "TCP: ")
+    ipfix_retry_max_backoff: Duration = shared.retry_max_backoff("a connection", "TCP: ")
     ipfix_timeout: Duration = Field(
         default=10.0, gt=0, description="TCP: deadline of a connection attempt and of one send."
     )
-    ipfix_spool_dir: str = Field(
-        default="",
-        description="TCP: absolute path of a directory for an on-disk spool: while the collector "
-        "is unreachable, batches are written there and sent in order once it is back, also "
-        "after a restart. Empty: no spool.",
-    )
-    ipfix_spool_max_bytes: ByteSize = Field(
-        default=1 << 30,
-        ge=0,
-        description="Most bytes the spool takes on disk (e.g. 512MiB); beyond it the oldest "
-        "segments are dropped and counted (reason spool_full).",
-    )
-    ipfix_spool_segment_bytes: ByteSize = Field(
-        default=16 << 20,
-        ge=0,
-        description="Size at which the spool starts a new segment file.",
-    )
-    ipfix_spool_fsync: Literal["always", "segment", "never"] = Field(
-        default="segment",
-        description="When spooled data is forced to disk: always, segment or never.",
-    )
+    ipfix_spool_dir: str = shared.spool_dir("the collector is unreachable", "batches", "TCP: ")
+    ipfix_spool_max_bytes: ByteSize = shared.spool_max_bytes()
+    ipfix_spool_segment_bytes: ByteSize = shared.spool_segment_bytes()
+    ipfix_spool_fsync: FsyncPolicy = shared.spool_fsync()
 
     @model_validator(mode="after")
     def _check(self) -> IpfixSettings:
@@ -168,10 +148,8 @@ class IpfixSettings(BaseModel):
                 f"IPFIX_TCP_MAX_MESSAGE={self.ipfix_tcp_max_message} is too small for one IPFIX "
                 f"record: at least {_HEADER_AND_SET + record} bytes are needed"
             )
-        if self.ipfix_retry_max_backoff < self.ipfix_retry_initial_backoff:
-            raise ValueError(
-                "IPFIX_RETRY_MAX_BACKOFF must not be shorter than IPFIX_RETRY_INITIAL_BACKOFF"
-            )
+        shared.check_backoff("IPFIX", self.ipfix_retry_initial_backoff,
+                             self.ipfix_retry_max_backoff)
         check_spool_settings("IPFIX", self.ipfix_spool_dir, self.ipfix_spool_max_bytes,
                              self.ipfix_spool_segment_bytes)
         return self

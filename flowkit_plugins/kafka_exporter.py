@@ -41,6 +41,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from flowkit import hookimpl
+from flowkit import peer_settings as shared
 from flowkit.accounts import ExporterAccount
 from flowkit.components import ComponentContext, ExporterSpec
 from flowkit.model import FlowBatch
@@ -50,10 +51,16 @@ from flowkit.settings_types import (
     ByteSize,
     CommaList,
     Duration,
-    check_pem_file,
     parse_host_port,
 )
-from flowkit.spool import Spool, check_spool_settings, decode_batch, encode_batch, open_spool
+from flowkit.spool import (
+    FsyncPolicy,
+    Spool,
+    check_spool_settings,
+    decode_batch,
+    encode_batch,
+    open_spool,
+)
 
 if TYPE_CHECKING:
     from prometheus_client import Counter
@@ -123,15 +130,9 @@ class KafkaSettings(BaseModel):
     kafka_tls_insecure_skip_verify: Bool = Field(
         default=False, description="Do not verify the brokers' TLS certificates."
     )
-    kafka_tls_ca_cert_path: str = Field(
-        default="", description="CA certificate (PEM) that signed the brokers' certificates."
-    )
-    kafka_tls_user_cert_path: str = Field(
-        default="", description="Client certificate (PEM) for mutual TLS."
-    )
-    kafka_tls_user_key_path: str = Field(
-        default="", description="Client private key (PEM) for mutual TLS."
-    )
+    kafka_tls_ca_cert_path: str = shared.tls_ca_cert_path("the brokers'", turns_tls_on=False)
+    kafka_tls_user_cert_path: str = shared.tls_user_cert_path("KAFKA_TLS_USER_KEY_PATH")
+    kafka_tls_user_key_path: str = shared.tls_user_key_path("KAFKA_TLS_USER_CERT_PATH")
     kafka_enable_sasl: Bool = Field(default=False, description="Authenticate with SASL.")
     kafka_sasl_type: Literal["plain", "scramSHA512", "scramSHA256"] = Field(
         default="plain", description="SASL mechanism: plain, scramSHA512 or scramSHA256."
@@ -167,29 +168,10 @@ class KafkaSettings(BaseModel):
         description="How long the producer waits to fill a batch before sending (linger.ms).",
     )
 
-    kafka_spool_dir: str = Field(
-        default="",
-        description="Absolute path of a directory for an on-disk spool: while no broker takes "
-        "flows, they are written there and replayed in order once one is back, also after a "
-        "restart. Empty: no spool.",
-    )
-    kafka_spool_max_bytes: ByteSize = Field(
-        default=1 << 30,
-        ge=0,
-        description="Most bytes the spool takes on disk (e.g. 512MiB); beyond it the oldest "
-        "segments are dropped and counted (reason spool_full).",
-    )
-    kafka_spool_segment_bytes: ByteSize = Field(
-        default=16 << 20,
-        ge=0,
-        description="Size at which the spool starts a new segment file (the unit the budget "
-        "drops).",
-    )
-    kafka_spool_fsync: Literal["always", "segment", "never"] = Field(
-        default="segment",
-        description="When spooled data is forced to disk: always (every record), segment (when a "
-        "segment is complete and at stop) or never (left to the kernel).",
-    )
+    kafka_spool_dir: str = shared.spool_dir("no broker takes flows", "they")
+    kafka_spool_max_bytes: ByteSize = shared.spool_max_bytes()
+    kafka_spool_segment_bytes: ByteSize = shared.spool_segment_bytes()
+    kafka_spool_fsync: FsyncPolicy = shared.spool_fsync()
 
     @model_validator(mode="after")
     def _check_consistency(self) -> KafkaSettings:
@@ -203,18 +185,9 @@ class KafkaSettings(BaseModel):
                 parse_host_port(broker)
             except ValueError as exc:
                 raise ValueError(f"KAFKA_BROKERS: {exc}") from None
-        if self.kafka_enable_tls:
-            if self.kafka_tls_ca_cert_path:
-                check_pem_file("KAFKA_TLS_CA_CERT_PATH", self.kafka_tls_ca_cert_path)
-            cert, key = self.kafka_tls_user_cert_path, self.kafka_tls_user_key_path
-            if bool(cert) != bool(key):
-                raise ValueError(
-                    "KAFKA_TLS_USER_CERT_PATH and KAFKA_TLS_USER_KEY_PATH go together: set both "
-                    "for mutual TLS, or neither"
-                )
-            if cert:
-                check_pem_file("KAFKA_TLS_USER_CERT_PATH", cert)
-                check_pem_file("KAFKA_TLS_USER_KEY_PATH", key, "key")
+        if self.kafka_enable_tls:  # NetObserv's rule: the paths mean nothing while TLS is off
+            shared.check_tls_files("KAFKA", self.kafka_tls_ca_cert_path,
+                                   self.kafka_tls_user_cert_path, self.kafka_tls_user_key_path)
         if self.kafka_enable_sasl:
             for setting, path in (
                 ("KAFKA_SASL_CLIENT_ID_PATH", self.kafka_sasl_client_id_path),

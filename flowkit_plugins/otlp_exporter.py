@@ -35,12 +35,13 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from flowkit import hookimpl
+from flowkit import peer_settings as shared
 from flowkit.accounts import ExporterAccount
 from flowkit.components import ComponentContext, ExporterSpec
 from flowkit.delivery import Outcome, RetryPolicy, Sender, Split
 from flowkit.ratelimit import RateLimitedLog
-from flowkit.settings_types import Bool, ByteSize, CommaList, Duration, check_pem_file
-from flowkit.spool import check_spool_settings, open_spool
+from flowkit.settings_types import Bool, ByteSize, CommaList, Duration
+from flowkit.spool import FsyncPolicy, check_spool_settings, open_spool
 
 if TYPE_CHECKING:
     from flowkit.metrics import Metrics
@@ -69,12 +70,6 @@ _METRIC_ATTRIBUTES = (
     "flowkit.ethernet.type",
     "flowkit.interface.index",
 )
-
-
-def _pem(value: str, setting: str, kind: str = "certificate") -> str:
-    if value:  # a DER or garbage file fails here, at start, not at the first handshake
-        check_pem_file(setting, value, kind)
-    return value
 
 
 def parse_headers(text: str) -> list[tuple[str, str]]:
@@ -107,22 +102,12 @@ class OtlpSettings(BaseModel):
         description="Extra request headers / gRPC metadata: key=value,key2=value2 "
         "(values URL-encoded), e.g. authorization=Bearer%20TOKEN.",
     )
-    otlp_tls_ca_cert_path: str = Field(
-        default="", description="PEM CA of the collector's certificate; turns TLS on."
-    )
-    otlp_tls_user_cert_path: str = Field(
-        default="", description="PEM client certificate for mutual TLS (with the key)."
-    )
-    otlp_tls_user_key_path: str = Field(
-        default="", description="PEM key of OTLP_TLS_USER_CERT_PATH."
-    )
+    otlp_tls_ca_cert_path: str = shared.tls_ca_cert_path("the collector's")
+    otlp_tls_user_cert_path: str = shared.tls_user_cert_path("OTLP_TLS_USER_KEY_PATH")
+    otlp_tls_user_key_path: str = shared.tls_user_key_path("OTLP_TLS_USER_CERT_PATH")
     otlp_timeout: Duration = Field(default=10.0, gt=0, description="Deadline of one request.")
-    otlp_retry_initial_backoff: Duration = Field(
-        default=0.5, gt=0, description="Wait before the first retry of a request (doubles)."
-    )
-    otlp_retry_max_backoff: Duration = Field(
-        default=30.0, gt=0, description="Longest wait between two retries."
-    )
+    otlp_retry_initial_backoff: Duration = shared.retry_initial_backoff("a request")
+    otlp_retry_max_backoff: Duration = shared.retry_max_backoff("a request")
     otlp_buffer_max_flows: int = Field(
         default=100_000, ge=1, description="Most flows queued for the collector; more are dropped "
         "and counted."
@@ -149,24 +134,10 @@ class OtlpSettings(BaseModel):
     otlp_service_name: str = Field(
         default="flowkit-agent", description="service.name resource attribute."
     )
-    otlp_spool_dir: str = Field(
-        default="",
-        description="Absolute path of a directory for an on-disk spool: while the collector is "
-        "unreachable, requests are written there and sent in order once it is back, also after "
-        "a restart. Empty: no spool.",
-    )
-    otlp_spool_max_bytes: ByteSize = Field(
-        default=1 << 30, ge=0,
-        description="Most bytes the spool takes on disk; beyond it the oldest segments are "
-        "dropped and counted (reason spool_full).",
-    )
-    otlp_spool_segment_bytes: ByteSize = Field(
-        default=16 << 20, ge=0, description="Size at which the spool starts a new segment file."
-    )
-    otlp_spool_fsync: Literal["always", "segment", "never"] = Field(
-        default="segment", description="When spooled data is forced to disk: always, segment or "
-        "never."
-    )
+    otlp_spool_dir: str = shared.spool_dir("the collector is unreachable", "requests")
+    otlp_spool_max_bytes: ByteSize = shared.spool_max_bytes()
+    otlp_spool_segment_bytes: ByteSize = shared.spool_segment_bytes()
+    otlp_spool_fsync: FsyncPolicy = shared.spool_fsync()
 
     @field_validator("otlp_headers")
     @classmethod
@@ -185,33 +156,16 @@ class OtlpSettings(BaseModel):
                 )
         return value
 
-    @field_validator("otlp_tls_ca_cert_path")
-    @classmethod
-    def _check_ca(cls, value: str) -> str:
-        return _pem(value, "OTLP_TLS_CA_CERT_PATH")
-
-    @field_validator("otlp_tls_user_cert_path")
-    @classmethod
-    def _check_cert(cls, value: str) -> str:
-        return _pem(value, "OTLP_TLS_USER_CERT_PATH")
-
-    @field_validator("otlp_tls_user_key_path")
-    @classmethod
-    def _check_key(cls, value: str) -> str:
-        return _pem(value, "OTLP_TLS_USER_KEY_PATH", "key")
-
     @model_validator(mode="after")
     def _check(self) -> OtlpSettings:
         self.address  # noqa: B018 - validates the endpoint
-        if bool(self.otlp_tls_user_cert_path) != bool(self.otlp_tls_user_key_path):
-            raise ValueError("OTLP_TLS_USER_CERT_PATH and OTLP_TLS_USER_KEY_PATH go together")
+        shared.check_tls_files("OTLP", self.otlp_tls_ca_cert_path, self.otlp_tls_user_cert_path,
+                               self.otlp_tls_user_key_path)
         if self.otlp_tls_user_cert_path and not self.tls:
             raise ValueError("mutual TLS needs OTLP_TLS_CA_CERT_PATH (or an https:// endpoint)")
         if not self.otlp_logs and not self.otlp_metrics:
             raise ValueError("OTLP_LOGS=false needs OTLP_METRICS=true: nothing would be sent")
-        if self.otlp_retry_max_backoff < self.otlp_retry_initial_backoff:
-            raise ValueError("OTLP_RETRY_MAX_BACKOFF must not be shorter than "
-                             "OTLP_RETRY_INITIAL_BACKOFF")
+        shared.check_backoff("OTLP", self.otlp_retry_initial_backoff, self.otlp_retry_max_backoff)
         check_spool_settings("OTLP", self.otlp_spool_dir, self.otlp_spool_max_bytes,
                              self.otlp_spool_segment_bytes)
         return self

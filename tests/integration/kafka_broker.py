@@ -17,7 +17,7 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -68,10 +68,18 @@ class Message:
 
 
 class TansuBroker:
-    """One Tansu process on 127.0.0.1:``port``; can be stopped and started again on that port."""
+    """One Tansu process on 127.0.0.1:``port``; can be stopped and started again on that port.
 
-    def __init__(self, log_dir: Path, port: int | None = None) -> None:
+    ``advertised_port``: the port Tansu names in its metadata, when clients must reach it
+    through something in front of it (a TLS proxy); ``extra_args``: more ``tansu broker``
+    arguments (``--authentication``).
+    """
+
+    def __init__(self, log_dir: Path, port: int | None = None, *,
+                 advertised_port: int | None = None, extra_args: Sequence[str] = ()) -> None:
         self.port = port or free_port()
+        self.advertised_port = advertised_port or self.port
+        self.extra_args = list(extra_args)
         self.log_dir = log_dir
         self.process: subprocess.Popen[bytes] | None = None
         self.topics: dict[str, int] = {}
@@ -86,6 +94,7 @@ class TansuBroker:
         """Start the broker, wait until it accepts connections, (re)create known topics."""
         assert self.process is None, "broker already running"
         url = f"tcp://127.0.0.1:{self.port}"
+        advertised = f"tcp://127.0.0.1:{self.advertised_port}"
         self._starts += 1
         log_path = self.log_dir / f"tansu-{self.port}-{self._starts}.log"
         env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "RUST_LOG": "warn"}
@@ -94,10 +103,11 @@ class TansuBroker:
                 [
                     tansu_binary(),
                     "broker",
+                    *self.extra_args,
                     "--listener-url",
                     url,
                     "--advertised-listener-url",
-                    url,
+                    advertised,
                     "--storage-engine",
                     "memory://tansu/",
                 ],

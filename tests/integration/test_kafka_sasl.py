@@ -14,11 +14,6 @@ failure is retried and logged once with a hint naming our settings, and the flow
 
 from __future__ import annotations
 
-import contextlib
-import os
-import signal
-import socket
-import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -35,39 +30,22 @@ from flowkit.testing import synthetic_flows
 from flowkit_plugins.kafka_exporter import KafkaExporter, KafkaSettings
 
 try:
-    from .kafka_broker import free_port, tansu_binary
+    from .kafka_broker import TansuBroker
 except ImportError:
-    from kafka_broker import free_port, tansu_binary  # type: ignore[no-redef]
+    from kafka_broker import TansuBroker  # type: ignore[no-redef]
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")
 def authenticating_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
-    port = free_port()
-    log_path = tmp_path_factory.mktemp("fkS") / "tansu.log"
-    with open(log_path, "wb") as log_file:
-        process = subprocess.Popen(
-            [tansu_binary(), "broker", "--authentication", "--listener-url",
-             f"tcp://127.0.0.1:{port}", "--advertised-listener-url", f"tcp://127.0.0.1:{port}",
-             "--storage-engine", "memory://tansu/"],
-            stdout=log_file, stderr=subprocess.STDOUT,
-            env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "RUST_LOG": "warn"},
-        )
+    """Tansu with ``--authentication`` (tests/integration/kafka_broker.py), killed at the end."""
+    broker = TansuBroker(tmp_path_factory.mktemp("fkS"), extra_args=["--authentication"])
     try:
-        deadline = time.monotonic() + 20
-        while True:
-            with contextlib.suppress(OSError):
-                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-                break
-            assert process.poll() is None, "tansu exited at start"
-            assert time.monotonic() < deadline, "tansu did not listen"
-            time.sleep(0.05)
-        yield port
+        broker.start()
+        yield broker.port
     finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(process.pid, signal.SIGKILL)
-        process.wait(10)
+        broker.stop()
 
 
 @pytest.mark.parametrize("mechanism", ["scramSHA256", "scramSHA512"])

@@ -10,11 +10,8 @@ goes through TLS. The test reads the topic back through the proxy too.
 from __future__ import annotations
 
 import contextlib
-import os
-import signal
 import socket
 import ssl
-import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -32,10 +29,10 @@ from flowkit.testing import synthetic_flows
 from flowkit_plugins.kafka_exporter import KafkaExporter, KafkaSettings
 
 try:
-    from .kafka_broker import free_port, tansu_binary
+    from .kafka_broker import TansuBroker, free_port
     from .test_grpc_exporter import Pki, make_pki
 except ImportError:
-    from kafka_broker import free_port, tansu_binary  # type: ignore[no-redef]
+    from kafka_broker import TansuBroker, free_port  # type: ignore[no-redef]
     from test_grpc_exporter import Pki, make_pki  # type: ignore[no-redef]
 
 pytestmark = pytest.mark.integration
@@ -100,29 +97,14 @@ class TlsProxy:
 
 @contextlib.contextmanager
 def tansu_behind(proxy_port: int, plain_port: int, log_dir: Path) -> Iterator[None]:
-    """Tansu on plain_port advertising the proxy's address to clients."""
-    with open(log_dir / "tansu.log", "wb") as log_file:
-        process = subprocess.Popen(
-            [tansu_binary(), "broker", "--listener-url", f"tcp://127.0.0.1:{plain_port}",
-             "--advertised-listener-url", f"tcp://127.0.0.1:{proxy_port}",
-             "--storage-engine", "memory://tansu/"],
-            stdout=log_file, stderr=subprocess.STDOUT,
-            env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "RUST_LOG": "warn"},
-        )
+    """Tansu (tests/integration/kafka_broker.py) on plain_port advertising the proxy's address
+    to clients; killed by PID at the end, also on failure."""
+    broker = TansuBroker(log_dir, plain_port, advertised_port=proxy_port)
     try:
-        deadline = time.monotonic() + 20
-        while True:
-            with contextlib.suppress(OSError):
-                socket.create_connection(("127.0.0.1", plain_port), timeout=0.5).close()
-                break
-            assert process.poll() is None, "tansu exited at start"
-            assert time.monotonic() < deadline, "tansu did not listen"
-            time.sleep(0.05)
+        broker.start()
         yield
     finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(process.pid, signal.SIGKILL)
-        process.wait(10)
+        broker.stop()
 
 
 def tls_client_config(pki: Pki, port: int) -> dict[str, Any]:
