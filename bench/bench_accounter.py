@@ -29,11 +29,12 @@ from pathlib import Path
 from typing import Any, cast
 
 import numpy as np
+from flowkit.native.libbpf import map_update_batch
 
 from flowkit.accounting import FlowTable, KernelDrainer
 from flowkit.components import KernelMaps, Tracer
 from flowkit.model import RECORD_DTYPE, VALUE_DTYPE, FlowArray
-from flowkit.native import NativeError, ffi, lib
+from flowkit.native import flows as native_flows
 from flowkit_plugins.native_accounter import NativeAccounter
 from flowkit_plugins.python_accounter import PythonAccounter
 
@@ -93,15 +94,13 @@ class HandMadeMaps:
         map0 = self._create(BPF_MAP_TYPE_PERCPU_HASH, 60, VALUE_DTYPE.itemsize, max_entries, -1)
         map1 = self._create(BPF_MAP_TYPE_PERCPU_HASH, 60, VALUE_DTYPE.itemsize, max_entries, -1)
         selector = self._create(BPF_MAP_TYPE_ARRAY_OF_MAPS, 4, 4, 1, map0)
-        self.ncpus = int(lib.fk_possible_cpus())
+        self.ncpus = native_flows.possible_cpus()
         self.maps = KernelMaps(selector, (map0, map1), -1, -1, max_entries, self.ncpus)
 
     def _create(self, kind: int, key: int, value: int, entries: int, inner: int) -> int:
-        fd = lib.fk_map_create(kind, key, value, entries, inner)
-        if fd < 0:
-            raise NativeError("bpf_map_create", -fd)
+        fd = native_flows.map_create(kind, key, value, entries, inner)
         self.fds.append(fd)
-        return int(fd)
+        return fd
 
     def fill(self, fd: int, keys: FlowArray) -> None:
         """Store every key with a one-packet value on every CPU (batch update)."""
@@ -111,17 +110,11 @@ class HandMadeMaps:
         values["first_ns"] = 1000 + np.arange(self.ncpus)
         values["last_ns"] = 2000 + np.arange(self.ncpus)
         key_buf = np.ascontiguousarray(keys)
-        count = ffi.new("uint32_t *", len(keys))
-        opts = ffi.new("struct bpf_map_batch_opts *")
-        opts.sz = ffi.sizeof("struct bpf_map_batch_opts")
-        rc = lib.bpf_map_update_batch(fd, ffi.from_buffer(key_buf), ffi.from_buffer(values),
-                                      count, opts)
-        if rc < 0:
-            raise NativeError("bpf_map_update_batch", -rc)
+        map_update_batch(fd, key_buf, values, "flow map")
 
     def close(self) -> None:
         for fd in self.fds:
-            lib.fk_close_fd(fd)
+            os.close(fd)
 
 
 class MapsOnly:
@@ -144,7 +137,7 @@ def bench_drain_size(n: int, repeat: int) -> dict[str, Any]:
 
     def drain_without_flip() -> None:
         idle = drainer.active_map() ^ 1
-        lib.fk_drainer_drain_map(drainer.cdata, idle, table.cdata)
+        drainer.native.drain_map(idle, table.native)
 
     def native_evict() -> None:
         batch = native.evict()

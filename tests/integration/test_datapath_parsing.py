@@ -16,7 +16,7 @@ from flowkit.accounting import KernelDrainer, read_kernel_counters
 from flowkit.components import KernelMaps
 from flowkit.ebpf import CollectionSpec
 from flowkit.model import ip_to_16
-from flowkit.native import lib
+from flowkit.native._lib import lib
 from flowkit_plugins.ebpf_tracer import default_object_path
 
 SRC_MAC = bytes.fromhex("02fb000000aa")

@@ -25,7 +25,7 @@ from flowkit.accounting import (
 )
 from flowkit.components import Interface, KernelMaps
 from flowkit.model import KEY_DTYPE, RECORD_DTYPE, VALUE_DTYPE, FlowArray, FlowBatch
-from flowkit.native import NativeError, ffi, lib
+from flowkit.native._lib import NativeError, ffi, lib
 from flowkit_plugins.native_accounter import NativeAccounter
 from flowkit_plugins.python_accounter import PythonAccounter
 
