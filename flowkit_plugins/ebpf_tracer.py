@@ -12,8 +12,10 @@ The tracer exposes the kernel objects as :class:`~flowkit.components.KernelMaps`
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import os
 import threading
 from importlib import resources
 from pathlib import Path
@@ -318,7 +320,7 @@ class EbpfTracer:
     def start(self) -> None:
         """Load the object, create the maps and remove stale filters of a killed agent."""
         from flowkit.ebpf.attach import Attacher
-        from flowkit.native import lib
+        from flowkit.native.libbpf import num_possible_cpus
 
         if self._collection is not None:
             return
@@ -354,7 +356,7 @@ class EbpfTracer:
                 ringbuf_fd=maps[MAP_EVENTS].fd,
                 counters_fd=maps[MAP_COUNTERS].fd,
                 max_entries=self.cache_max_flows,
-                ncpus=lib.libbpf_num_possible_cpus(),
+                ncpus=num_possible_cpus(),
                 extra_selector_fd=maps[MAP_EXTRA_SELECTOR].fd if features else -1,
                 extra_map_fds=(
                     (maps[MAP_EXTRAS[0]].fd, maps[MAP_EXTRAS[1]].fd) if features else (-1, -1)
@@ -465,11 +467,10 @@ class EbpfTracer:
             self._names.clear()
 
     def _close_trace_links(self) -> None:
-        from flowkit.native import lib
-
         links, self._trace_links = self._trace_links, []
         for fd in links:
-            lib.fk_close_fd(fd)
+            with contextlib.suppress(OSError):
+                os.close(fd)
 
     def _require_started(self) -> Attacher:
         if self._attacher is None:
@@ -484,12 +485,9 @@ class EbpfTracer:
 
 def _attach_tracing(prog_fd: int, name: str) -> int:
     """Attach a tp_btf program (its tracepoint was fixed at load); returns the link fd."""
-    from flowkit.native import NativeError, ffi, lib
+    from flowkit.native.tc import raw_tracepoint_open
 
-    fd = lib.bpf_raw_tracepoint_open(ffi.NULL, prog_fd)
-    if fd < 0:
-        raise NativeError("bpf_raw_tracepoint_open", -fd, f"attaching {name}")
-    return int(fd)
+    return raw_tracepoint_open(prog_fd, f"attaching {name}")
 
 
 def _make(context: ComponentContext) -> EbpfTracer:

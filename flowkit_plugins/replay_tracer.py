@@ -121,7 +121,7 @@ class ReplayTracer:
     def start(self) -> None:
         """Load the program in replay mode and start replaying on a thread."""
         from flowkit.ebpf import CollectionSpec
-        from flowkit.native import lib
+        from flowkit.native.libbpf import num_possible_cpus
         from flowkit_plugins.ebpf_tracer import (
             MAP_COUNTERS,
             MAP_EVENTS,
@@ -148,7 +148,7 @@ class ReplayTracer:
             ringbuf_fd=maps[MAP_EVENTS].fd,
             counters_fd=maps[MAP_COUNTERS].fd,
             max_entries=self.cache_max_flows,
-            ncpus=lib.libbpf_num_possible_cpus(),
+            ncpus=num_possible_cpus(),
         )
         self._collection = collection
         self._thread = threading.Thread(target=self._run, name="flowkit-replay", daemon=True)
@@ -242,36 +242,26 @@ class ReplayTracer:
             yield direction, frame.data, index, frame.orig_len, frame.time_ns
 
     def _run(self) -> None:
-        from flowkit.native import check, ffi, lib
+        from flowkit.native import check
+        from flowkit.native.libbpf import TestRun
 
         assert self._collection is not None
         programs = tuple(self._collection.programs[name].fd for name in REPLAY_PROGRAMS)
-        opts = ffi.new("struct bpf_test_run_opts *")
-        opts.sz = ffi.sizeof("struct bpf_test_run_opts")
-        opts.repeat = 1
         # One frame buffer and one context, reused: the kernel copies both in.
-        data_in = ffi.new("uint8_t[]", MAX_TEST_RUN_BYTES)
-        ctx = ffi.new("uint32_t[]", CTX_WORDS)
-        opts.data_in = data_in
-        opts.ctx_in = ctx
-        opts.ctx_size_in = CTX_WORDS * 4
-        run = lib.bpf_prog_test_run_opts
-        memmove = ffi.memmove
+        runner = TestRun(MAX_TEST_RUN_BYTES, CTX_WORDS)
+        ctx = runner.ctx
+        run = runner.run
         try:
             for direction, data, index, orig_len, time_ns in self.frames_with_context():
                 size = min(len(data), MAX_TEST_RUN_BYTES)
                 if size < ETH_HLEN:
                     self.skipped += 1  # BPF_PROG_TEST_RUN refuses frames without Ethernet header
                     continue
-                memmove(data_in, data, size)
-                opts.data_size_in = size
-                opts.data_size_out = 0  # libbpf writes the sizes back: reset what it passes on
-                opts.ctx_size_out = 0
                 ctx[CB] = index
                 ctx[CB + 1] = orig_len
                 ctx[CB + 2] = time_ns & 0xFFFFFFFF
                 ctx[CB + 3] = time_ns >> 32
-                rc = run(programs[direction], opts)
+                rc = run(programs[direction], data, size)
                 if rc < 0:
                     check(rc, "bpf_prog_test_run_opts", f"replay of frame {self.frames + 1}")
                 self.frames += 1

@@ -32,20 +32,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from flowkit.native import NativeError, check, ffi, lib
+from flowkit.native import NativeError
+from flowkit.native import tc as native_tc
 from flowkit.netns import NamespaceGone, NetnsHandle, interface_key
 
 log = logging.getLogger(__name__)
 
 AttachMode = Literal["tcx", "tc", "any"]
 
-TC_INGRESS = 1
+TC_INGRESS = native_tc.TC_INGRESS
 """Attach point of the clsact ingress hook (libbpf's ``BPF_TC_INGRESS``)."""
-TC_EGRESS = 2
+TC_EGRESS = native_tc.TC_EGRESS
 """Attach point of the clsact egress hook (libbpf's ``BPF_TC_EGRESS``)."""
-TCX_INGRESS = 46
+TCX_INGRESS = native_tc.TCX_INGRESS
 """``BPF_TCX_INGRESS`` attach type."""
-TCX_EGRESS = 47
+TCX_EGRESS = native_tc.TCX_EGRESS
 """``BPF_TCX_EGRESS`` attach type."""
 
 CLSACT_INGRESS_PARENT = 0xFFFFFFF2
@@ -222,11 +223,8 @@ class Attacher:
         try:
             for point, prog_fd in self._programs:
                 attach_type = TCX_INGRESS if point == TC_INGRESS else TCX_EGRESS
-                fd = check(
-                    lib.fkt_tcx_link_create(prog_fd, ifindex, attach_type),
-                    "bpf_link_create(BPF_TCX)",
-                    name or str(ifindex),
-                )
+                fd = native_tc.tcx_link_create(prog_fd, ifindex, attach_type,
+                                               name or str(ifindex))
                 attachment.link_fds.append(fd)
         except BaseException:
             self._close_links(attachment)
@@ -243,26 +241,28 @@ class Attacher:
     def _attach_tc(self, ifindex: int, name: str) -> Attachment:
         label = name or f"index {ifindex}"
         self.remove_stale_filters([ifindex])
-        rc = lib.fkt_tc_hook_create(ifindex)
-        if rc < 0 and rc != -errno.EEXIST:
-            err = NativeError("bpf_tc_hook_create", -rc, label)
-            if -rc in _GONE:
+        try:
+            created = native_tc.tc_hook_create(ifindex, label)
+        except NativeError as err:
+            if err.errno in _GONE:
                 raise AttachError(f"interface {label} is gone") from err
             raise AttachError(f"cannot create a clsact qdisc on {label}: {err}") from err
-        attachment = Attachment(ifindex, name, "tc", created_qdisc=rc == 0)
+        attachment = Attachment(ifindex, name, "tc", created_qdisc=created)
         try:
             for point, prog_fd in self._programs:
-                rc = lib.fkt_tc_attach(
-                    ifindex, point, self.tc_handle, self.tc_priority, prog_fd, ffi.NULL
-                )
-                if rc == -errno.EEXIST:
+                try:
+                    native_tc.tc_attach(
+                        ifindex, point, self.tc_handle, self.tc_priority, prog_fd, label
+                    )
+                except NativeError as err:
+                    if err.errno != errno.EEXIST:
+                        raise
                     raise AttachError(
                         f"{label} already has a tc filter with handle {self.tc_handle:#x} and "
                         f"priority {self.tc_priority} that belongs to a running program; "
                         "is another flowkit agent tracing it? Otherwise choose another "
                         "TC_FILTER_PRIORITY"
-                    )
-                check(rc, "bpf_tc_attach", label)
+                    ) from None
                 attachment.filters.append(point)
         except BaseException:
             self._release_tc(attachment)
@@ -284,10 +284,13 @@ class Attacher:
     def _release_tc(self, attachment: Attachment) -> None:
         label = attachment.name or f"index {attachment.ifindex}"
         for point in attachment.filters:
-            rc = lib.fkt_tc_detach(attachment.ifindex, point, self.tc_handle, self.tc_priority)
-            if rc < 0 and -rc not in _GONE:
-                log.warning("removing flowkit's tc filter from %s failed: %s", label,
-                            os.strerror(-rc))
+            try:
+                native_tc.tc_detach(attachment.ifindex, point, self.tc_handle, self.tc_priority,
+                                    label)
+            except NativeError as err:
+                if err.errno not in _GONE:
+                    log.warning("removing flowkit's tc filter from %s failed: %s", label,
+                                os.strerror(err.errno))
         attachment.filters = []
         if attachment.created_qdisc:
             attachment.created_qdisc = False
@@ -300,9 +303,12 @@ class Attacher:
             if remaining or _has_other_filters(attachment.ifindex):
                 log.info("leaving the clsact qdisc of %s: it holds filters of others", label)
                 return
-            rc = lib.fkt_tc_hook_destroy(attachment.ifindex)
-            if rc < 0 and -rc not in _GONE:
-                log.warning("removing the clsact qdisc of %s failed: %s", label, os.strerror(-rc))
+            try:
+                native_tc.tc_hook_destroy(attachment.ifindex, label)
+            except NativeError as err:
+                if err.errno not in _GONE:
+                    log.warning("removing the clsact qdisc of %s failed: %s", label,
+                                os.strerror(err.errno))
 
     def remove_stale_filters(self, ifindexes: Iterable[int] | None = None) -> list[TcFilter]:
         """Delete flowkit tc filters that no running process owns (left by a killed agent).
@@ -324,13 +330,16 @@ class Attacher:
         for f in found:
             if f.prog_id is not None and f.prog_id in live:
                 continue
-            rc = lib.fkt_tc_detach(f.ifindex, f.attach_point, f.handle, f.priority)
-            if rc == 0:
-                log.info("removed stale flowkit tc filter %s (interface index %d)", f.name,
-                         f.ifindex)
-                removed.append(f)
-            elif -rc not in _GONE:
-                log.warning("cannot remove stale tc filter %s: %s", f.name, os.strerror(-rc))
+            try:
+                native_tc.tc_detach(f.ifindex, f.attach_point, f.handle, f.priority, f.name)
+            except NativeError as err:
+                if err.errno not in _GONE:
+                    log.warning("cannot remove stale tc filter %s: %s", f.name,
+                                os.strerror(err.errno))
+                continue
+            log.info("removed stale flowkit tc filter %s (interface index %d)", f.name,
+                     f.ifindex)
+            removed.append(f)
         return removed
 
 

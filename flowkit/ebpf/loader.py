@@ -13,7 +13,6 @@ well, and a failure's :class:`LoaderError` carries it (including the verifier lo
 from __future__ import annotations
 
 import contextlib
-import errno as errno_module
 import logging
 import os
 import re
@@ -33,7 +32,8 @@ from flowkit.ebpf.kinds import (
 )
 from flowkit.ebpf.normalize import build_image
 from flowkit.ebpf.spec import CollectionSpec, MapSpec
-from flowkit.native import NativeError, check, ffi, lib
+from flowkit.native import NativeError
+from flowkit.native import libbpf as native
 
 __all__ = ["Collection", "Map", "Program", "load_collection"]
 
@@ -50,10 +50,8 @@ _LIBBPF_LEVELS = {0: logging.WARNING, 1: logging.INFO, 2: logging.DEBUG}
 _capture = threading.local()
 
 
-@ffi.def_extern()  # type: ignore[untyped-decorator]
-def fkl_libbpf_log(level: int, message: Any) -> None:
+def _libbpf_log(level: int, text: str) -> None:
     """Receives every formatted libbpf message (called from C)."""
-    text = ffi.string(message).decode("utf-8", "replace").rstrip("\n")
     lines: list[tuple[int, str]] | None = getattr(_capture, "lines", None)
     if lines is not None and level <= 1:
         # Held back: a failed load puts these in its LoaderError, a successful one logs them.
@@ -79,7 +77,7 @@ def route_libbpf_log() -> None:
     global _routed_done
     with _routed:
         if not _routed_done:
-            lib.fkl_libbpf_route_log_to_python()
+            native.route_log_to_python(_libbpf_log)
             _routed_done = True
 
 
@@ -98,10 +96,6 @@ def _captured_log() -> Iterator[list[tuple[int, str]]]:
         yield lines
     finally:
         _capture.lines = previous
-
-
-def _possible_cpus() -> int:
-    return check(lib.libbpf_num_possible_cpus(), "libbpf_num_possible_cpus")
 
 
 # -- loading -------------------------------------------------------------------------------
@@ -133,31 +127,27 @@ def load_collection(
             )
 
     image = build_image(spec)
-    buffer = ffi.new("char[]", image)
-    name = ffi.new("char[]", _object_name(spec.origin).encode())
-    opts = ffi.new("struct bpf_object_open_opts *")
-    opts.sz = ffi.sizeof("struct bpf_object_open_opts")
-    opts.object_name = name
     with _captured_log() as log:
-        obj = lib.bpf_object__open_mem(buffer, len(image), opts)
-        if obj == ffi.NULL:
-            err = ffi.errno or errno_module.EINVAL
+        try:
+            obj = native.BpfObject(image, _object_name(spec.origin))
+        except NativeError as exc:
             raise LoaderError(
-                f"{spec.origin}: libbpf cannot open the object: {os.strerror(err)}",
+                f"{spec.origin}: libbpf cannot open the object: {os.strerror(exc.errno)}",
                 "\n".join(text for _, text in log),
-            )
+            ) from None
         owned_fds: list[int] = []  # created here, only needed until the maps exist
         try:
             _configure_programs(spec, obj, set(selected), log_level)
             _configure_maps(spec, obj, owned_fds)
-            rc = lib.bpf_object__load(obj)
-            if rc < 0:
+            try:
+                obj.load()
+            except NativeError as exc:
                 raise LoaderError(
-                    f"{spec.origin}: loading into the kernel failed: {os.strerror(-rc)}",
+                    f"{spec.origin}: loading into the kernel failed: {os.strerror(exc.errno)}",
                     "\n".join(text for _, text in log),
-                )
+                ) from None
         except BaseException:
-            lib.bpf_object__close(obj)
+            obj.close()
             raise
         finally:
             for fd in owned_fds:
@@ -165,57 +155,46 @@ def load_collection(
     for level, text in log:
         if level == 0:
             libbpf_logger.warning("%s", text)
-    return Collection(spec, obj, buffer, selected)
+    return Collection(spec, obj, selected)
 
 
-def _configure_programs(spec: CollectionSpec, obj: Any, selected: set[str], log_level: int) -> None:
+def _configure_programs(
+    spec: CollectionSpec, obj: native.BpfObject, selected: set[str], log_level: int
+) -> None:
     for name, program in spec.programs.items():
-        handle = lib.bpf_object__find_program_by_name(obj, name.encode())
-        if handle == ffi.NULL:
+        handle = obj.find_program(name)
+        if handle is None:
             raise LoaderError(f"{spec.origin}: libbpf did not find program {name!r}")
-        check(lib.bpf_program__set_autoload(handle, name in selected), "bpf_program__set_autoload")
+        handle.set_autoload(name in selected)
         if name not in selected:
             continue
         wanted = PROG_TYPES[program.prog_type]
-        if lib.fkl_program_type(handle) != wanted:
-            check(lib.fkl_program_set_type(handle, wanted), "bpf_program__set_type", name)
+        if handle.prog_type != wanted:
+            handle.set_prog_type(wanted)
         if program.attach_type is not None:
             attach = ATTACH_TYPES[program.attach_type]
-            if lib.fkl_program_expected_attach_type(handle) != attach:
-                check(
-                    lib.fkl_program_set_expected_attach_type(handle, attach),
-                    "bpf_program__set_expected_attach_type",
-                    name,
-                )
-        if program.flags and lib.bpf_program__flags(handle) & program.flags != program.flags:
-            flags = lib.bpf_program__flags(handle) | program.flags
-            check(lib.bpf_program__set_flags(handle, flags), "bpf_program__set_flags", name)
+            if handle.expected_attach_type != attach:
+                handle.set_expected_attach_type(attach)
+        if program.flags and handle.flags & program.flags != program.flags:
+            handle.set_flags(handle.flags | program.flags)
         if log_level:
-            check(lib.bpf_program__set_log_level(handle, log_level), "bpf_program__set_log_level")
+            handle.set_log_level(log_level)
 
 
-def _configure_maps(spec: CollectionSpec, obj: Any, owned_fds: list[int]) -> None:
+def _configure_maps(spec: CollectionSpec, obj: native.BpfObject, owned_fds: list[int]) -> None:
     for name, map_spec in spec.maps.items():
-        handle = lib.bpf_object__find_map_by_name(obj, name.encode())
-        if handle == ffi.NULL:
+        handle = obj.find_map(name)
+        if handle is None:
             if map_spec.internal:
                 continue  # libbpf skips some data sections (e.g. ones holding only strings)
             raise LoaderError(f"{spec.origin}: libbpf did not find map {name!r}")
         if map_spec.internal:
             data = spec.section_data(name)
             if name.startswith(".bss") and any(data):
-                check(
-                    lib.bpf_map__set_initial_value(handle, data, len(data)),
-                    "bpf_map__set_initial_value",
-                    name,
-                )
+                handle.set_initial_value(bytes(data), name)
             continue
-        if map_spec.max_entries and lib.bpf_map__max_entries(handle) != map_spec.max_entries:
-            check(
-                lib.bpf_map__set_max_entries(handle, map_spec.max_entries),
-                "bpf_map__set_max_entries",
-                name,
-            )
+        if map_spec.max_entries and handle.max_entries != map_spec.max_entries:
+            handle.set_max_entries(map_spec.max_entries)
         if map_spec.inner is not None:
             _configure_inner(spec, handle, map_spec, owned_fds)
 
@@ -225,7 +204,7 @@ _HASH_INNER_TYPES = frozenset({"hash", "percpu_hash", "lru_hash", "lru_percpu_ha
 
 
 def _configure_inner(
-    spec: CollectionSpec, handle: Any, outer: MapSpec, owned_fds: list[int]
+    spec: CollectionSpec, handle: native.BpfMap, outer: MapSpec, owned_fds: list[int]
 ) -> None:
     """Give a map-in-map an inner template matching the (possibly resized) maps put in it.
 
@@ -237,8 +216,8 @@ def _configure_inner(
     (it crashes), so when the size must change the loader creates the template itself and
     hands libbpf its fd.
     """
-    inner_handle = lib.bpf_map__inner_map(handle)
-    if inner_handle == ffi.NULL or outer.inner is None:
+    inner_handle = handle.inner_map()
+    if inner_handle is None or outer.inner is None:
         return
     if outer.inner.type in _HASH_INNER_TYPES:
         return
@@ -246,62 +225,48 @@ def _configure_inner(
     sizes = {spec.maps[m].max_entries for m in outer.initial_values.values() if m in spec.maps}
     if len(sizes) == 1:
         size = sizes.pop() or size
-    if not size or lib.bpf_map__max_entries(inner_handle) == size:
+    if not size or inner_handle.max_entries == size:
         return
-    opts = ffi.new("struct bpf_map_create_opts *")
-    opts.sz = ffi.sizeof("struct bpf_map_create_opts")
-    opts.map_flags = lib.bpf_map__map_flags(inner_handle)
-    fd = check(
-        lib.fkl_map_create(
-            lib.fkl_map_type(inner_handle),
-            b"fk_inner",
-            lib.bpf_map__key_size(inner_handle),
-            lib.bpf_map__value_size(inner_handle),
-            size,
-            opts,
-        ),
-        "bpf_map_create",
+    fd = native.map_create(
+        inner_handle.map_type,
+        "fk_inner",
+        inner_handle.key_size,
+        inner_handle.value_size,
+        size,
+        inner_handle.map_flags,
         f"inner map template of {outer.name!r}",
     )
     owned_fds.append(fd)
-    check(lib.bpf_map__set_inner_map_fd(handle, fd), "bpf_map__set_inner_map_fd", outer.name)
+    handle.set_inner_map_fd(fd, outer.name)
 
 
 # -- loaded objects ------------------------------------------------------------------------
 
 
-def _address(pointer: Any) -> int:
-    return int(ffi.cast("uintptr_t", pointer))
-
-
 class Collection:
     """Loaded programs and maps of one object. Close it (or use ``with``) to free them."""
 
-    def __init__(self, spec: CollectionSpec, obj: Any, buffer: Any, loaded: list[str]) -> None:
+    def __init__(self, spec: CollectionSpec, obj: native.BpfObject, loaded: list[str]) -> None:
         self.spec = spec
         self._obj = obj
-        self._buffer = buffer  # the image libbpf was opened from; kept for the object's life
-        self._closer = weakref.finalize(self, lib.bpf_object__close, obj)
+        self._closer = weakref.finalize(self, obj.close)
         self.programs: dict[str, Program] = {}
         self.maps: dict[str, Map] = {}
-        ncpus = _possible_cpus()
+        ncpus = native.num_possible_cpus()
         for name in loaded:
-            handle = lib.bpf_object__find_program_by_name(obj, name.encode())
+            handle = obj.find_program(name)
+            assert handle is not None  # found while configuring
             self.programs[name] = Program(self, handle, spec.programs[name].section)
         # libbpf names internal maps "<object>.<section>" (truncated); report section names.
         section_of: dict[int, str] = {}
         for name, map_spec in spec.maps.items():
             if map_spec.internal:
-                found = lib.bpf_object__find_map_by_name(obj, name.encode())
-                if found != ffi.NULL:
-                    section_of[_address(found)] = name
-        handle = lib.bpf_object__next_map(obj, ffi.NULL)
-        while handle != ffi.NULL:
-            name = (
-                section_of.get(_address(handle)) or ffi.string(lib.bpf_map__name(handle)).decode()
-            )
-            self.maps[name] = Map(self, handle, name, ncpus)
-            handle = lib.bpf_object__next_map(obj, handle)
+                found = obj.find_map(name)
+                if found is not None:
+                    section_of[found.address] = name
+        for map_handle in obj.maps():
+            name = section_of.get(map_handle.address) or map_handle.name
+            self.maps[name] = Map(self, map_handle, name, ncpus)
 
     @property
     def closed(self) -> bool:
@@ -335,13 +300,13 @@ class Collection:
 class Program:
     """A loaded program."""
 
-    def __init__(self, collection: Collection, handle: Any, section: str) -> None:
+    def __init__(self, collection: Collection, handle: native.BpfProgram, section: str) -> None:
         self._collection = collection
         self._handle = handle
-        self.name: str = ffi.string(lib.bpf_program__name(handle)).decode()
+        self.name: str = handle.name
         self.section = section
-        self.prog_type = prog_type_name(lib.fkl_program_type(handle))
-        attach = lib.fkl_program_expected_attach_type(handle)
+        self.prog_type = prog_type_name(handle.prog_type)
+        attach = handle.expected_attach_type
         spec = collection.spec.programs[self.name]
         self.attach_type: str | None = (
             attach_type_name(attach) if spec.attach_type is not None else None
@@ -351,7 +316,7 @@ class Program:
     def fd(self) -> int:
         """The program's file descriptor (owned by the collection)."""
         self._collection._check_open(f"program {self.name!r}")
-        return int(lib.bpf_program__fd(self._handle))
+        return self._handle.fd
 
     def test_run(
         self, data: bytes, repeat: int = 1, *, ctx: bytes | None = None
@@ -368,41 +333,19 @@ class Program:
         self, data: bytes, repeat: int = 1, *, ctx: bytes | None = None
     ) -> tuple[int, int, bytes]:
         """Like :meth:`test_run`, also returning the packet as the program left it."""
-        fd = self.fd
-        data_in = ffi.from_buffer(data)
-        data_out = ffi.new("char[]", len(data) + 256)
-        opts = ffi.new("struct bpf_test_run_opts *")
-        opts.sz = ffi.sizeof("struct bpf_test_run_opts")
-        opts.data_in = data_in
-        opts.data_size_in = len(data)
-        opts.data_out = data_out
-        opts.data_size_out = len(data) + 256
-        opts.repeat = repeat
-        ctx_in = None
-        if ctx is not None:
-            ctx_in = ffi.from_buffer(ctx)
-            opts.ctx_in = ctx_in
-            opts.ctx_size_in = len(ctx)
-        check(lib.bpf_prog_test_run_opts(fd, opts), "bpf_prog_test_run_opts", self.name)
-        return (
-            int(opts.retval),
-            int(opts.duration),
-            bytes(ffi.buffer(data_out, opts.data_size_out)),
-        )
+        return native.prog_test_run(self.fd, data, repeat, ctx, self.name)
 
     def info(self) -> dict[str, Any]:
         """The kernel's view: id, tag, name, type, run counters (if bpf_stats is on)."""
-        info = ffi.new("struct bpf_prog_info *")
-        length = ffi.new("uint32_t *", ffi.sizeof("struct bpf_prog_info"))
-        check(lib.bpf_obj_get_info_by_fd(self.fd, info, length), "bpf_obj_get_info_by_fd")
+        info = native.prog_info(self.fd)
         return {
-            "id": int(info.id),
+            "id": info.id,
             "type": prog_type_name(info.type),
-            "tag": bytes(ffi.buffer(info.tag, 8)).hex(),
-            "name": ffi.string(info.name).decode(),
-            "xlated_len": int(info.xlated_prog_len),
-            "run_cnt": int(info.run_cnt),
-            "run_time_ns": int(info.run_time_ns),
+            "tag": info.tag.hex(),
+            "name": info.name,
+            "xlated_len": info.xlated_len,
+            "run_cnt": info.run_cnt,
+            "run_time_ns": info.run_time_ns,
         }
 
     def __repr__(self) -> str:
@@ -417,15 +360,17 @@ class Map:
     (:attr:`value_stride` bytes in all).
     """
 
-    def __init__(self, collection: Collection, handle: Any, name: str, ncpus: int) -> None:
+    def __init__(
+        self, collection: Collection, handle: native.BpfMap, name: str, ncpus: int
+    ) -> None:
         self._collection = collection
         self._handle = handle
         self.name = name
-        self.type = map_type_name(lib.fkl_map_type(handle))
-        self.key_size = int(lib.bpf_map__key_size(handle))
-        self.value_size = int(lib.bpf_map__value_size(handle))
-        self.max_entries = int(lib.bpf_map__max_entries(handle))
-        self.flags = int(lib.bpf_map__map_flags(handle))
+        self.type = map_type_name(handle.map_type)
+        self.key_size = handle.key_size
+        self.value_size = handle.value_size
+        self.max_entries = handle.max_entries
+        self.flags = handle.map_flags
         self.ncpus = ncpus if self.type in _PERCPU_MAP_TYPES else 1
         if self.percpu:
             self.value_stride = (self.value_size + 7) // 8 * 8 * self.ncpus
@@ -441,23 +386,18 @@ class Map:
     def fd(self) -> int:
         """The map's file descriptor (owned by the collection)."""
         self._collection._check_open(f"map {self.name!r}")
-        return int(lib.bpf_map__fd(self._handle))
+        return self._handle.fd
 
-    def _key(self, key: bytes | int) -> Any:
+    def _key(self, key: bytes | int) -> bytes:
         if isinstance(key, int):
             key = key.to_bytes(self.key_size, "little")
         if len(key) != self.key_size:
             raise LoaderError(f"map {self.name!r}: keys are {self.key_size} bytes, got {len(key)}")
-        return ffi.from_buffer(key)
+        return bytes(key)
 
     def lookup(self, key: bytes | int) -> bytes | None:
         """The value for ``key``, or ``None`` if absent."""
-        value = ffi.new("char[]", max(self.value_stride, 1))
-        rc = lib.bpf_map_lookup_elem(self.fd, self._key(key), value)
-        if rc == -errno_module.ENOENT:
-            return None
-        check(rc, "bpf_map_lookup_elem", self.name)
-        return bytes(ffi.buffer(value, self.value_stride))
+        return native.map_lookup(self.fd, self._key(key), self.value_stride, self.name)
 
     def update(self, key: bytes | int, value: bytes, flags: int = 0) -> None:
         """Create or replace an element (``flags``: BPF_ANY=0, BPF_NOEXIST=1, BPF_EXIST=2)."""
@@ -465,32 +405,18 @@ class Map:
             raise LoaderError(
                 f"map {self.name!r}: values are {self.value_stride} bytes, got {len(value)}"
             )
-        check(
-            lib.bpf_map_update_elem(self.fd, self._key(key), ffi.from_buffer(value), flags),
-            "bpf_map_update_elem",
-            self.name,
-        )
+        native.map_update(self.fd, self._key(key), bytes(value), flags, self.name)
 
     def delete(self, key: bytes | int) -> bool:
         """Delete ``key``; False if it was absent."""
-        rc = lib.bpf_map_delete_elem(self.fd, self._key(key))
-        if rc == -errno_module.ENOENT:
-            return False
-        check(rc, "bpf_map_delete_elem", self.name)
-        return True
+        return native.map_delete(self.fd, self._key(key), self.name)
 
     def keys(self) -> Iterator[bytes]:
         """Iterate over keys with BPF_MAP_GET_NEXT_KEY (entries may change meanwhile)."""
-        current = ffi.NULL
-        following = ffi.new("char[]", max(self.key_size, 1))
-        while True:
-            rc = lib.bpf_map_get_next_key(self.fd, current, following)
-            if rc == -errno_module.ENOENT:
-                return
-            check(rc, "bpf_map_get_next_key", self.name)
-            key = bytes(ffi.buffer(following, self.key_size))
+        key = native.map_next_key(self.fd, None, self.key_size, self.name)
+        while key is not None:
             yield key
-            current = ffi.new("char[]", key)
+            key = native.map_next_key(self.fd, key, self.key_size, self.name)
 
     def items(self) -> Iterator[tuple[bytes, bytes]]:
         """Iterate over (key, value) pairs; keys deleted meanwhile are skipped."""
@@ -505,50 +431,21 @@ class Map:
         Returns ``(keys, values)``: the keys concatenated (``key_size`` bytes each) and the
         values concatenated (:attr:`value_stride` bytes each), in the same order.
         """
-        fd = self.fd
-        keys_out = bytearray()
-        values_out = bytearray()
-        token_size = max(self.key_size, 8)
-        token_in = ffi.new("char[]", token_size)
-        token_out = ffi.new("char[]", token_size)
-        count = ffi.new("uint32_t *")
-        opts = ffi.new("struct bpf_map_batch_opts *")
-        opts.sz = ffi.sizeof("struct bpf_map_batch_opts")
-        first = True
-        while True:
-            keys = ffi.new("char[]", self.key_size * batch_size)
-            values = ffi.new("char[]", self.value_stride * batch_size)
-            count[0] = batch_size
-            rc = lib.bpf_map_lookup_and_delete_batch(
-                fd, ffi.NULL if first else token_in, token_out, keys, values, count, opts
-            )
-            got = int(count[0])
-            if got:
-                keys_out += ffi.buffer(keys, got * self.key_size)
-                values_out += ffi.buffer(values, got * self.value_stride)
-            if rc == -errno_module.ENOENT:
-                break
-            if rc == -errno_module.ENOSPC and got == 0:
-                batch_size *= 2  # one hash bucket holds more entries than the batch
-                continue
-            check(rc, "bpf_map_lookup_and_delete_batch", self.name)
-            ffi.memmove(token_in, token_out, token_size)
-            first = False
-        return bytes(keys_out), bytes(values_out)
+        return native.map_lookup_and_delete_batch(
+            self.fd, self.key_size, self.value_stride, batch_size, self.name
+        )
 
     def info(self) -> dict[str, Any]:
         """The kernel's view of the map: id, type, sizes, flags, name."""
-        info = ffi.new("struct bpf_map_info *")
-        length = ffi.new("uint32_t *", ffi.sizeof("struct bpf_map_info"))
-        check(lib.bpf_obj_get_info_by_fd(self.fd, info, length), "bpf_obj_get_info_by_fd")
+        info = native.map_info(self.fd)
         return {
-            "id": int(info.id),
+            "id": info.id,
             "type": map_type_name(info.type),
-            "key_size": int(info.key_size),
-            "value_size": int(info.value_size),
-            "max_entries": int(info.max_entries),
-            "flags": int(info.map_flags),
-            "name": ffi.string(info.name).decode(),
+            "key_size": info.key_size,
+            "value_size": info.value_size,
+            "max_entries": info.max_entries,
+            "flags": info.flags,
+            "name": info.name,
         }
 
     def __repr__(self) -> str:

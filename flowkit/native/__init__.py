@@ -19,13 +19,6 @@ Calls are per batch, never per flow: the facade adds one Python call to each.
 
 from __future__ import annotations
 
-from typing import Any
-
-from flowkit.native import _lib
 from flowkit.native._lib import NativeError, check
 
-__all__ = ["NativeError", "check", "ffi", "lib"]
-
-# Untyped access for the call sites not yet moved behind the facade (being removed).
-ffi: Any = _lib.ffi
-lib: Any = _lib.lib
+__all__ = ["NativeError", "check"]

@@ -50,6 +50,8 @@ NULL: CData = ffi.NULL
 class NativeError(OSError):
     """A native call failed; ``call`` names it and ``errno`` says why."""
 
+    errno: int
+
     def __init__(self, call: str, err: int, detail: str = "") -> None:
         message = f"{call} failed: {os.strerror(err)} (errno {errno.errorcode.get(err, err)})"
         if detail:
