@@ -29,12 +29,12 @@ from pathlib import Path
 from typing import Any, cast
 
 import numpy as np
-from flowkit.native.libbpf import map_update_batch
 
 from flowkit.accounting import FlowTable, KernelDrainer
 from flowkit.components import KernelMaps, Tracer
-from flowkit.model import RECORD_DTYPE, VALUE_DTYPE, FlowArray
+from flowkit.model import KEY_DTYPE, RECORD_DTYPE, VALUE_DTYPE, FlowArray
 from flowkit.native import flows as native_flows
+from flowkit.native.libbpf import map_update_batch
 from flowkit_plugins.native_accounter import NativeAccounter
 from flowkit_plugins.python_accounter import PythonAccounter
 
@@ -91,8 +91,9 @@ class HandMadeMaps:
 
     def __init__(self, max_entries: int) -> None:
         self.fds: list[int] = []
-        map0 = self._create(BPF_MAP_TYPE_PERCPU_HASH, 60, VALUE_DTYPE.itemsize, max_entries, -1)
-        map1 = self._create(BPF_MAP_TYPE_PERCPU_HASH, 60, VALUE_DTYPE.itemsize, max_entries, -1)
+        key, value = KEY_DTYPE.itemsize, VALUE_DTYPE.itemsize
+        map0 = self._create(BPF_MAP_TYPE_PERCPU_HASH, key, value, max_entries, -1)
+        map1 = self._create(BPF_MAP_TYPE_PERCPU_HASH, key, value, max_entries, -1)
         selector = self._create(BPF_MAP_TYPE_ARRAY_OF_MAPS, 4, 4, 1, map0)
         self.ncpus = native_flows.possible_cpus()
         self.maps = KernelMaps(selector, (map0, map1), -1, -1, max_entries, self.ncpus)
