@@ -20,7 +20,7 @@ from test_native_drain import FRAME_LEN, udp_frame
 from flowkit.accounting import KernelDrainer, RingBufferReader, read_kernel_counters
 from flowkit.components import KernelMaps
 from flowkit.ebpf import CollectionSpec
-from flowkit.native import lib
+from flowkit.native._lib import lib
 from flowkit_plugins.ebpf_tracer import MAP_CACHE_SELECTOR, MAP_CACHES, default_object_path
 
 pytestmark = pytest.mark.integration
