@@ -32,6 +32,8 @@ reuse the copied buffers (``direction_name``, ``proto_name``) or shared buffers 
 from __future__ import annotations
 
 import functools
+import threading
+import weakref
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -214,6 +216,53 @@ def _aligned(nbytes: int) -> int:
     return -(-nbytes // _ALIGN) * _ALIGN
 
 
+class _Lease:
+    """The owner Arrow keeps alive while it uses a recycled buffer (see :class:`_Recycler`)."""
+
+    __slots__ = ("__weakref__",)
+
+
+class _Recycler:
+    """Output memory of :func:`to_arrow`, reused once Arrow no longer references it.
+
+    Memory fresh from the allocator costs a page fault per 4 KiB on its first write, which is
+    more than the copy into it; allocators return freed blocks of this size to the system
+    within milliseconds, so every batch would pay that again. A block handed out is wrapped in
+    a ``pyarrow.foreign_buffer`` whose owner (a :class:`_Lease`) lives as long as any Arrow
+    array over it, in this process or exported through the C data interface; when the owner
+    goes, the block comes back here. At most ``keep`` blocks totalling ``max_bytes`` are kept.
+    """
+
+    def __init__(self, keep: int = 4, max_bytes: int = 256 << 20) -> None:
+        self._keep = keep
+        self._max_bytes = max_bytes
+        self._free: list[np.ndarray[Any, Any]] = []
+        self._lock = threading.Lock()
+
+    def buffer(self, pa: Any, nbytes: int) -> Any:
+        """A writable Arrow buffer of ``nbytes`` (contents undefined)."""
+        block = None
+        with self._lock:
+            fits = [i for i, b in enumerate(self._free)
+                    if nbytes <= b.nbytes <= 2 * nbytes + (1 << 20)]
+            if fits:
+                block = self._free.pop(min(fits, key=lambda i: self._free[i].nbytes))
+        if block is None:
+            block = np.empty(nbytes, dtype=np.uint8)
+        lease = _Lease()
+        weakref.finalize(lease, self._give_back, block)
+        return pa.foreign_buffer(block.ctypes.data, nbytes, base=lease)
+
+    def _give_back(self, block: np.ndarray[Any, Any]) -> None:
+        with self._lock:
+            self._free.append(block)
+            self._free.sort(key=lambda b: -b.nbytes)
+            while len(self._free) > self._keep or \
+                    sum(b.nbytes for b in self._free) > self._max_bytes:
+                self._free.pop(0)  # the largest
+
+
+_recycler = _Recycler()
 _zeros: Any = None
 
 
@@ -270,14 +319,14 @@ def to_arrow(batch: FlowBatch) -> pa.RecordBatch:
     n = len(array)
     columns, types = plan.columns, plan.types
     dictionary, keys, values = _interface_map(batch.interfaces)
-    # One allocation from Arrow's memory pool (reused without new page faults once freed) for
-    # the core columns and the interface indices, each starting on a 64-byte boundary.
+    # One block (recycled: no page faults) for the core columns and the interface indices,
+    # each starting on a 64-byte boundary.
     starts = {}
     total = 0
     for i in plan.core:
         starts[i] = total
         total += _aligned(columns[i].width * n)
-    buffer = pa.allocate_buffer(max(total + _aligned(4 * n), _ALIGN))
+    buffer = _recycler.buffer(pa, max(total + _aligned(4 * n), _ALIGN))
     base = buffer.address
     gates = 0
     if n:
@@ -290,7 +339,7 @@ def to_arrow(batch: FlowBatch) -> pa.RecordBatch:
         for i in plan.features:
             feature_starts[i] = feature_total
             feature_total += _aligned(columns[i].width * n)
-        extra = pa.allocate_buffer(feature_total)
+        extra = _recycler.buffer(pa, feature_total)
         gather_columns(array, extra.address, [(columns[i].offset, columns[i].width,
                                                feature_starts[i]) for i in plan.features])
         data.update({i: extra.slice(feature_starts[i], columns[i].width * n)

@@ -265,3 +265,22 @@ def test_interfaces_in_other_namespaces_are_named_by_their_key() -> None:
              interface_key(3, 0): "eth1", interface_key(9, 0): "eth9"}
     table = FlowBatch(batch.array, names).to_arrow()
     assert table.column("interface").to_pylist() == ["eth0", "veth-a", "eth1", "veth-a", ""]
+
+
+def test_output_memory_is_reused_only_after_arrow_let_go_of_it() -> None:
+    import gc
+
+    first, second = random_batch(3000, seed=1), random_batch(3000, seed=2)
+    kept = first.to_arrow()
+    address = kept.column("bytes").buffers()[1].address
+    for _ in range(3):  # while `kept` lives, its memory is never handed out again
+        other = second.to_arrow()
+        assert other.column("bytes").buffers()[1].address != address
+        del other
+    assert kept.column("bytes").to_pylist() == first.array["bytes"].tolist()
+    del kept
+    gc.collect()
+    addresses = set()
+    for _ in range(3):  # now the blocks come back instead of fresh memory
+        addresses.add(second.to_arrow().column("bytes").buffers()[1].address)
+    assert len(addresses) == 1
