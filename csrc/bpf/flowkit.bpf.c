@@ -25,124 +25,11 @@
  * bpf_skb_load_bytes of a fixed header window; IPv4 options and IPv6 extension headers take one
  * extra load each.
  *
- * The UAPI headers are not included on purpose: <linux/types.h> needs <asm/types.h>, which is
- * not on the include path of `-target bpf` on Debian. The few UAPI definitions used are below;
- * their values are fixed by the kernel ABI.
+ * Types, UAPI definitions and kernel (CO-RE) types shared with the probes: csrc/bpf/kernel.h.
  */
 
-typedef unsigned char __u8;
-typedef unsigned short __u16;
-typedef unsigned int __u32;
-typedef unsigned long long __u64;
-typedef signed char __s8;
-typedef short __s16;
-typedef int __s32;
-typedef long long __s64;
-typedef __u16 __be16;
-typedef __u32 __be32;
-typedef __u64 __be64;
-typedef __u32 __wsum;
-
-#include <bpf/bpf_core_read.h>
-#include <bpf/bpf_helpers.h>
-
+#include "bpf/kernel.h"
 #include "flow.h"
-
-/* ---- UAPI subset (linux/bpf.h, linux/pkt_cls.h, linux/if_ether.h, linux/in.h) ---- */
-
-enum {
-    BPF_MAP_TYPE_PERCPU_HASH = 5,
-    BPF_MAP_TYPE_PERCPU_ARRAY = 6,
-    BPF_MAP_TYPE_LRU_HASH = 9,
-    BPF_MAP_TYPE_LPM_TRIE = 11,
-    BPF_MAP_TYPE_ARRAY_OF_MAPS = 12,
-    BPF_MAP_TYPE_RINGBUF = 27,
-};
-
-#define BPF_ANY 0
-#define BPF_NOEXIST 1
-#define BPF_F_NO_PREALLOC 1
-#define ENOENT 2
-#define E2BIG 7
-#define TC_ACT_UNSPEC (-1) /* == TCX_NEXT: continue with the next filter / program */
-
-/* The leading fields of struct __sk_buff, up to data_end; their offsets are ABI. */
-struct __sk_buff {
-    __u32 len;
-    __u32 pkt_type;
-    __u32 mark;
-    __u32 queue_mapping;
-    __u32 protocol;
-    __u32 vlan_present;
-    __u32 vlan_tci;
-    __u32 vlan_proto;
-    __u32 priority;
-    __u32 ingress_ifindex;
-    __u32 ifindex;
-    __u32 tc_index;
-    __u32 cb[5];
-    __u32 hash;
-    __u32 tc_classid;
-    __u32 data;
-    __u32 data_end;
-};
-
-/* ---- kernel types read with CO-RE (the tracing programs of ENABLE_PKT_DROPS and ENABLE_RTT,
- * and NETWORK_NAMESPACES in the TC programs) ----
- * Only the fields used are declared; preserve_access_index makes libbpf relocate every access
- * to the running kernel's layout (CO-RE, from /sys/kernel/btf/vmlinux). */
-struct ns_common {
-    unsigned int inum;
-} __attribute__((preserve_access_index));
-
-struct net {
-    struct ns_common ns;
-} __attribute__((preserve_access_index));
-
-typedef struct {
-    struct net *net;
-} possible_net_t;
-
-struct net_device {
-    int ifindex;
-    possible_net_t nd_net;
-} __attribute__((preserve_access_index));
-
-struct sock_common {
-    volatile unsigned char skc_state;
-    possible_net_t skc_net;
-} __attribute__((preserve_access_index));
-
-struct sock {
-    struct sock_common __sk_common;
-} __attribute__((preserve_access_index));
-
-struct tcp_sock {
-    __u32 srtt_us; /* smoothed RTT in microseconds, << 3 */
-} __attribute__((preserve_access_index));
-
-struct dst_entry {
-    struct net_device *dev;
-} __attribute__((preserve_access_index));
-
-struct sk_buff {
-    struct net_device *dev;
-    unsigned long _skb_refdst; /* struct dst_entry *, bit 0: SKB_DST_NOREF */
-    struct sock *sk;
-    int skb_iif;
-    unsigned int len;
-    __be16 protocol;
-    __u16 transport_header;
-    __u16 network_header;
-    unsigned char *head;
-} __attribute__((preserve_access_index));
-
-/* The two values of enum skb_drop_reason that are not drops; their numbers are read from the
- * kernel's BTF at load time (bpf_core_enum_value). */
-enum skb_drop_reason {
-    SKB_NOT_DROPPED_YET = 0,
-    SKB_CONSUMED = 1,
-};
 
 #define ETH_HLEN 14
 #define ETH_P_IP 0x0800
@@ -201,6 +88,28 @@ extern void *bpf_cast_to_kern_ctx(void *) __ksym __weak;
 
 /* ---- maps ---- */
 
+/* Two maps of one kind and the array of maps whose slot 0 names the one the programs use (the
+ * first at load). The drainer points the slot at the other map and empties the old one once no
+ * program can still be using it (csrc/native/kernel_drain.c). */
+#define DOUBLE_BUFFERED(kind, first, second, selector)                                           \
+    struct kind first SEC(".maps");                                                              \
+    struct kind second SEC(".maps");                                                             \
+    struct {                                                                                     \
+        __uint(type, BPF_MAP_TYPE_ARRAY_OF_MAPS);                                                \
+        __uint(max_entries, 1);                                                                  \
+        __type(key, __u32);                                                                      \
+        __array(values, struct kind);                                                            \
+    } selector SEC(".maps") = {                                                                  \
+        .values = {[0] = &first},                                                                \
+    }
+
+/* The map a selector names now (NULL only if its slot is empty). */
+static __always_inline void *selected(void *selector)
+{
+    __u32 zero = 0;
+    return bpf_map_lookup_elem(selector, &zero);
+}
+
 /* Sized by CACHE_MAX_FLOWS before load (both maps get the same size). */
 struct fk_flow_map {
     __uint(type, BPF_MAP_TYPE_PERCPU_HASH);
@@ -209,17 +118,7 @@ struct fk_flow_map {
     __type(value, struct fk_flow_value);
 };
 
-struct fk_flow_map flows_a SEC(".maps");
-struct fk_flow_map flows_b SEC(".maps");
-
-struct {
-    __uint(type, BPF_MAP_TYPE_ARRAY_OF_MAPS);
-    __uint(max_entries, 1);
-    __type(key, __u32);
-    __array(values, struct fk_flow_map);
-} flow_selector SEC(".maps") = {
-    .values = {[0] = &flows_a},
-};
+DOUBLE_BUFFERED(fk_flow_map, flows_a, flows_b, flow_selector);
 
 /* The flow cache: per CPU, FK_FLOW_CACHE_SLOTS slots each holding one flow's key and the
  * packets of it not yet added to the flow map; double-buffered behind `cache_selector`, which
@@ -231,17 +130,7 @@ struct fk_cache_map {
     __type(value, struct fk_flow_event);
 };
 
-struct fk_cache_map cache_a SEC(".maps");
-struct fk_cache_map cache_b SEC(".maps");
-
-struct {
-    __uint(type, BPF_MAP_TYPE_ARRAY_OF_MAPS);
-    __uint(max_entries, 1);
-    __type(key, __u32);
-    __array(values, struct fk_cache_map);
-} cache_selector SEC(".maps") = {
-    .values = {[0] = &cache_a},
-};
+DOUBLE_BUFFERED(fk_cache_map, cache_a, cache_b, cache_selector);
 
 struct {
     __uint(type, BPF_MAP_TYPE_RINGBUF);
@@ -257,17 +146,7 @@ struct fk_extra_map {
     __type(value, struct fk_flow_extra);
 };
 
-struct fk_extra_map extras_a SEC(".maps");
-struct fk_extra_map extras_b SEC(".maps");
-
-struct {
-    __uint(type, BPF_MAP_TYPE_ARRAY_OF_MAPS);
-    __uint(max_entries, 1);
-    __type(key, __u32);
-    __array(values, struct fk_extra_map);
-} extra_selector SEC(".maps") = {
-    .values = {[0] = &extras_a},
-};
+DOUBLE_BUFFERED(fk_extra_map, extras_a, extras_b, extra_selector);
 
 /* DNS queries waiting for their response: the query's addresses, ports, protocol and id ->
  * the time it was seen. LRU: unanswered queries make room for new ones. Sized by the tracer
@@ -591,8 +470,7 @@ static __always_inline int parse_copied(struct __sk_buff *skb, struct fk_parse *
  * NULL (counted) when the map is full. */
 static __always_inline struct fk_flow_extra *extra_for(const struct fk_flow_key *key, __u64 now)
 {
-    __u32 zero = 0;
-    void *extras = bpf_map_lookup_elem(&extra_selector, &zero);
+    void *extras = selected(&extra_selector);
     if (!extras)
         return 0;
     struct fk_flow_extra *x = bpf_map_lookup_elem(extras, key);
@@ -838,8 +716,7 @@ static __always_inline void skb_flow(struct sk_buff *skb, struct fk_parse *p)
         if (refdst)
             dev = BPF_CORE_READ((struct dst_entry *)refdst, dev, ifindex);
     }
-    __u32 zero = 0;
-    void *flows = bpf_map_lookup_elem(&flow_selector, &zero);
+    void *flows = selected(&flow_selector);
     if (iif) {
         p->key.if_index = iif;
         p->key.direction = FK_DIRECTION_INGRESS;
@@ -960,27 +837,53 @@ static __always_inline void set_macs(struct fk_flow_value *v, const struct fk_pa
     st32(v->src_mac + 8, ld32(p->src_mac + 8));
 }
 
-static __always_inline void to_ringbuf(struct fk_parse *p, __u64 len, __u64 now,
-                                       __u32 flow_sampling)
+/* A flow value holding one packet. */
+static __always_inline void first_packet(struct fk_flow_value *v, const struct fk_parse *p,
+                                         __u64 len, __u64 now, __u32 flow_sampling)
+{
+    v->packets = 1;
+    v->bytes = len;
+    v->first_ns = now;
+    v->last_ns = now;
+    v->flags = p->flags;
+    v->dscp = p->dscp;
+    v->pad = 0;
+    v->sampling = flow_sampling;
+    set_macs(v, p);
+    v->pad2 = 0;
+}
+
+/* One more packet into a flow value. */
+static __always_inline void next_packet(struct fk_flow_value *v, const struct fk_parse *p,
+                                        __u64 len, __u64 now)
+{
+    v->packets += 1;
+    v->bytes += len;
+    v->last_ns = now;
+    v->flags |= p->flags;
+    v->dscp = p->dscp;
+}
+
+static __always_inline void count_n(__u32 index, __u64 n)
+{
+    __u64 *value = bpf_map_lookup_elem(&counters, &index);
+    if (value)
+        *value += n;
+}
+
+/* Packets of a flow that found the flow map full: one ring buffer record. */
+static __always_inline void to_ringbuf(const struct fk_flow_key *key,
+                                       const struct fk_flow_value *value)
 {
     struct fk_flow_event *rec = bpf_ringbuf_reserve(&flow_events, sizeof(*rec), 0);
     if (!rec) {
-        count(FK_COUNTER_RINGBUF_LOST);
+        count_n(FK_COUNTER_RINGBUF_LOST, value->packets);
         return;
     }
-    rec->key = p->key;
-    set_macs(&rec->value, p);
-    rec->value.pad2 = 0;
-    rec->value.packets = 1;
-    rec->value.bytes = len;
-    rec->value.first_ns = now;
-    rec->value.last_ns = now;
-    rec->value.flags = p->flags;
-    rec->value.dscp = p->dscp;
-    rec->value.pad = 0;
-    rec->value.sampling = flow_sampling;
+    rec->key = *key;
+    rec->value = *value;
     bpf_ringbuf_submit(rec, 0);
-    count(FK_COUNTER_RINGBUF_RECORDS);
+    count_n(FK_COUNTER_RINGBUF_RECORDS, value->packets);
 }
 
 /* ---- the flow cache (flow_cache = 1) ----
@@ -1014,20 +917,12 @@ static __always_inline int keys_equal(const struct fk_flow_key *a, const struct 
             (x[5] ^ y[5])) == 0;
 }
 
-static __always_inline void count_n(__u32 index, __u64 n)
-{
-    __u64 *value = bpf_map_lookup_elem(&counters, &index);
-    if (value)
-        *value += n;
-}
-
 /* Add the packets of a cache slot to the flow map (creating the flow), or to the ring buffer
  * when the map is full. */
 static __always_inline void flush_slot(const struct fk_flow_event *c)
 {
     const struct fk_flow_value *add = &c->value;
-    __u32 zero = 0;
-    void *flows = bpf_map_lookup_elem(&flow_selector, &zero);
+    void *flows = selected(&flow_selector);
     if (!flows) {
         count_n(FK_COUNTER_NO_MAP, add->packets);
         return;
@@ -1051,14 +946,7 @@ static __always_inline void flush_slot(const struct fk_flow_event *c)
     }
     long err = bpf_map_update_elem(flows, &c->key, add, BPF_ANY);
     if (err == -E2BIG) {
-        struct fk_flow_event *rec = bpf_ringbuf_reserve(&flow_events, sizeof(*rec), 0);
-        if (!rec) {
-            count_n(FK_COUNTER_RINGBUF_LOST, add->packets);
-            return;
-        }
-        *rec = *c;
-        bpf_ringbuf_submit(rec, 0);
-        count_n(FK_COUNTER_RINGBUF_RECORDS, add->packets);
+        to_ringbuf(&c->key, add);
     } else if (err) {
         count_n(FK_COUNTER_UPDATE_FAILED, add->packets);
     }
@@ -1069,8 +957,7 @@ static __always_inline void flush_slot(const struct fk_flow_event *c)
 static __always_inline int account_cached(struct __sk_buff *skb, const struct fk_parse *p,
                                           __u64 len, __u32 flow_sampling)
 {
-    __u32 zero = 0;
-    void *cache = bpf_map_lookup_elem(&cache_selector, &zero);
+    void *cache = selected(&cache_selector);
     if (!cache)
         return 0;
     __u32 slot = cache_slot(&p->key);
@@ -1096,11 +983,7 @@ static __always_inline int account_cached(struct __sk_buff *skb, const struct fk
                         now = c->value.last_ns;
                 }
             }
-            c->value.packets += 1;
-            c->value.bytes += len;
-            c->value.last_ns = now;
-            c->value.flags |= p->flags;
-            c->value.dscp = p->dscp;
+            next_packet(&c->value, p, len, now);
             return 1;
         }
         c->value.pad2 = 0;
@@ -1108,15 +991,7 @@ static __always_inline int account_cached(struct __sk_buff *skb, const struct fk
     }
     __u64 now = packet_time(skb, 1, 0);
     c->key = p->key;
-    c->value.packets = 1;
-    c->value.bytes = len;
-    c->value.first_ns = now;
-    c->value.last_ns = now;
-    c->value.flags = p->flags;
-    c->value.dscp = p->dscp;
-    c->value.pad = 0;
-    c->value.sampling = flow_sampling;
-    set_macs(&c->value, p);
+    first_packet(&c->value, p, len, now, flow_sampling);
     c->value.pad2 = (__u32)bpf_jiffies64();
     return 1;
 }
@@ -1167,8 +1042,7 @@ static __always_inline int account(struct __sk_buff *skb, __u8 direction, const 
     __u64 len = replay ? replay_word(skb, FK_REPLAY_CB_LEN) : skb->len;
     if (!replay && flow_cache && account_cached(skb, &p, len, flow_sampling))
         return TC_ACT_UNSPEC;
-    __u32 zero = 0;
-    void *flows = bpf_map_lookup_elem(&flow_selector, &zero);
+    void *flows = selected(&flow_selector);
     if (!flows) {
         count(FK_COUNTER_NO_MAP);
         return TC_ACT_UNSPEC;
@@ -1189,32 +1063,18 @@ static __always_inline int account(struct __sk_buff *skb, __u8 direction, const 
             if (now < v->first_ns)
                 now = v->first_ns;
         }
-        v->packets += 1;
-        v->bytes += len;
-        v->last_ns = now;
-        v->flags |= p.flags;
-        v->dscp = p.dscp;
+        next_packet(v, &p, len, now);
         return TC_ACT_UNSPEC;
     }
 
     now = packet_time(skb, 1, replay);
-    struct fk_flow_value fresh = {
-        .packets = 1,
-        .bytes = len,
-        .first_ns = now,
-        .last_ns = now,
-        .flags = p.flags,
-        .dscp = p.dscp,
-        .pad = 0,
-        .sampling = flow_sampling,
-        .pad2 = 0,
-    };
-    set_macs(&fresh, &p);
+    struct fk_flow_value fresh;
+    first_packet(&fresh, &p, len, now, flow_sampling);
     /* BPF_ANY: if another CPU created the entry meanwhile, this writes only our CPU's slot,
      * which was zero. */
     long err = bpf_map_update_elem(flows, &p.key, &fresh, BPF_ANY);
     if (err == -E2BIG)
-        to_ringbuf(&p, len, now, flow_sampling);
+        to_ringbuf(&p.key, &fresh);
     else if (err)
         count(FK_COUNTER_UPDATE_FAILED);
     return TC_ACT_UNSPEC;

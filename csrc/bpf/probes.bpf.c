@@ -10,47 +10,7 @@
  * feature; the libbpf/verifier error of one that does not says why. They are never attached.
  */
 
-typedef unsigned char __u8;
-typedef unsigned short __u16;
-typedef unsigned int __u32;
-typedef unsigned long long __u64;
-typedef signed char __s8;
-typedef short __s16;
-typedef int __s32;
-typedef long long __s64;
-typedef __u16 __be16;
-typedef __u32 __be32;
-typedef __u64 __be64;
-typedef __u32 __wsum;
-
-#include <bpf/bpf_helpers.h>
-
-#define BPF_MAP_TYPE_HASH 1
-#define BPF_MAP_TYPE_LPM_TRIE 11
-#define BPF_F_NO_PREALLOC 1
-#define TC_ACT_UNSPEC (-1)
-
-struct __sk_buff;
-
-/* Kernel types, relocated by name against the running kernel's BTF (CO-RE). */
-struct ns_common {
-    unsigned int inum;
-} __attribute__((preserve_access_index));
-struct net {
-    struct ns_common ns;
-} __attribute__((preserve_access_index));
-typedef struct {
-    struct net *net;
-} possible_net_t;
-struct net_device {
-    possible_net_t nd_net;
-} __attribute__((preserve_access_index));
-struct sk_buff {
-    struct net_device *dev;
-} __attribute__((preserve_access_index));
-struct tcp_sock {
-    __u32 srtt_us;
-} __attribute__((preserve_access_index));
+#include "bpf/kernel.h"
 
 extern void *bpf_cast_to_kern_ctx(void *) __ksym;
 
