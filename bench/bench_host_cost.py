@@ -29,6 +29,7 @@ Prints one JSON object. Everything it creates (namespaces, veths, processes) is 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import re
@@ -47,7 +48,12 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests" / "integration"))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from bench_rate import cpu_seconds, pmacct_pids  # noqa: E402
+from bench_rate import pmacctd  # noqa: E402
+from measure import (  # noqa: E402
+    alternating_windows,
+    process_cpu_seconds,
+    rotating_rounds,
+)
 from netns import AgentRun, Pair, flow_totals, sh  # noqa: E402
 
 SENDER_CPU = "1"
@@ -80,7 +86,7 @@ def trafgen(pair: Pair, seconds: float, cfg: Path) -> tuple[int, float]:
            *left.ns.cmd("trafgen", "--dev", left.ifname, "--conf", str(cfg), "--cpu",
                         SENDER_CPU, "-q")]
     soft = ksoftirqd(SENDER_CPU)
-    soft_before = cpu_seconds(soft)
+    soft_before = process_cpu_seconds(soft)
     with tempfile.TemporaryFile("w+") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
         _pid, _status, usage = os.wait4(proc.pid, 0)
@@ -90,7 +96,7 @@ def trafgen(pair: Pair, seconds: float, cfg: Path) -> tuple[int, float]:
     match = re.search(r"(\d+) packets outgoing", text)
     if not match:
         raise RuntimeError(text)
-    sender_cpu = usage.ru_utime + usage.ru_stime + cpu_seconds(soft) - soft_before
+    sender_cpu = usage.ru_utime + usage.ru_stime + process_cpu_seconds(soft) - soft_before
     return int(match.group(1)), sender_cpu
 
 
@@ -110,36 +116,20 @@ def collector(kind: str, pair: Pair, workdir: Path) -> Iterator[tuple[list[int],
             yield [agent.proc.pid], agent
         return
     if kind == "pmacctd":
-        conf = workdir / "pmacctd.conf"
-        conf.write_text(
-            "daemonize: false\n"
-            f"pcap_interface: {right.ifname}\n"
-            "plugins: print\n"
-            "aggregate: src_mac,dst_mac,src_host,dst_host,src_port,dst_port,proto\n"
-            "print_output: json\n"
-            f"print_output_file: {workdir / 'pmacct.json'}\n"
-            "print_refresh_time: 1\n"
-        )
-        proc = right.ns.popen(["taskset", "-c", "0", "pmacctd", "-f", str(conf)],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        try:
-            time.sleep(2)  # pcap socket open
-            yield pmacct_pids(right.ns), None
-        finally:
-            proc.terminate()
-            proc.wait(10)
+        with pmacctd(right, workdir) as pids:
+            yield pids, None
         return
     raise SystemExit(f"unknown collector {kind!r}")
 
 
 def one_run(kind: str, seconds: float, workdir: Path) -> dict[str, Any]:
     with Pair.create("fkBh") as pair, collector(kind, pair, workdir) as (pids, agent):
-        cpu_before = cpu_seconds(pids)
+        cpu_before = process_cpu_seconds(pids)
         start = time.monotonic()
         sent, sender_cpu = trafgen(pair, seconds, workdir / "rate.cfg")
         elapsed = time.monotonic() - start
         time.sleep(1.5)  # the collector's last period
-        cpu = cpu_seconds(pids) - cpu_before
+        cpu = process_cpu_seconds(pids) - cpu_before
         out: dict[str, Any] = {
             "sent": sent,
             "sender_ns_per_packet": sender_cpu * 1e9 / sent,
@@ -163,7 +153,7 @@ class Hook:
     def __init__(self, kind: str, pair: Pair, workdir: Path) -> None:
         self.kind, self.pair, self.workdir = kind, pair, workdir
         self._on = False
-        self._proc: subprocess.Popen[bytes] | None = None
+        self._stack = contextlib.ExitStack()
         if kind.startswith("flowkit"):
             from flowkit.ebpf import CollectionSpec
             from flowkit.ebpf.attach import Attacher
@@ -171,7 +161,10 @@ class Hook:
 
             path = kind.split(":", 1)[1] if ":" in kind else str(
                 ROOT / "flowkit" / "bpf" / "flowkit.bpf.o")
-            self._collection = CollectionSpec.from_file(path).load()
+            spec = CollectionSpec.from_file(path)
+            if "flow_cache" in spec.variables:
+                spec.variables["flow_cache"].set(1)  # as flowkit-agent loads it
+            self._collection = spec.load()
             programs = self._collection.programs
             self._attacher = Attacher(programs["flowkit_ingress"].fd,
                                       programs["flowkit_egress"].fd, "tcx")
@@ -184,29 +177,14 @@ class Hook:
             self._attacher.attach(self._ifindex, self.pair.right.ifname,
                                   netns=self.pair.right.ns.name, netns_id=self._netns_id)
         elif self.kind == "pmacctd":
-            conf = self.workdir / "pmacctd-alt.conf"
-            conf.write_text(
-                "daemonize: false\n"
-                f"pcap_interface: {self.pair.right.ifname}\n"
-                "plugins: print\n"
-                "aggregate: src_mac,dst_mac,src_host,dst_host,src_port,dst_port,proto\n"
-                "print_output: json\n"
-                f"print_output_file: {self.workdir / 'pmacct-alt.json'}\n"
-                "print_refresh_time: 1\n"
-            )
-            self._proc = self.pair.right.ns.popen(
-                ["taskset", "-c", "0", "pmacctd", "-f", str(conf)],
-                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            time.sleep(2)  # its capture socket is open
+            self._stack.enter_context(pmacctd(self.pair.right, self.workdir, "pmacctd-alt"))
         self._on = True
 
     def off(self) -> None:
         if self.kind.startswith("flowkit"):
             self._attacher.detach(self._ifindex, self._netns_id)
-        elif self._proc is not None:
-            self._proc.terminate()
-            self._proc.wait(10)
-            self._proc = None
+        else:
+            self._stack.close()
         self._on = False
 
     def close(self) -> None:
@@ -220,7 +198,7 @@ class Hook:
 def _sender_state(pair: Pair) -> tuple[float, int]:
     """(CPU seconds of every process in the sender's namespace + ksoftirqd, packets sent)."""
     pids = [int(p) for p in sh("ip", "netns", "pids", pair.left.ns.name).stdout.split()]
-    cpu = cpu_seconds(pids + ksoftirqd(SENDER_CPU))
+    cpu = process_cpu_seconds(pids + ksoftirqd(SENDER_CPU))
     packets = pair.left.ns.link_stats(pair.left.ifname)["tx"]["packets"]
     return cpu, packets
 
@@ -242,17 +220,10 @@ def alternating(kind: str, windows: int, window_s: float, workdir: Path) -> dict
             pair.left.ns.cmd("trafgen", "--dev", pair.left.ifname, "--conf", str(cfg), "--cpu",
                              SENDER_CPU, "-q"),
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-        per_packet: list[tuple[bool, float]] = []
         try:
             time.sleep(1.0)
-            for i in range(2 * windows + 1):
-                state = i % 2 == 1
-                hook.on() if state else hook.off()
-                cpu0, pk0 = _sender_state(pair)
-                time.sleep(window_s)
-                cpu1, pk1 = _sender_state(pair)
-                if pk1 > pk0:
-                    per_packet.append((state, (cpu1 - cpu0) * 1e9 / (pk1 - pk0)))
+            result = alternating_windows(lambda state: hook.on() if state else hook.off(),
+                                         lambda: _sender_state(pair), windows, window_s)
         finally:
             os.killpg(sender.pid, signal.SIGINT)  # trafgen and its worker
             try:
@@ -261,17 +232,12 @@ def alternating(kind: str, windows: int, window_s: float, workdir: Path) -> dict
                 os.killpg(sender.pid, signal.SIGKILL)
                 sender.wait(10)
             hook.close()
-    diffs = []
-    for j, (state, value) in enumerate(per_packet):
-        if state and 0 < j < len(per_packet) - 1:
-            diffs.append(value - (per_packet[j - 1][1] + per_packet[j + 1][1]) / 2)
     return {
         "windows": windows,
         "window_s": window_s,
-        "sender_ns_per_packet_off": round(statistics.median(
-            v for st, v in per_packet if not st), 1),
-        "kernel_ns_per_packet": round(statistics.median(diffs), 1),
-        "kernel_ns_per_packet_each": [round(d, 1) for d in diffs],
+        "sender_ns_per_packet_off": result["off_per_unit"],
+        "kernel_ns_per_packet": result["cost_per_unit"],
+        "kernel_ns_per_packet_each": result["cost_per_unit_each"],
     }
 
 
@@ -317,17 +283,12 @@ def main() -> None:
     os.sched_setaffinity(0, {0})  # keep this process off the sender's CPU
     kinds = args.collectors.split(",")
     kernel: dict[str, dict[str, Any]] = {}
-    runs: dict[str, list[dict[str, Any]]] = {k: [] for k in kinds}
     with tempfile.TemporaryDirectory(prefix="fkbench") as tmp:
         for kind in kinds:
             kernel[kind] = alternating(kind, args.windows, args.window, Path(tmp))
             print(json.dumps({"collector": kind, **kernel[kind]}), file=sys.stderr, flush=True)
-        for round_no in range(args.rounds):
-            for kind in kinds:
-                result = one_run(kind, args.seconds, Path(tmp))
-                runs[kind].append(result)
-                print(json.dumps({"round": round_no, "collector": kind, **result}),
-                      file=sys.stderr, flush=True)
+        runs = rotating_rounds(kinds, args.rounds,
+                               lambda kind: one_run(kind, args.seconds, Path(tmp)))
     print(json.dumps({"kernel": kernel, "runs": runs, "summary": summarise(kernel, runs)},
                      indent=2))
 

@@ -72,8 +72,17 @@ def best_duration(program: Any, frame: bytes, repeat: int, rounds: int) -> int:
     return min(program.test_run(frame, repeat)[1] for _ in range(rounds))
 
 
-def _loaded(path: Path, **variables: int) -> Any:
+def _spec(path: Path) -> CollectionSpec:
+    """An object's spec set up as flowkit-agent loads it: the flow cache on where the object has
+    one (objects from before it do not)."""
     spec = CollectionSpec.from_file(path)
+    if "flow_cache" in spec.variables:
+        spec.variables["flow_cache"].set(1)
+    return spec
+
+
+def _loaded(path: Path, **variables: int) -> Any:
+    spec = _spec(path)
     for name, value in variables.items():
         spec.variables[name].set(value)
     programs = [name for name in spec.programs if name in ("empty", "flowkit_ingress")]
@@ -140,7 +149,7 @@ def feature_costs(empty_obj: Path, repeat: int, rounds: int) -> dict[str, Any]:
         base = _loaded(obj)
         collections.append(base)
         variants["features_off"] = (base.programs["flowkit_ingress"], udp)
-        spec = CollectionSpec.from_file(obj)
+        spec = _spec(obj)
         spec.variables["filter_enabled"].set(1)
         rules = parse_filter_rules('[{"ip_cidr": "198.18.0.0/15", "action": "Accept"}]')
         spec.maps["filter_rules"].max_entries = len(rules.entries)
@@ -149,7 +158,7 @@ def feature_costs(empty_obj: Path, repeat: int, rounds: int) -> dict[str, Any]:
         for key, value in rules.map_entries():
             filtered.maps["filter_rules"].update(key, value)
         variants["filter_one_rule"] = (filtered.programs["flowkit_ingress"], udp)
-        spec = CollectionSpec.from_file(obj)
+        spec = _spec(obj)
         spec.variables["enable_dns"].set(1)
         for name in ("extras_a", "extras_b", "dns_queries"):
             spec.maps[name].max_entries = 1024
@@ -181,7 +190,7 @@ def test_run_costs(empty_obj: Path, repeat: int, rounds: int) -> dict[str, Any]:
         out["empty_ns"] = best_duration(empty.programs["empty"], frame, repeat, rounds)
     obj = ROOT / "flowkit" / "bpf" / "flowkit.bpf.o"
     for label, precise in (("flowkit_ns", 0), ("flowkit_precise_timestamps_ns", 1)):
-        spec = CollectionSpec.from_file(obj)
+        spec = _spec(obj)
         spec.variables["precise_timestamps"].set(precise)
         with spec.load() as coll:
             out[label] = best_duration(coll.programs["flowkit_ingress"], frame, repeat, rounds)
@@ -215,18 +224,23 @@ def agent_prog_ids(pid: int) -> set[int]:
     return ids
 
 
-def trafgen(pair: Pair, packets: int, cfg: Path) -> None:
+def trafgen(pair: Pair, packets: int, cfg: Path, flows: int = 1) -> None:
+    """``packets`` frames; with ``flows`` > 1 the source port steps through that many values,
+    one flow after the other, so that consecutive frames never belong to the same flow."""
     left, right = pair.left, pair.right
+    sport = "40000" if flows <= 1 else f"dinc(40000, {40000 + flows - 1}, 1)"
     cfg.write_text(
         f"{{ eth(da={right.mac}, sa={left.mac}), ipv4(saddr={left.ip4}, daddr={right.ip4}), "
-        "udp(sport=40000, dport=7777), fill(0x00, 18) }\n"
+        f"udp(sport={sport}, dport=7777), fill(0x00, 18) }}\n"
     )
     sh(*left.ns.cmd("trafgen", "--dev", left.ifname, "--conf", str(cfg), "-n", str(packets),
                     "--cpu", "1", "-q"), timeout=600)
 
 
-def live_costs(empty_obj: Path, packets: int, workdir: Path) -> dict[str, Any]:
-    out: dict[str, Any] = {"packets": packets}
+def live_costs(empty_obj: Path, packets: int, workdir: Path, flows: int = 1) -> dict[str, Any]:
+    """bpf_stats per run on trafgen traffic (see the module docstring), the frames cycling
+    through ``flows`` flows."""
+    out: dict[str, Any] = {"packets": packets, "flows": flows}
     with bpf_stats():
         with Pair.create("fkBk") as pair:
             right = pair.right
@@ -235,18 +249,19 @@ def live_costs(empty_obj: Path, packets: int, workdir: Path) -> dict[str, Any]:
                          "obj", str(empty_obj), "sec", "tc")
             text = right.ns.run("tc", "filter", "show", "dev", right.ifname, "ingress").stdout
             empty_id = int(re.search(r" id (\d+)", text).group(1))  # type: ignore[union-attr]
-            trafgen(pair, packets, workdir / "live.cfg")
+            trafgen(pair, packets, workdir / "live.cfg", flows)
             run_ns, runs = prog_stats({empty_id})
             out["empty_ns_per_packet"] = round(run_ns / max(runs, 1), 1)
             out["empty_runs"] = runs
         with Pair.create("fkBk") as pair:
             right = pair.right
-            env = {"INTERFACES": right.ifname, "DIRECTION": "ingress", "TC_ATTACH_MODE": "tcx"}
+            env = {"INTERFACES": right.ifname, "DIRECTION": "ingress", "TC_ATTACH_MODE": "tcx",
+                   "CACHE_MAX_FLOWS": str(max(5000, 2 * flows))}
             with AgentRun(right.ns, env, taskset="0") as agent:
                 agent.wait_traced(right.ifname)
                 ids = agent_prog_ids(agent.proc.pid)
                 before = prog_stats(ids)
-                trafgen(pair, packets, workdir / "live.cfg")
+                trafgen(pair, packets, workdir / "live.cfg", flows)
                 after = prog_stats(ids)
                 agent.stop()
             runs = after[1] - before[1]
@@ -303,6 +318,8 @@ def main() -> None:
     parser.add_argument("--compare", type=Path, help="another flowkit.bpf.o to run alternately")
     parser.add_argument("--features", action="store_true", help="cost of each optional feature")
     parser.add_argument("--no-live", action="store_true", help="skip the live trafgen runs")
+    parser.add_argument("--flows", type=int, default=1,
+                        help="live runs: flows the frames cycle through (1: one flow)")
     args = parser.parse_args()
     started = time.time()
     with tempfile.TemporaryDirectory(prefix="fkbench") as tmp:
@@ -320,7 +337,7 @@ def main() -> None:
             result["features"] = feature_costs(empty_obj, args.repeat, args.rounds)
             result["tracing"] = tracing_costs(20_000, 20_000_000)
         if not args.no_live:
-            result["live"] = live_costs(empty_obj, args.packets, workdir)
+            result["live"] = live_costs(empty_obj, args.packets, workdir, args.flows)
     result["seconds"] = round(time.time() - started, 1)
     print(json.dumps(result, indent=2))
 

@@ -16,33 +16,23 @@ Everything it creates (namespaces, veths, processes) is removed on exit.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
-import os
 import re
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests" / "integration"))
+sys.path.insert(0, str(ROOT / "bench"))
 
-from netns import AgentRun, Namespace, Pair, flow_totals  # noqa: E402
-
-TICKS = os.sysconf("SC_CLK_TCK")
-
-
-def cpu_seconds(pids: list[int]) -> float:
-    total = 0
-    for pid in pids:
-        try:
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        total += int(fields[11]) + int(fields[12])  # utime + stime
-    return total / TICKS
+from measure import process_cpu_seconds, write_pmacctd_conf  # noqa: E402
+from netns import AgentRun, Endpoint, Namespace, Pair, flow_totals  # noqa: E402
 
 
 def trafgen(pair: Pair, seconds: float, cfg: Path) -> int:
@@ -66,10 +56,10 @@ def flowkit_run(seconds: float, workdir: Path) -> dict[str, Any]:
         env = {"INTERFACES": right.ifname, "TC_ATTACH_MODE": "tcx"}
         with AgentRun(right.ns, env, taskset="0") as agent:
             agent.wait_traced(right.ifname)
-            cpu_before = cpu_seconds([agent.proc.pid])
+            cpu_before = process_cpu_seconds([agent.proc.pid])
             sent = trafgen(pair, seconds, workdir / "rate.cfg")
             time.sleep(1.5)  # let the last drain run before reading the CPU time
-            cpu = cpu_seconds([agent.proc.pid]) - cpu_before
+            cpu = process_cpu_seconds([agent.proc.pid]) - cpu_before
             agent.stop()
         counted, _ = flow_totals(agent.flows, DstPort=7777, FlowDirection=0)
     return {
@@ -93,31 +83,27 @@ def pmacct_pids(ns: Namespace) -> list[int]:
     return out
 
 
+@contextlib.contextmanager
+def pmacctd(end: Endpoint, workdir: Path, name: str = "pmacctd") -> Iterator[list[int]]:
+    """pmacctd (CPU 0) capturing on the endpoint's interface, its capture socket open; yields
+    its pids; stopped on exit."""
+    conf = write_pmacctd_conf(workdir / f"{name}.conf", end.ifname, workdir / f"{name}.json")
+    proc = end.ns.popen(["taskset", "-c", "0", "pmacctd", "-f", str(conf)],
+                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        time.sleep(2)  # pcap socket open
+        yield pmacct_pids(end.ns)
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
 def pmacctd_run(seconds: float, workdir: Path) -> dict[str, Any]:
-    with Pair.create("fkBp") as pair:
-        right = pair.right
-        conf = workdir / "pmacctd.conf"
-        conf.write_text(
-            "daemonize: false\n"
-            f"pcap_interface: {right.ifname}\n"
-            "plugins: print\n"
-            "aggregate: src_mac,dst_mac,src_host,dst_host,src_port,dst_port,proto\n"
-            "print_output: json\n"
-            f"print_output_file: {workdir / 'pmacct.json'}\n"
-            "print_refresh_time: 1\n"
-        )
-        proc = right.ns.popen(["taskset", "-c", "0", "pmacctd", "-f", str(conf)],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        try:
-            time.sleep(2)  # pcap socket open
-            pids = pmacct_pids(right.ns)
-            cpu_before = cpu_seconds(pids)
-            sent = trafgen(pair, seconds, workdir / "rate.cfg")
-            time.sleep(1.5)
-            cpu = cpu_seconds(pids) - cpu_before
-        finally:
-            proc.terminate()
-            proc.wait(10)
+    with Pair.create("fkBp") as pair, pmacctd(pair.right, workdir) as pids:
+        cpu_before = process_cpu_seconds(pids)
+        sent = trafgen(pair, seconds, workdir / "rate.cfg")
+        time.sleep(1.5)
+        cpu = process_cpu_seconds(pids) - cpu_before
     return {
         "sent": sent,
         "rate_pps": round(sent / seconds),
