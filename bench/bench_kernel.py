@@ -177,9 +177,13 @@ def feature_costs(empty_obj: Path, repeat: int, rounds: int) -> dict[str, Any]:
             collection.close()
     out: dict[str, Any] = {"repeat": repeat, "rounds": rounds}
     empty_best = min(runs["empty"])
+    empty_median = sorted(runs["empty"])[len(runs["empty"]) // 2]
     for label, values in runs.items():
+        median = sorted(values)[len(values) // 2]
         out[f"{label}_best_ns"] = min(values)
+        out[f"{label}_median_ns"] = median
         out[f"{label}_extra_best_ns"] = min(values) - empty_best
+        out[f"{label}_extra_median_ns"] = median - empty_median
     return out
 
 

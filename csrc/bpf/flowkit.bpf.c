@@ -18,12 +18,12 @@
  *
  * Settings live in .rodata and are rewritten by name before the object is loaded.
  *
- * Cost: the hot path reads the headers in place (direct packet access, 16- and 32-bit loads),
- * then does an inlined array-of-maps lookup, one hash lookup and one coarse clock read
- * (bpf_ktime_get_ns only when a flow starts, see `precise_timestamps`). Frames whose headers are
- * not in the linear area, and VLAN-tagged frames, are copied to the stack first with one
- * bpf_skb_load_bytes of a fixed header window; IPv4 options and IPv6 extension headers take one
- * extra load each.
+ * Cost (docs/datapath.md, "The flow cache"): the hit path reads the headers in place (direct
+ * packet access, 16- and 32-bit loads), then finds the flow in this CPU's flow cache (an inlined
+ * per-CPU array lookup and a 48-byte compare: no hash map lookup) and reads the coarse clock only
+ * when the jiffy has changed. Frames whose headers are not in the linear area, and VLAN-tagged
+ * frames, are copied to the stack first with one bpf_skb_load_bytes of a fixed header window;
+ * IPv4 options and IPv6 extension headers take one extra load each.
  *
  * Types, UAPI definitions and kernel (CO-RE) types shared with the probes: csrc/bpf/kernel.h.
  */
