@@ -136,6 +136,30 @@ def test_a_command_that_prints_says_stdout_is_closed(veth: tuple[Namespace, str]
                    ifname)
 
 
+# -- break 2: a failure inside the kernel at start ------------------------------------------------
+
+
+def test_a_map_the_kernel_refuses_is_one_line_and_unwinds(veth: tuple[Namespace, str]) -> None:
+    # With the memory limit lifted, 2^31 flows pass flowkit's own checks; the kernel refuses
+    # the hash map (E2BIG: its bucket array would not fit) before allocating anything, after
+    # the exporter was built and the maps before it in the object were created.
+    ns, ifname = veth
+    proc = start(ns, ifname, {"CACHE_MAX_FLOWS": str(1 << 31),
+                              "EBPF_MEMORY_LIMIT": str(1 << 50)})
+    assert "Traceback" not in proc.stderr, proc.stderr
+    assert "cannot join thread" not in proc.stderr, proc.stderr
+    assert proc.returncode == 1, proc.stderr
+    lines = proc.stderr.splitlines()
+    assert lines[-1].startswith("flowkit-agent: cannot start: "), lines
+    assert "flows_a" in lines[-1], lines[-1]
+    assert "Argument list too long" in lines[-1], lines[-1]
+    assert len(lines) == 2, lines  # the start log line (memory of the maps), then the error
+    assert "of kernel memory for the eBPF maps" in lines[0]
+    assert proc.stdout == ""
+    assert re.findall(r"flowkit_\w+", ns.tc_filters(ifname)) == []
+    assert "clsact" not in ns.qdiscs(ifname)
+
+
 # -- break 4: settings that used to be accepted and then misbehave ------------------------------
 
 
