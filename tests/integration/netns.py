@@ -155,17 +155,19 @@ def add_veth(
     subnet: int = 0,
     host: tuple[int, int] = (1, 2),
     offload: bool = True,
-    index: int | None = None,
+    index: int | tuple[int, int] | None = None,
 ) -> tuple[Endpoint, Endpoint]:
     """A veth pair between two namespaces, up, with static MACs, 198.18.<subnet>.<host>/24 and
     fd00::<subnet>:<host>/64 (nodad) addresses and permanent neighbour entries (no ARP/ND).
 
     ``offload=False`` turns off TSO/GSO/GRO so that every skb is one wire packet; ``index``
-    gives both ends that interface index (each in its own namespace).
+    gives both ends that interface index (each in its own namespace), or (left, right) indexes.
     """
-    at = ("index", str(index)) if index is not None else ()
-    sh("ip", "link", "add", left_name, *at, "netns", left.name, "type", "veth", "peer", "name",
-       right_name, *at, "netns", right.name)
+    pair = (index, index) if isinstance(index, int) else index
+    at_left = ("index", str(pair[0])) if pair else ()
+    at_right = ("index", str(pair[1])) if pair else ()
+    sh("ip", "link", "add", left_name, *at_left, "netns", left.name, "type", "veth", "peer",
+       "name", right_name, *at_right, "netns", right.name)
     ends = []
     for ns, name, h in ((left, left_name, host[0]), (right, right_name, host[1])):
         mac = f"02:fb:{subnet // 256:02x}:{subnet % 256:02x}:00:{h:02x}"

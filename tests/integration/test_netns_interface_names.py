@@ -5,7 +5,9 @@ joins A and B, and both ends have the interface index 7, as has a veth in H itse
 interfaces share one index, and only the namespace tells them apart. The agent exports to
 stdout, to IPFIX over UDP and to OTLP over HTTP (receivers on 127.0.0.1 inside H); A sends UDP
 to B. Every exporter must name A's end ``<A>/<left>`` and B's end ``<B>/<right>``, as the stdout
-(NetObserv JSON) encoder does, never H's own interface that has the same index.
+(NetObserv JSON) encoder does, never H's own interface that has the same index. ``flowkit-agent
+top`` is checked the same way, with a router namespace in between so that two interfaces of
+index 7 see the same datagrams in the same direction.
 """
 
 from __future__ import annotations
@@ -26,9 +28,16 @@ from typing import Any, TypeVar
 import pytest
 
 try:
-    from .netns import AgentRun, Namespace, add_veth, flow_totals, unique
+    from .netns import AgentRun, Namespace, add_veth, agent_command, flow_totals, unique
 except ImportError:
-    from netns import AgentRun, Namespace, add_veth, flow_totals, unique  # type: ignore[no-redef]
+    from netns import (  # type: ignore[no-redef]
+        AgentRun,
+        Namespace,
+        add_veth,
+        agent_command,
+        flow_totals,
+        unique,
+    )
 
 pytest.importorskip("ipfix")
 pytest.importorskip("opentelemetry.proto")
@@ -179,3 +188,50 @@ def test_ipfix_and_otlp_name_namespaced_interfaces_as_stdout_does(
     otlp_names = {(r["network.io.direction"], r["network.interface.name"])
                   for r in otlp_records(bodies) if r["source.port"] == 40000}
     assert otlp_names == {("transmit", a_name), ("receive", b_name)}
+
+
+def test_top_keeps_equal_indexes_of_two_namespaces_apart() -> None:
+    """R routes from A to B; R's end towards A and B's end both have index 7, and both see A's
+    datagrams entering. ``top --direction ingress`` in H must show two rows, one per interface,
+    each named ``<namespace>/<interface>`` (a board keyed by index alone merged them into one
+    row under one name)."""
+    from test_top import Tmux, rows
+
+    base = unique("fkT")
+    with Namespace.create(f"{base}H") as home, Namespace.create(f"{base}A") as a, \
+            Namespace.create(f"{base}R") as r, Namespace.create(f"{base}B") as b:
+        _left, r_in = add_veth(a, r, f"{base}a", f"{base}i", subnet=80, index=(INDEX + 1, INDEX))
+        _r_out, right = add_veth(r, b, f"{base}o", f"{base}b", subnet=81,
+                                 index=(INDEX + 2, INDEX))
+        assert r.ifindex(r_in.ifname) == b.ifindex(right.ifname) == INDEX
+        r.sysctl("net.ipv4.ip_forward", "1")
+        a.ip("route", "add", "198.18.81.0/24", "via", r_in.ip4)
+        b.ip("route", "add", "198.18.80.0/24", "via", _r_out.ip4)
+        names = (f"{r.name}/{r_in.ifname}", f"{b.name}/{right.ifname}")
+        tmux = Tmux(["env", "-u", "COLUMNS", "-u", "LINES", "TERM=xterm-256color",
+                     f"NETWORK_NAMESPACES=/^{base}[ARB]$/", "CACHE_ACTIVE_TIMEOUT=1s",
+                     *home.cmd(*agent_command(), "top", "--direction", "ingress")])
+        try:
+            def shown(lines: list[str], port: str) -> set[str]:
+                return {cells[1] for cells in rows(lines) if f":{port}" in " ".join(cells)}
+
+            # Warm-up datagrams until both interfaces are traced (each shows a row).
+            tmux.wait_for(lambda lines: any("flowkit top" in line for line in lines))
+            deadline = time.monotonic() + 30
+            while shown(tmux.screen(), "40006") != set(names):
+                assert time.monotonic() < deadline, "\n".join(tmux.screen())
+                a.run(sys.executable, TRAFFIC, "udp-send", right.ip4, "5353", "40006", "1",
+                      "100")
+                time.sleep(0.5)
+            sent = json.loads(a.run(sys.executable, TRAFFIC, "udp-send", right.ip4, "5353",
+                                    "40007", "30", "100").stdout.splitlines()[-1])
+            assert sent == {"sent": 30}
+
+            screen = tmux.wait_for(lambda lines: shown(lines, "40007") == set(names) and all(
+                cells[-1] == "30" for cells in rows(lines) if ":40007" in " ".join(cells)),
+                timeout=30)
+        finally:
+            tmux.kill()
+    table = [cells for cells in rows(screen) if ":40007" in " ".join(cells)]
+    assert sorted(cells[1] for cells in table) == sorted(names)
+    assert all(cells[2] == "ingress" and cells[-1] == "30" for cells in table), table
