@@ -1,7 +1,8 @@
 """Flows as data: ``FlowBatch.to_arrow()``, the parquet exporter and offline replay.
 
 1. ``to_arrow()`` on a batch of ``--flows`` random flows: best and median of ``--repeat``
-   runs, and the bytes copied out of the C records.
+   runs, and the bytes copied out of the C records; next to it, the time of merely reading
+   the batch once (a numpy sum over its bytes), the floor for any conversion of the records.
 2. The parquet exporter (default settings: zstd, 131072-flow row groups) writing
    ``--parquet-flows`` flows in batches of ``--flows``: flows per CPU-second of this process
    (conversion, encoding, compression and writing all included), file size.
@@ -77,11 +78,21 @@ def bench_to_arrow(flows: int, repeat: int) -> dict[str, Any]:
         batch.to_arrow()
         times.append(time.perf_counter() - t0)
     copied = column_bytes_copied(flows, features=False)  # random_batch: optional features off
+    # The floor of any conversion that reads the records: one numpy pass summing every byte
+    # of the batch (as uint64 words), timed the same way.
+    words = batch.array.view(np.uint64)
+    floor = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        words.sum()
+        floor.append(time.perf_counter() - t0)
     return {
         "flows": flows,
         "record_bytes": FLOW_DTYPE.itemsize,
         "best_ms": round(min(times) * 1e3, 3),
         "median_ms": round(statistics.median(times) * 1e3, 3),
+        "read_batch_best_ms": round(min(floor) * 1e3, 3),
+        "read_batch_median_ms": round(statistics.median(floor) * 1e3, 3),
         "bytes_copied": copied,
         "bytes_copied_per_flow": copied // flows,
         "copy_gb_per_s_best": round(copied / min(times) / 1e9, 2),

@@ -6,6 +6,7 @@ encoders write into buffers sized by their ``*_bound`` functions and return ``by
 
 from __future__ import annotations
 
+import functools
 from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
@@ -265,10 +266,15 @@ def gather_columns(
 def flow_column_layout() -> list[tuple[int, int]]:
     """``(offset, width)`` in ``struct fk_flow_out`` of each column :func:`flow_columns`
     copies, in its order (``FK_FLOW_COLUMN_LIST`` of csrc/include/40-columns.h)."""
+    return list(_flow_column_layout())
+
+
+@functools.cache
+def _flow_column_layout() -> tuple[tuple[int, int], ...]:
     capacity = 256
     out = cast("list[struct_fk_field]", ffi.new("struct fk_field[]", capacity))
     count = min(lib.fk_flow_column_layout(cast("CData", out), capacity), capacity)
-    return [(int(out[i].offset), int(out[i].width)) for i in range(count)]
+    return tuple((int(out[i].offset), int(out[i].width)) for i in range(count))
 
 
 def flow_columns(
@@ -291,7 +297,7 @@ def flow_columns(
         return 0
     if not rows.flags.c_contiguous:
         raise ValueError("flow_columns needs C-contiguous rows")
-    if len(destinations) != len(flow_column_layout()):
+    if len(destinations) != len(_flow_column_layout()):
         raise ValueError("flow_columns needs one destination per column of flow_column_layout")
     if len(if_keys) != len(if_values):
         raise ValueError("flow_columns needs one interface index per key")

@@ -56,6 +56,21 @@ def test_the_page_has_the_three_parts() -> None:
         assert needed in code
 
 
+def test_the_only_block_not_run_is_the_install_line() -> None:
+    """Every code block of the page runs in test_every_snippet_runs except the install line,
+    which installs nothing here: it names a real extra and packages that import."""
+    import importlib
+    from importlib.metadata import metadata
+
+    text = DOC.read_text()
+    every = re.findall(r"(<!-- run -->\n)?```(\w*)\n(.*?)```", text, re.DOTALL)
+    not_run = [code.strip() for marker, _, code in every if not marker]
+    assert not_run == ["pip install 'flowkit-ebpf[arrow]' polars duckdb pandas"]
+    assert "arrow" in (metadata("flowkit-ebpf").get_all("Provides-Extra") or [])
+    for module in ("pyarrow", "polars", "duckdb", "pandas"):
+        importlib.import_module(module)
+
+
 @pytest.fixture
 def namespace() -> Iterator[Namespace]:
     base = unique("fkDoc")
