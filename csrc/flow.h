@@ -184,9 +184,9 @@ struct fk_filter_rules {
 };
 
 /* Indices of the eBPF `counters` map (per-CPU u64), read by the accounter and exposed as metrics.
- * Every packet the eBPF program sees either lands in a flow map entry, or in the ring buffer, or
- * is counted in exactly one of these (except FK_COUNTER_RINGBUF_RECORDS, which counts packets that
- * did reach the ring buffer). */
+ * Every packet the eBPF program sees either lands in a flow map entry (directly or through a slot
+ * of the flow cache), or in the ring buffer, or is counted in exactly one of these (except
+ * FK_COUNTER_RINGBUF_RECORDS, which counts packets that did reach the ring buffer). */
 enum fk_counter {
     FK_COUNTER_RINGBUF_RECORDS = 0, /* packets sent to the ring buffer because the map was full */
     FK_COUNTER_RINGBUF_LOST = 1,    /* map full and ring buffer full: packet lost, counted */
