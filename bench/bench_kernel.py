@@ -275,10 +275,11 @@ def live_costs(empty_obj: Path, packets: int, workdir: Path, flows: int = 1) -> 
     return out
 
 
-def tracing_costs(drops: int, tcp_bytes: int) -> dict[str, Any]:
+def tracing_costs(drops: int, tcp_bytes: int, obj: Path | None = None) -> dict[str, Any]:
     """ns per event of the drop and RTT programs on live traffic (bpf_stats): ``drops`` UDP
     datagrams dropped by an nftables rule, then a TCP transfer of ``tcp_bytes`` (every segment
-    an established socket receives runs flowkit_rtt)."""
+    an established socket receives runs flowkit_rtt). ``obj``: another object than the
+    shipped one (EBPF_OBJECT)."""
     traffic = str(ROOT / "tests" / "integration" / "traffic.py")
     out: dict[str, Any] = {"drops_sent": drops, "tcp_bytes": tcp_bytes}
     with bpf_stats(), Pair.create("fkBt", offload=False) as pair:
@@ -287,6 +288,8 @@ def tracing_costs(drops: int, tcp_bytes: int) -> dict[str, Any]:
             "table inet fkbench {\n chain input {\n  type filter hook input priority 0;\n"
             "  udp dport 5003 drop\n }\n}\n"))
         env = {"INTERFACES": right.ifname, "ENABLE_PKT_DROPS": "true", "ENABLE_RTT": "true"}
+        if obj is not None:
+            env["EBPF_OBJECT"] = str(obj)
         with AgentRun(right.ns, env) as agent:
             agent.wait_traced(right.ifname)
             progs = json.loads(sh("bpftool", "-j", "prog", "show").stdout)

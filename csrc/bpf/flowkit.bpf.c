@@ -636,12 +636,14 @@ static __always_inline void track_dns(struct __sk_buff *skb, const struct fk_par
 
 /* The flow fields of a kernel sk_buff whose network header is set (as in the stack's receive
  * and transmit paths). Returns 0 for non-IP packets and for packets of network namespaces the
- * agent does not report. */
+ * agent does not report. The tracepoints' sk_buff and sock are BTF pointers: their fields are
+ * read with plain (CO-RE relocated, fault-tolerant) loads, which cost a fraction of a
+ * bpf_probe_read_kernel call each; only the packet bytes are copied with that helper. */
 static __always_inline int parse_skb(struct sk_buff *skb, struct sock *owner, struct fk_parse *p)
 {
-    unsigned char *head = BPF_CORE_READ(skb, head);
-    __u16 nh = BPF_CORE_READ(skb, network_header);
-    __u16 etype = __builtin_bswap16(BPF_CORE_READ(skb, protocol));
+    unsigned char *head = skb->head;
+    __u16 nh = skb->network_header;
+    __u16 etype = __builtin_bswap16(skb->protocol);
     __u8 ip[40] __attribute__((aligned(4)));
     const unsigned char *l4 = 0;
     p->key.eth_protocol = etype;
@@ -668,7 +670,7 @@ static __always_inline int parse_skb(struct sk_buff *skb, struct sock *owner, st
             l4 = head + nh + 40;
         } else {
             /* Extension headers: the stack has set the transport header by now. */
-            __u16 th = BPF_CORE_READ(skb, transport_header);
+            __u16 th = skb->transport_header;
             if (th == 0xffff)
                 return 1;
             l4 = head + th;
@@ -686,13 +688,13 @@ static __always_inline int parse_skb(struct sk_buff *skb, struct sock *owner, st
      * namespace is reported (as on the TC side, whose interfaces are all in it); with it, the
      * key names the namespace as the TC programs do, so that the keys agree. The namespace is
      * the socket's (the tracepoint's, else the skb's), else the device's. */
-    struct net_device *dev = BPF_CORE_READ(skb, dev);
-    struct sock *sk = owner ? owner : BPF_CORE_READ(skb, sk);
+    struct net_device *dev = skb->dev;
+    struct sock *sk = owner ? owner : skb->sk;
     __u32 inum = host_netns_inum;
     if (sk)
-        inum = BPF_CORE_READ(sk, __sk_common.skc_net.net, ns.inum);
+        inum = sk->__sk_common.skc_net.net->ns.inum;
     else if (dev)
-        inum = BPF_CORE_READ(dev, nd_net.net, ns.inum);
+        inum = dev->nd_net.net->ns.inum;
     if (trace_netns)
         p->key.netns = inum == host_netns_inum ? 0 : (__u16)inum;
     else if (inum != host_netns_inum)
@@ -706,13 +708,14 @@ static __always_inline int parse_skb(struct sk_buff *skb, struct sock *owner, st
  * (sent ones). */
 static __always_inline void skb_flow(struct sk_buff *skb, struct fk_parse *p)
 {
-    __u32 iif = BPF_CORE_READ(skb, skb_iif);
-    __u32 dev = BPF_CORE_READ(skb, dev, ifindex);
+    __u32 iif = skb->skb_iif;
+    struct net_device *netdev = skb->dev;
+    __u32 dev = netdev ? netdev->ifindex : 0;
     if (!iif && !dev) {
         /* Sent from this host and dropped before it was given a device (netfilter's OUTPUT
          * hook, for instance): the device of its route, the one it would have left on. Without
          * a route either, the drop stays on interface 0 ("no interface"). */
-        unsigned long refdst = BPF_CORE_READ(skb, _skb_refdst) & ~1UL;
+        unsigned long refdst = skb->_skb_refdst & ~1UL;
         if (refdst)
             dev = BPF_CORE_READ((struct dst_entry *)refdst, dev, ifindex);
     }
@@ -758,12 +761,12 @@ int flowkit_drops(__u64 *ctx)
     if (!x)
         return 0;
     x->drop_packets += 1;
-    x->drop_bytes += BPF_CORE_READ(skb, len);
+    x->drop_bytes += skb->len;
     x->drop_ns = now;
     x->drop_cause = reason;
     x->drop_flags = p.flags;
-    struct sock *sk = BPF_CORE_READ(skb, sk);
-    x->drop_state = (sk && p.key.proto == IPPROTO_TCP) ? BPF_CORE_READ(sk, __sk_common.skc_state)
+    struct sock *sk = skb->sk;
+    x->drop_state = (sk && p.key.proto == IPPROTO_TCP) ? sk->__sk_common.skc_state
                                                        : 0;
     x->features |= FK_FEATURE_DROPS;
     return 0;
@@ -784,7 +787,7 @@ int flowkit_rtt(__u64 *ctx)
     __builtin_memset(&p, 0, sizeof(p));
     if (!parse_skb(skb, (struct sock *)tp, &p))
         return 0;
-    p.key.if_index = BPF_CORE_READ(skb, skb_iif);
+    p.key.if_index = skb->skb_iif;
     p.key.direction = FK_DIRECTION_INGRESS;
     if (filter_enabled) {
         __u32 sample = 0;
