@@ -702,6 +702,8 @@ static __always_inline int parse_skb(struct sk_buff *skb, struct sock *owner, st
     return 1;
 }
 
+static __always_inline int flow_seen(void *flows, const struct fk_flow_key *key);
+
 /* The key of the flow an sk_buff belongs to, as the TC programs saw it: the ingress flow on the
  * interface it came in on if that flow exists, else the egress flow on its device (or its
  * route's, see below) if that exists, else a new ingress flow (received packets) or egress flow
@@ -723,12 +725,12 @@ static __always_inline void skb_flow(struct sk_buff *skb, struct fk_parse *p)
     if (iif) {
         p->key.if_index = iif;
         p->key.direction = FK_DIRECTION_INGRESS;
-        if (!flows || bpf_map_lookup_elem(flows, &p->key))
+        if (!flows || flow_seen(flows, &p->key))
             return;
     }
     p->key.if_index = dev;
     p->key.direction = FK_DIRECTION_EGRESS;
-    if (iif && !(flows && bpf_map_lookup_elem(flows, &p->key))) {
+    if (iif && !(flows && flow_seen(flows, &p->key))) {
         p->key.if_index = iif;
         p->key.direction = FK_DIRECTION_INGRESS;
     }
@@ -918,6 +920,23 @@ static __always_inline int keys_equal(const struct fk_flow_key *a, const struct 
     const fk_alias64 *y = (const fk_alias64 *)b;
     return ((x[0] ^ y[0]) | (x[1] ^ y[1]) | (x[2] ^ y[2]) | (x[3] ^ y[3]) | (x[4] ^ y[4]) |
             (x[5] ^ y[5])) == 0;
+}
+
+/* Whether the TC programs have seen the flow of `key` in this period: it is in the flow map, or
+ * (packets not written back yet) in this CPU's cache, where a drop or a received segment finds
+ * it when it follows the TC program on the same CPU, as it usually does. */
+static __always_inline int flow_seen(void *flows, const struct fk_flow_key *key)
+{
+    if (bpf_map_lookup_elem(flows, key))
+        return 1;
+    if (!flow_cache)
+        return 0;
+    void *cache = selected(&cache_selector);
+    if (!cache)
+        return 0;
+    __u32 slot = cache_slot(key);
+    const struct fk_flow_event *c = bpf_map_lookup_elem(cache, &slot);
+    return c && c->value.packets && keys_equal(&c->key, key);
 }
 
 /* Add the packets of a cache slot to the flow map (creating the flow), or to the ring buffer
