@@ -201,6 +201,18 @@ def _health(ns: Namespace, port: int) -> dict[str, object]:
     return out
 
 
+def _interface_gauges(ns: Namespace, port: int) -> dict[str, float]:
+    code = ("import urllib.request\n"
+            f"print(urllib.request.urlopen('http://127.0.0.1:{port}/metrics', timeout=5)"
+            ".read().decode())\n")
+    out = {}
+    for line in ns.run(sys.executable, "-c", code).stdout.splitlines():
+        name, _, value = line.partition(" ")
+        if name in ("ebpf_agent_interfaces_wanted", "ebpf_agent_interfaces_traced"):
+            out[name.removeprefix("ebpf_agent_")] = float(value)
+    return out
+
+
 def test_an_interface_held_by_another_agent_is_traced_once_it_is_free() -> None:
     with Pair.create("fkR") as pair:
         left, right = pair.left, pair.right
@@ -220,10 +232,14 @@ def test_an_interface_held_by_another_agent_is_traced_once_it_is_free() -> None:
                 assert health["status"] == "degraded"
                 assert health["interfaces"] == {"wanted": [right.ifname], "traced": [],
                                                 "untraced": [right.ifname]}
+                assert _interface_gauges(right.ns, port) == {"interfaces_wanted": 1.0,
+                                                             "interfaces_traced": 0.0}
                 assert first.stop() == 0
 
                 second.wait_log(f"tracing interface {right.ifname} (index", timeout=60)
                 assert _health(right.ns, port)["status"] == "ok"
+                assert _interface_gauges(right.ns, port) == {"interfaces_wanted": 1.0,
+                                                             "interfaces_traced": 1.0}
                 sent = 25
                 left.ns.run(sys.executable, TRAFFIC, "udp-send", right.ip4, "9999", "40000",
                             str(sent), "64")

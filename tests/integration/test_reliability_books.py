@@ -1,8 +1,9 @@
-"""Conservation for the exporters test_conservation.py does not run: OTLP and Parquet.
+"""Conservation for the exporters test_conservation.py does not run: OTLP, Parquet, IPFIX.
 
 A real ``flowkit-agent`` (synthetic tracer: a known number of flows) exports into a sink that
 fails part of the time: an OTLP/HTTP receiver that refuses every other request, a Parquet
-directory on a file system that fills up. The agent's final JSON line must balance
+directory on a file system that fills up, an IPFIX/TCP collector (the PyPI ``ipfix`` decoder)
+that comes up late. The agent's final JSON line must balance
 (evicted == exported + sum(dropped by reason)), and what it says it exported must be exactly
 what the sink holds.
 """
@@ -11,7 +12,9 @@ from __future__ import annotations
 
 import contextlib
 import http.server
+import socket
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -28,6 +31,8 @@ except ImportError:
     from fk_cli_helpers import SYNTHETIC, AgentProcess, clean_env  # type: ignore[no-redef]
 
 pytestmark = pytest.mark.integration
+
+COLLECTOR = str(Path(__file__).with_name("ipfix_collector.py"))
 
 
 def final_books(stderr_lines: list[str]) -> dict[str, Any]:
@@ -153,3 +158,43 @@ def test_parquet_books_match_the_files_when_the_disk_fills_up() -> None:
     assert parquet["exported"] == rows
     assert rows > 0
     assert sum(parquet["dropped"].values()) > 0, books  # the disk did fill up
+
+
+def test_ipfix_tcp_books_match_a_collector_that_comes_up_late(tmp_path: Path) -> None:
+    """The collector is down for the first part of the run (a small buffer overflows: drops
+    counted as buffer_full), then up: every flow the agent counts as exported is a record the
+    collector decoded, and the books balance."""
+    pytest.importorskip("ipfix")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    records = 3000
+    env = clean_env(SYNTHETIC, EXPORT="ipfix+tcp", TARGET_HOST="127.0.0.1", TARGET_PORT=str(port),
+                    IPFIX_BUFFER_MAX_FLOWS="20", IPFIX_RETRY_INITIAL_BACKOFF="50ms",
+                    IPFIX_RETRY_MAX_BACKOFF="200ms", SYNTHETIC_FLOWS="10",
+                    SYNTHETIC_RATE="1000", SYNTHETIC_MAX_RECORDS=str(records),
+                    CACHE_ACTIVE_TIMEOUT="100ms", SHUTDOWN_TIMEOUT="5s")
+    out = tmp_path / "collector.jsonl"
+    with AgentProcess([], env) as agent:
+        agent.wait_for_log("flowkit agent started")
+        time.sleep(1.0)  # about ten batches while nothing listens
+        with open(out, "wb") as sink:
+            collector = subprocess.Popen([sys.executable, COLLECTOR, "tcp", str(port)],
+                                         stdout=sink, stderr=subprocess.DEVNULL)
+        try:
+            time.sleep(records / 1000 + 1.0)
+            assert agent.stop() == 0
+            deadline = time.monotonic() + 20
+            while b'"closed"' not in out.read_bytes() and time.monotonic() < deadline:
+                time.sleep(0.1)
+        finally:
+            collector.kill()
+            collector.wait(10)
+    lines = [orjson.loads(line) for line in out.read_bytes().splitlines()]
+    received = sum(1 for line in lines if "sourceTransportPort" in line)
+    books = final_books(agent.stderr_lines)
+    ipfix = books["exporters"]["ipfix+tcp"]
+    assert received > 0
+    assert ipfix["exported"] == received
+    assert ipfix["dropped"].get("buffer_full", 0) > 0, books
+    assert "Traceback" not in "".join(agent.stderr_lines)
