@@ -175,3 +175,34 @@ def test_a_reader_closing_the_pipe_ends_the_command_quietly(args: list[str]) -> 
     assert b"Traceback" not in err
     assert b"BrokenPipeError" not in err
     assert proc.returncode == 0
+
+
+def test_kafka_without_its_extra_names_the_distribution_extra_before_anything_starts(
+    tmp_path: Path,
+) -> None:
+    """The issue's own case: EXPORT=kafka without confluent-kafka installed (a sitecustomize
+    hides it from the interpreter, as if it had never been installed)."""
+    (tmp_path / "sitecustomize.py").write_text(
+        "import sys\n"
+        "class Hide:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name.partition('.')[0] == 'confluent_kafka':\n"
+        "            raise ModuleNotFoundError(f'No module named {name!r}', name=name)\n"
+        "sys.meta_path.insert(0, Hide())\n"
+    )
+    env = clean_env({"PYTHONPATH": str(tmp_path)}, **SYNTHETIC)
+    listed = run(["plugins"], env)
+    assert listed.returncode == 0, listed.stderr
+    ours = {e["distribution"]: e for e in json.loads(listed.stdout)}["flowkit-ebpf"]
+    (kafka,) = [c for c in ours["components"]["exporter"] if c["name"] == "kafka"]
+    assert kafka["missing"] == ["confluent_kafka"]
+    assert kafka["install"] == "pip install 'flowkit-ebpf[kafka]'"
+
+    result = run([], {**env, "EXPORT": "stdout,kafka", "KAFKA_BROKERS": "127.0.0.1:9"})
+    assert result.returncode == 2
+    assert result.stdout == ""
+    assert one_line(result) == (
+        'flowkit-agent: cannot use exporter "kafka" (distribution flowkit-ebpf): it needs the '
+        "Python module confluent_kafka, which is not installed: "
+        "pip install 'flowkit-ebpf[kafka]'"
+    )
