@@ -16,8 +16,12 @@ Two measurements (root needed; everything created is removed on exit):
 4. ``--features`` (BPF_PROG_TEST_RUN only): the hit path with each optional feature switched on
    in turn (filter rules, DNS tracking), and the cost of the drop and RTT programs per event.
 
+Objects are loaded as flowkit-agent loads them: with the flow cache on (``flow_cache`` = 1)
+where the object has one. ``--flows N`` makes the live frames cycle through N flows (source
+ports), so that consecutive packets never share a flow.
+
 Usage: ``sudo .venv/bin/python bench/bench_kernel.py [--repeat N] [--rounds N] [--packets N]
-[--compare OLD.o] [--features] [--no-live]``. Prints one JSON object.
+[--flows N] [--compare OLD.o] [--features] [--no-live]``. Prints one JSON object.
 """
 
 from __future__ import annotations
