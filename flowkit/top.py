@@ -249,6 +249,7 @@ def run_top(argv: list[str]) -> int:
     from rich.live import Live
 
     console = Console()
+    finished = False
     try:
         with _raw_terminal() as interactive, Live(
             view.render(console.size.height), console=console, screen=interactive,
@@ -262,8 +263,15 @@ def run_top(argv: list[str]) -> int:
                             view.key(char)
                 else:
                     time.sleep(0.25)
-                if agent.stop_requested.is_set() and not interactive:
-                    break
+                if agent.stop_requested.is_set() and not finished:
+                    # The tracer is done (a replay reached the end of its capture): shutting
+                    # down drains the last flows into the board; the view stays until `q`.
+                    agent.shutdown()
+                    finished = True
+                    if not interactive:
+                        break
+                live.update(view.render(console.size.height), refresh=True)
+            if finished and not interactive:
                 live.update(view.render(console.size.height), refresh=True)
     except KeyboardInterrupt:
         pass
