@@ -40,7 +40,6 @@ __all__ = [
     "ffi",
     "lib",
     "new_or_raise",
-    "sizeof",
     "uninitialised_bytes",
 ]
 
@@ -146,8 +145,3 @@ def array_pointer(
             raise TypeError("a writable C view needs a numpy array")
         return ffi.from_buffer(ctype, source, require_writable=True)
     return ffi.from_buffer(ctype, source)
-
-
-def sizeof(ctype: str) -> int:
-    """``sizeof(ctype)`` as the C compiler laid it out."""
-    return ffi.sizeof(ctype)
