@@ -83,6 +83,14 @@ class EbpfTracerSettings(BaseModel):
         "an existing flow use the coarse clock (one scheduler tick of resolution, ~20 ns less "
         "per packet); flow starts are always precise.",
     )
+    ebpf_flow_cache: Bool = Field(
+        default=True,
+        description="Per-CPU flow cache in the eBPF program: packets of a flow that holds its "
+        "cache slot skip the flow map's hash lookup (60-70 ns less per packet here); a packet "
+        "of another flow first writes the slot back to the map, which costs more than no "
+        "cache when consecutive packets on a CPU keep changing among more flows than its 256 "
+        "slots. Counts are exact either way.",
+    )
     ebpf_ringbuf_size: int = Field(
         default=1 << 20,
         ge=1 << 12,
@@ -229,7 +237,8 @@ class EbpfTracer:
                 spec.maps[name].max_entries = self.cache_max_flows
             spec.maps[MAP_EVENTS].max_entries = self.settings.ebpf_ringbuf_size
             if "flow_cache" in spec.variables:
-                spec.variables["flow_cache"].set(1)  # drained by KernelDrainer with the maps
+                # Drained by KernelDrainer with the maps (kernel_maps names the caches).
+                spec.variables["flow_cache"].set(1 if self.settings.ebpf_flow_cache else 0)
             settings = self.settings
             rules = parse_filter_rules(settings.flow_filter_rules)
             features = settings.features_enabled
@@ -349,7 +358,7 @@ class EbpfTracer:
             if removed:
                 log.info("removed %d stale flowkit tc filters", len(removed))
             maps = collection.maps
-            cached = MAP_CACHE_SELECTOR in maps
+            cached = MAP_CACHE_SELECTOR in maps and self.settings.ebpf_flow_cache
             self._kernel_maps = KernelMaps(
                 selector_fd=maps[MAP_SELECTOR].fd,
                 flow_map_fds=(maps[MAP_FLOWS[0]].fd, maps[MAP_FLOWS[1]].fd),

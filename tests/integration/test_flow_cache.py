@@ -8,13 +8,16 @@ or is still in the cache when the drainer flips the maps.
 
 from __future__ import annotations
 
+import sys
 import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
+from netns import AgentRun, Pair, flow_totals
 from test_native_drain import FRAME_LEN, udp_frame
 
 from flowkit.accounting import KernelDrainer, RingBufferReader, read_kernel_counters
@@ -26,6 +29,7 @@ from flowkit_plugins.ebpf_tracer import MAP_CACHE_SELECTOR, MAP_CACHES, default_
 pytestmark = pytest.mark.integration
 
 SLOTS = 256  # FK_FLOW_CACHE_SLOTS (csrc/flow.h)
+TRAFFIC = str(Path(__file__).with_name("traffic.py"))
 
 
 class CachedProgram:
@@ -186,3 +190,29 @@ def test_drains_during_traffic_lose_and_double_nothing(cached: Any) -> None:
     assert not errors, errors
     assert drains >= 100
     assert got == sent
+
+
+# -- the agent, with and without the cache (EBPF_FLOW_CACHE) --------------------------------------
+
+
+@pytest.mark.parametrize("cache", ["true", "false"])
+def test_the_agent_counts_exactly_with_and_without_the_cache(cache: str) -> None:
+    with Pair.create("fkC", offload=False) as pair:
+        left, right = pair.left, pair.right
+        env = {"INTERFACES": right.ifname, "EBPF_FLOW_CACHE": cache, "DIRECTION": "ingress"}
+        with AgentRun(right.ns, env) as agent:
+            agent.wait_traced(right.ifname)
+            # One flow of 50 datagrams, then more flows than cache slots, one datagram each.
+            left.ns.run(sys.executable, TRAFFIC, "udp-send", right.ip4, "9100", "41000", "50",
+                        "20")
+            left.ns.run(sys.executable, TRAFFIC, "udp-many", right.ip4, "42000", str(SLOTS + 100))
+            time.sleep(0.3)
+            assert agent.stop() == 0
+        frame = 14 + 20 + 8 + 20
+        assert flow_totals(agent.flows, SrcPort=41000, DstPort=9100) == (50, 50 * frame)
+        many = [f for f in agent.flows if f.get("SrcAddr") == left.ip4 and
+                42000 <= f.get("SrcPort", 0) < 42000 + SLOTS + 100]
+        per_port: Counter[int] = Counter()
+        for f in many:
+            per_port[f["SrcPort"]] += f["Packets"]
+        assert per_port == Counter({42000 + i: 1 for i in range(SLOTS + 100)})
