@@ -159,6 +159,19 @@ def test_two_exporters_of_one_process_never_replace_each_others_files(tmp_path: 
     assert len(read_back(tmp_path / "flows")) == 15
 
 
+def test_buffered_flows_stay_within_open_files_times_row_group_size(tmp_path: Path) -> None:
+    """Memory is bounded: at most PARQUET_MAX_OPEN_FILES partitions are open, each buffering
+    less than a row group, however many hours the flows span; and no flow is lost on the way."""
+    exp = exporter(tmp_path, parquet_row_group_size=1024, parquet_max_open_files=2)
+    for i in range(10):
+        exp.export(batch_of(700, start_ns=T0 + (i % 4) * HOUR, port0=700 * i))
+        assert len(exp._files) <= 2
+        assert sum(f.pending_rows for f in exp._files.values()) < 2 * 1024
+    exp.shutdown(5)
+    assert exp.written_flows == 10 * 700
+    assert len(read_back(tmp_path / "flows")) == 10 * 700
+
+
 def test_settings_need_a_directory() -> None:
     with pytest.raises(ValueError, match="PARQUET_DIRECTORY is required"):
         ParquetSettings()
