@@ -27,6 +27,7 @@ import http.client
 import logging
 import socket
 import ssl
+import threading
 import time
 import urllib.parse
 from pathlib import Path
@@ -282,30 +283,54 @@ class _HttpTransport:
             if settings.otlp_tls_user_cert_path:
                 self._context.load_cert_chain(settings.otlp_tls_user_cert_path,
                                               settings.otlp_tls_user_key_path)
-        self._connection: http.client.HTTPConnection | None = None
+        # One keep-alive connection per signal: the logs and metrics senders run on their own
+        # threads, and an http.client connection carries one request at a time (sharing one made
+        # a busy connection fail the other signal's request after the collector had it, which
+        # was then sent twice). The lock keeps it one request per connection whoever calls.
+        self._connections: dict[str, http.client.HTTPConnection] = {}
+        self._locks = {"logs": threading.Lock(), "metrics": threading.Lock()}
 
-    def _connect(self) -> http.client.HTTPConnection:
-        if self._connection is None:
+    def _connection(self, kind: str) -> http.client.HTTPConnection:
+        connection = self._connections.get(kind)
+        if connection is None:
             host, port, _ = self._settings.address
             timeout = self._settings.otlp_timeout
             if self._context is not None:
-                self._connection = http.client.HTTPSConnection(host, port, timeout=timeout,
-                                                               context=self._context)
+                connection = http.client.HTTPSConnection(host, port, timeout=timeout,
+                                                         context=self._context)
             else:
-                self._connection = http.client.HTTPConnection(host, port, timeout=timeout)
-        return self._connection
+                connection = http.client.HTTPConnection(host, port, timeout=timeout)
+            self._connections[kind] = connection
+        return connection
+
+    def _post(self, kind: str, path: str, data: bytes) -> tuple[http.client.HTTPResponse, bytes]:
+        connection = self._connection(kind)
+        reused = connection.sock is not None
+        try:
+            connection.request("POST", path, body=data, headers=self._headers)
+            response = connection.getresponse()
+        except (ConnectionResetError, BrokenPipeError):
+            # A kept-alive connection the collector closed while idle fails the next request
+            # before the collector read it: send it once more on a new connection at once.
+            if not reused:
+                raise
+            self._close(kind)
+            connection = self._connection(kind)
+            connection.request("POST", path, body=data, headers=self._headers)
+            response = connection.getresponse()
+        return response, response.read()
 
     def send(self, kind: str, data: bytes) -> tuple[str, str, Any]:
         path = "/v1/logs" if kind == "logs" else "/v1/metrics"
-        try:
-            connection = self._connect()
-            connection.request("POST", path, body=data, headers=self._headers)
-            response = connection.getresponse()
-            body = response.read()
-        except (OSError, http.client.HTTPException) as exc:
-            self.close()
-            name = "TLS" if isinstance(exc, ssl.SSLError) else type(exc).__name__
-            return _Outcome.RETRY, name, str(exc)
+        with self._locks[kind]:
+            try:
+                response, body = self._post(kind, path, data)
+            except (OSError, http.client.HTTPException) as exc:
+                # No complete response: the request may or may not have reached the collector;
+                # the sender sends it again (at-least-once).
+                self._close(kind)
+                name = "TLS" if isinstance(exc, ssl.SSLError) else type(exc).__name__
+                return _Outcome.RETRY, name, str(exc)
         if response.status == 200:
             message = (self._proto.logs_service.ExportLogsServiceResponse
                        if kind == "logs"
@@ -317,10 +342,14 @@ class _HttpTransport:
         outcome = _Outcome.RETRY if response.status in _RETRYABLE_HTTP else _Outcome.REJECTED
         return outcome, f"HTTP {response.status}", body[:200].decode("utf-8", "replace")
 
+    def _close(self, kind: str) -> None:
+        connection = self._connections.pop(kind, None)
+        if connection is not None:
+            connection.close()
+
     def close(self) -> None:
-        if self._connection is not None:
-            self._connection.close()
-            self._connection = None
+        for kind in list(self._connections):
+            self._close(kind)
 
 
 class OtlpExporter:

@@ -359,22 +359,34 @@ def test_partial_success_counts_the_rejected_records(receivers: Any, harness: An
 
 
 class _HttpReceiver(http.server.ThreadingHTTPServer):
-    def __init__(self, status: int = 200) -> None:
+    """An OTLP/HTTP receiver; with ``answer_when``, it holds every reply until a request for each
+    of those paths has arrived (at most 5 s), so that those requests are in flight together."""
+
+    def __init__(self, status: int = 200, answer_when: frozenset[str] = frozenset()) -> None:
         self.requests: list[tuple[str, dict[str, str], bytes]] = []
         self.status = status
+        self.reply_errors: list[str] = []
+        arrived = threading.Condition()
         outer = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
             def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers["Content-Length"]))
-                outer.requests.append(
-                    (self.path, {k.lower(): v for k, v in self.headers.items()}, body))
+                with arrived:
+                    outer.requests.append(
+                        (self.path, {k.lower(): v for k, v in self.headers.items()}, body))
+                    arrived.notify_all()
+                    arrived.wait_for(
+                        lambda: answer_when <= {p for p, _, _ in outer.requests}, 5)
                 reply = logs_service_pb2.ExportLogsServiceResponse().SerializeToString()
                 self.send_response(outer.status)
                 self.send_header("Content-Type", "application/x-protobuf")
                 self.send_header("Content-Length", str(len(reply)))
-                self.end_headers()
-                self.wfile.write(reply)
+                try:
+                    self.end_headers()
+                    self.wfile.write(reply)
+                except OSError as exc:  # the client hung up before its reply
+                    outer.reply_errors.append(f"{self.path}: {exc!r}")
 
             def log_message(self, *args: Any) -> None:
                 pass
@@ -404,6 +416,30 @@ def test_http_protobuf_with_headers(harness: Any) -> None:
                    for scope in resource.scope_logs for record in scope.log_records]
         assert len(records) == 5
         assert h.value("otlp_sent_flows_total") == 5
+    finally:
+        server.shutdown()
+
+
+def test_http_logs_and_metrics_in_flight_together_are_each_sent_once(harness: Any) -> None:
+    # The receiver answers neither request before it has both: the logs and metrics senders
+    # must not share one HTTP connection (one would find it busy, fail, and make the other's
+    # request fail after the receiver got it, which is then sent twice).
+    server = _HttpReceiver(answer_when=frozenset({"/v1/logs", "/v1/metrics"}))
+    try:
+        h = harness(otlp_endpoint=f"http://127.0.0.1:{server.server_address[1]}",
+                    otlp_protocol="http/protobuf", otlp_metrics=True)
+        for _ in range(3):
+            h.exporter.export(synthetic_flows(n_flows=4))
+            assert h.exporter.flush(10)
+        paths = collections.Counter(p for p, _, _ in server.requests)
+        assert paths == {"/v1/logs": 3, "/v1/metrics": 3}
+        assert server.reply_errors == []
+        assert h.value("otlp_sent_flows_total") == 12
+        assert h.value("otlp_sent_requests_total", signal="logs") == 3
+        assert h.value("otlp_sent_requests_total", signal="metrics") == 3
+        errors = [s for fam in h.metrics.registry.collect() for s in fam.samples
+                  if s.name == "ebpf_agent_otlp_send_errors_total" and s.value]
+        assert errors == []
     finally:
         server.shutdown()
 
