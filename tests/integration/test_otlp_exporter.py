@@ -362,7 +362,8 @@ class _HttpReceiver(http.server.ThreadingHTTPServer):
     """An OTLP/HTTP receiver; with ``answer_when``, it holds every reply until a request for each
     of those paths has arrived (at most 5 s), so that those requests are in flight together."""
 
-    def __init__(self, status: int = 200, answer_when: frozenset[str] = frozenset()) -> None:
+    def __init__(self, status: int = 200, answer_when: frozenset[str] = frozenset(),
+                 close_idle: bool = False) -> None:
         self.requests: list[tuple[str, dict[str, str], bytes]] = []
         self.status = status
         self.reply_errors: list[str] = []
@@ -370,6 +371,10 @@ class _HttpReceiver(http.server.ThreadingHTTPServer):
         outer = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
+            # close_idle: answer as HTTP/1.1 (the client keeps the connection), then close it at
+            # once as a collector's idle timeout would.
+            protocol_version = "HTTP/1.1" if close_idle else "HTTP/1.0"
+
             def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers["Content-Length"]))
                 with arrived:
@@ -387,6 +392,7 @@ class _HttpReceiver(http.server.ThreadingHTTPServer):
                     self.wfile.write(reply)
                 except OSError as exc:  # the client hung up before its reply
                     outer.reply_errors.append(f"{self.path}: {exc!r}")
+                self.close_connection = True
 
             def log_message(self, *args: Any) -> None:
                 pass
@@ -437,6 +443,26 @@ def test_http_logs_and_metrics_in_flight_together_are_each_sent_once(harness: An
         assert h.value("otlp_sent_flows_total") == 12
         assert h.value("otlp_sent_requests_total", signal="logs") == 3
         assert h.value("otlp_sent_requests_total", signal="metrics") == 3
+        errors = [s for fam in h.metrics.registry.collect() for s in fam.samples
+                  if s.name == "ebpf_agent_otlp_send_errors_total" and s.value]
+        assert errors == []
+    finally:
+        server.shutdown()
+
+
+def test_http_idle_connection_closed_by_the_collector_is_reopened_without_an_error(
+    harness: Any,
+) -> None:
+    server = _HttpReceiver(close_idle=True)
+    try:
+        h = harness(otlp_endpoint=f"http://127.0.0.1:{server.server_address[1]}",
+                    otlp_protocol="http/protobuf")
+        for _ in range(3):
+            h.exporter.export(synthetic_flows(n_flows=2))
+            assert h.exporter.flush(10)
+            time.sleep(0.2)  # the receiver has closed the kept-alive connection by now
+        assert [p for p, _, _ in server.requests] == ["/v1/logs"] * 3
+        assert h.value("otlp_sent_flows_total") == 6
         errors = [s for fam in h.metrics.registry.collect() for s in fam.samples
                   if s.name == "ebpf_agent_otlp_send_errors_total" and s.value]
         assert errors == []
