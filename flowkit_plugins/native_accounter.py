@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 
 import numpy as np
 
@@ -36,6 +37,7 @@ from flowkit.components import AccounterSpec, ComponentContext, KernelMaps, Trac
 from flowkit.metrics import Metrics
 from flowkit.model import RECORD_DTYPE, FlowArray, FlowBatch
 from flowkit.native import NativeError
+from flowkit.native.flows import counter_sum as native_counter_sum
 from flowkit.ratelimit import DEFAULT_INTERVAL
 
 log = logging.getLogger(__name__)
@@ -43,6 +45,22 @@ log = logging.getLogger(__name__)
 LOSS_LOG_INTERVAL = DEFAULT_INTERVAL
 """Seconds between two log lines about packets the kernel lost (each says how many since the
 previous one; the ``kernel_ringbuf_lost_packets`` metric is always current)."""
+
+_KERNEL_COUNTER_METRICS: tuple[tuple[str, str, str], ...] = (
+    ("kernel_map_full_packets",
+     "Packets sent to the ring buffer because the kernel flow map was full", "ringbuf_records"),
+    ("kernel_ringbuf_lost_packets",
+     "Packets lost because both the kernel flow map and the ring buffer were full",
+     "ringbuf_lost"),
+    ("kernel_filtered_packets",
+     "Packets not kept because of FLOW_FILTER_RULES (rejected, or matched no rule)", "filtered"),
+    ("kernel_feature_events_lost",
+     "Drop, RTT or DNS events lost because the kernel feature map was full", "extra_lost"),
+    ("kernel_dns_untracked_queries",
+     "DNS queries whose response latency cannot be measured (query map update failed)",
+     "dns_untracked"),
+)
+"""The eBPF program's counters served as gauges: (metric, help, counter name)."""
 
 
 def _make(context: ComponentContext) -> NativeAccounter:
@@ -268,7 +286,7 @@ class NativeAccounter:
         more when the accounter closes if some were not logged yet (``final``)."""
         if self._kernel_maps is None:
             return
-        lost = self.kernel_counters()["ringbuf_lost"]
+        lost = self.kernel_counter("ringbuf_lost")
         new = lost - self._lost_reported
         if new <= 0:
             return
@@ -296,6 +314,18 @@ class NativeAccounter:
                 pass
         return dict(self._last_kernel_counters)
 
+    def kernel_counter(self, name: str) -> int:
+        """One counter of the eBPF program (its last known value once the maps are gone): one
+        read of the ``counters`` map instead of all of them."""
+        maps = self._kernel_maps
+        if maps is not None and maps.counters_fd >= 0 and not self._closed:
+            try:
+                self._last_kernel_counters[name] = native_counter_sum(
+                    maps.counters_fd, KERNEL_COUNTERS[name], maps.ncpus)
+            except (NativeError, OSError):
+                pass
+        return self._last_kernel_counters[name]
+
     def _register_metrics(self, metrics: Metrics) -> None:
         def drains() -> float:
             stats = self.drainer_stats()
@@ -310,28 +340,8 @@ class NativeAccounter:
             "accounter_ringbuf_records", "Ring-buffer records consumed by the native accounter",
             lambda: float(self.ringbuf_records()),
         )
-        metrics.gauge_callback(
-            "kernel_map_full_packets",
-            "Packets sent to the ring buffer because the kernel flow map was full",
-            lambda: float(self.kernel_counters()["ringbuf_records"]),
-        )
-        metrics.gauge_callback(
-            "kernel_ringbuf_lost_packets",
-            "Packets lost because both the kernel flow map and the ring buffer were full",
-            lambda: float(self.kernel_counters()["ringbuf_lost"]),
-        )
-        metrics.gauge_callback(
-            "kernel_filtered_packets",
-            "Packets not kept because of FLOW_FILTER_RULES (rejected, or matched no rule)",
-            lambda: float(self.kernel_counters()["filtered"]),
-        )
-        metrics.gauge_callback(
-            "kernel_feature_events_lost",
-            "Drop, RTT or DNS events lost because the kernel feature map was full",
-            lambda: float(self.kernel_counters()["extra_lost"]),
-        )
-        metrics.gauge_callback(
-            "kernel_dns_untracked_queries",
-            "DNS queries whose response latency cannot be measured (query map update failed)",
-            lambda: float(self.kernel_counters()["dns_untracked"]),
-        )
+        def kernel(counter: str) -> Callable[[], float]:
+            return lambda: float(self.kernel_counter(counter))
+
+        for metric, help_text, counter in _KERNEL_COUNTER_METRICS:
+            metrics.gauge_callback(metric, help_text, kernel(counter))
