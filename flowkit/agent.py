@@ -498,13 +498,8 @@ class Agent:
             ",".join(c.name for c in pipeline.exporters),
         )
 
-    def _unwind(self) -> None:
-        """Undo a failed start: stop threads, shut exporters down, close the components."""
-        self.stop_requested.set()
-        self._informer_stop.set()
-        self._accounting_stop.set()
-        for thread in self._threads:
-            thread.join(2.0)
+    def _detach_all(self, level: int) -> None:
+        """Detach the tracer from every traced interface; a failure is logged at ``level``."""
         with self._lock:
             attached = list(self._attached.values())
             self._attached.clear()
@@ -513,7 +508,16 @@ class Agent:
                 assert self.tracer is not None
                 self.tracer.detach(iface)
             except Exception as exc:
-                log.debug("detaching from %s failed: %s", iface.name, exc)
+                log.log(level, "detaching from %s failed: %s", iface.name, exc)
+
+    def _unwind(self) -> None:
+        """Undo a failed start: stop threads, shut exporters down, close the components."""
+        self.stop_requested.set()
+        self._informer_stop.set()
+        self._accounting_stop.set()
+        for thread in self._threads:
+            thread.join(2.0)
+        self._detach_all(logging.DEBUG)
         # Exporters built but never started get their shutdown() (nothing to flush yet).
         for worker in self._workers:
             try:
@@ -797,15 +801,7 @@ class Agent:
         for thread in self._threads:
             if thread.name in ("flowkit-informer", "flowkit-watchdog"):
                 thread.join(2.0)
-        with self._lock:
-            attached = list(self._attached.values())
-            self._attached.clear()
-        for iface in attached:
-            try:
-                assert self.tracer is not None
-                self.tracer.detach(iface)
-            except Exception as exc:
-                log.warning("detaching from %s failed: %s", iface.name, exc)
+        self._detach_all(logging.WARNING)
         self._accounting_stop.set()
         for thread in self._threads:
             if thread.name == "flowkit-accounting":
