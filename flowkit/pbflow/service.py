@@ -49,21 +49,7 @@ def collector_handler(
     returning normally answers with an empty ``CollectorReply``.
     """
 
-    def send(request: Records, context: grpc.ServicerContext) -> CollectorReply:
-        on_records(request, context)
-        return CollectorReply()
-
-    handlers: dict[str, Any] = {
-        "Send": grpc.unary_unary_rpc_method_handler(
-            send,
-            request_deserializer=Records.FromString,
-            response_serializer=CollectorReply.SerializeToString,
-        )
-    }
-    handler: grpc.GenericRpcHandler = grpc.method_handlers_generic_handler(
-        COLLECTOR_SERVICE, handlers
-    )
-    return handler
+    return _send_handler(on_records, Records.FromString)
 
 
 def collector_raw_handler(
@@ -72,14 +58,24 @@ def collector_raw_handler(
     """Like :func:`collector_handler`, but ``on_message`` gets the serialized ``Records``
     message as bytes, undecoded (for servers that decode record by record)."""
 
-    def send(request: bytes, context: grpc.ServicerContext) -> CollectorReply:
-        on_message(request, context)
+    return _send_handler(on_message, _identity)
+
+
+def _send_handler(
+    on_request: Callable[[Any, grpc.ServicerContext], None],
+    deserializer: Callable[[bytes], Any],
+) -> grpc.GenericRpcHandler:
+    """The ``Collector.Send`` handler: ``on_request`` gets each request as ``deserializer``
+    made it, and the call is answered with an empty ``CollectorReply``."""
+
+    def send(request: Any, context: grpc.ServicerContext) -> CollectorReply:
+        on_request(request, context)
         return CollectorReply()
 
     handlers: dict[str, Any] = {
         "Send": grpc.unary_unary_rpc_method_handler(
             send,
-            request_deserializer=_identity,
+            request_deserializer=deserializer,
             response_serializer=CollectorReply.SerializeToString,
         )
     }
