@@ -590,6 +590,10 @@ class _Lib:
     @staticmethod
     def fk_ringbuf_reader_new(ringbuf_fd: int, err: CData, /) -> CData: ...
     @staticmethod
+    def fk_ringbuf_wait(r: CData, timeout_ms: int, /) -> int: ...
+    @staticmethod
+    def fk_ringbuf_wake(r: CData, /) -> int: ...
+    @staticmethod
     def fk_table_absorb(
         t: CData,
         src: CData,

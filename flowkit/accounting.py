@@ -254,11 +254,15 @@ class KernelDrainer:
             self.set_mode(mode)
 
     def set_mode(self, mode: str) -> None:
-        """Force a drain strategy (one of :data:`DRAIN_MODES`); mostly for tests."""
+        """Force a drain strategy (one of :data:`DRAIN_MODES`) on every map kind; mostly for
+        tests. The flow caches know two: batches (any mode but ``iterate``), or slot by slot
+        (``iterate``, what kernels without batch operations on arrays get)."""
         if mode not in DRAIN_MODES:
             raise ValueError(f"unknown drain mode {mode!r}; use one of {sorted(DRAIN_MODES)}")
         with self._lock:
-            self.native.set_mode(DRAIN_MODES[mode])
+            for drainer in (self.native, self._extra_drainer, self._cache_drainer):
+                if drainer is not None:
+                    drainer.set_mode(DRAIN_MODES[mode])
 
     def _drain_locked(self, table: native.Table) -> int:
         keys = self.native.drain(table)
@@ -339,6 +343,16 @@ class RingBufferReader:
         with self._lock:
             return self.native.poll_into_table(table.native, limit, output.buffer,
                                                output.boot_offset_ns, _timeout_ms(timeout))
+
+    def wait(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` seconds until a record is there (True) or :meth:`wake` is
+        called; consumes nothing and takes no lock, so that the caller may hold none either."""
+        return self.native.wait(_timeout_ms(timeout))
+
+    def wake(self) -> None:
+        """End a wait of :meth:`wait`, :meth:`read` or :meth:`poll_into` at once (from another
+        thread; the next wait ends at once if none is in progress)."""
+        self.native.wake()
 
     def records(self) -> int:
         """Records consumed so far."""

@@ -363,6 +363,7 @@ class Agent:
         self.stop_requested = threading.Event()
         self._stopped = threading.Event()
         self._informer_stop = threading.Event()
+        self._watchdog_wake = threading.Event()
         self._accounting_stop = threading.Event()
         self._filter = InterfaceFilter(
             self.config.interfaces, self.config.exclude_interfaces, self.config.interface_ips
@@ -513,8 +514,8 @@ class Agent:
     def _unwind(self) -> None:
         """Undo a failed start: stop threads, shut exporters down, close the components."""
         self.stop_requested.set()
-        self._informer_stop.set()
-        self._accounting_stop.set()
+        self._stop_informer()
+        self._stop_accounting()
         for thread in self._threads:
             thread.join(2.0)
         self._detach_all(logging.DEBUG)
@@ -582,6 +583,7 @@ class Agent:
             delay = min(ATTACH_RETRY_MAX, ATTACH_RETRY_INITIAL * 2.0 ** min(attempt - 1, 16))
             delay = delay / 2 + random.uniform(0, delay / 2)  # noqa: S311 (jitter)
             self._retries[iface.key] = (attempt, time.monotonic() + delay)
+            self._wake_watchdog()  # it sleeps until the earliest retry it knew of
             self._attach_log.emit(
                 f"attach-{iface.key}", logging.WARNING,
                 "cannot trace interface %s (index %d): %s; retrying (attempt %d, next in %.1fs)",
@@ -607,6 +609,8 @@ class Agent:
                 self._retired[iface.key] = time.monotonic()
             self._wanted.pop(iface.key, None)
             self._retries.pop(iface.key, None)
+            if not self._wanted:
+                self._wake_watchdog()  # "no interface matches" may be due
             attached = self._attached.pop(iface.key, None)
             if attached is None:
                 return
@@ -618,12 +622,22 @@ class Agent:
         log.info("stopped tracing interface %s (index %d)", iface.qualified_name, iface.index)
 
     def _watchdog_loop(self) -> None:
-        """Retry failed attaches when due; log the interfaces wanted vs traced periodically."""
+        """Retry failed attaches when due; log the interfaces wanted vs traced periodically.
+
+        Sleeps until the next of these is due; a newly scheduled retry, a deleted interface
+        and the stop wake it (:attr:`_watchdog_wake`).
+        """
         started = time.monotonic()
         warned_empty = False
         period = self.config.status_log_period
         next_status = started + period if period else float("inf")
-        while not self._informer_stop.wait(0.2):
+        timeout: float | None = NO_INTERFACE_GRACE
+        while True:
+            self._watchdog_wake.wait(timeout)
+            # Cleared before the state is read: a wake that comes later is not lost.
+            self._watchdog_wake.clear()
+            if self._informer_stop.is_set():
+                return
             now = time.monotonic()
             with self._lock:
                 due = [self._wanted[i] for i, (_, at) in self._retries.items()
@@ -631,7 +645,10 @@ class Agent:
                 for iface in due:
                     self._try_attach(iface)
                 nothing_wanted = not self._wanted
-            if not warned_empty and nothing_wanted and now - started >= NO_INTERFACE_GRACE:
+                next_retry = min((at for i, (_, at) in self._retries.items()
+                                  if i in self._wanted), default=float("inf"))
+            grace_over = now - started >= NO_INTERFACE_GRACE
+            if not warned_empty and nothing_wanted and grace_over:
                 warned_empty = True
                 log.warning(
                     "no interface matches INTERFACES=%s EXCLUDE_INTERFACES=%s%s: nothing is "
@@ -644,6 +661,24 @@ class Agent:
             if now >= next_status:
                 next_status = now + period
                 self._log_status()
+            wake_at = min(next_retry, next_status,
+                          float("inf") if warned_empty or grace_over
+                          else started + NO_INTERFACE_GRACE)
+            timeout = None if wake_at == float("inf") else max(0.0, wake_at - time.monotonic())
+
+    def _wake_watchdog(self) -> None:
+        self._watchdog_wake.set()
+
+    def _stop_informer(self) -> None:
+        """Stop the informer and watchdog threads; end their waits at once."""
+        self._informer_stop.set()
+        self._wake_watchdog()
+        wake = getattr(self.informer, "wake", None)
+        if callable(wake):
+            try:
+                wake()
+            except Exception as exc:  # it then sees the stop within its own timeout
+                log.warning("waking the informer failed: %s", exc)
 
     def _log_status(self) -> None:
         state = self.interfaces_state()
@@ -693,9 +728,12 @@ class Agent:
         assert self.accounter is not None
         period = self.config.cache_active_timeout
         next_evict = time.monotonic() + period
+        # An accounter that the stop can wake waits in one poll until the next eviction is due;
+        # any other one polls in slices so that the stop is seen within _POLL_SLICE.
+        wakeable = bool(getattr(self.accounter, "wakeable", False))
         while not self._accounting_stop.is_set():
-            wait = min(_POLL_SLICE, max(0.0, next_evict - time.monotonic()))
-            batch = self.accounter.poll(wait)
+            wait = max(0.0, next_evict - time.monotonic())
+            batch = self.accounter.poll(wait if wakeable else min(_POLL_SLICE, wait))
             if batch is not None:
                 self._dispatch(batch, "full")
             if time.monotonic() >= next_evict:
@@ -708,6 +746,16 @@ class Agent:
         if batch is not None:
             self._dispatch(batch, "full")
         self._dispatch(self.accounter.evict(), "stop")
+
+    def _stop_accounting(self) -> None:
+        """Ask the accounting thread to finish (final drain included) and end its wait."""
+        self._accounting_stop.set()
+        wake = getattr(self.accounter, "wake", None)
+        if callable(wake):
+            try:
+                wake()
+            except Exception as exc:  # the thread then sees the stop at its next timeout
+                log.warning("waking the accounter failed: %s", exc)
 
     def _dispatch(self, batch: FlowBatch, source: str) -> None:
         self._evictions.labels(source=source).inc()
@@ -797,12 +845,12 @@ class Agent:
             return
         self.stop_requested.set()
         deadline = time.monotonic() + self.config.shutdown_timeout
-        self._informer_stop.set()
+        self._stop_informer()
         for thread in self._threads:
             if thread.name in ("flowkit-informer", "flowkit-watchdog"):
                 thread.join(2.0)
         self._detach_all(logging.WARNING)
-        self._accounting_stop.set()
+        self._stop_accounting()
         for thread in self._threads:
             if thread.name == "flowkit-accounting":
                 thread.join(max(1.0, deadline - time.monotonic()))

@@ -21,7 +21,7 @@ import orjson
 
 import flowkit
 from flowkit.components import ComponentStartError
-from flowkit.config import ConfigError, SettingInfo, load_config, settings_table
+from flowkit.config import AgentConfig, ConfigError, SettingInfo, load_config, settings_table
 from flowkit.pipeline import Pipeline, resolve_pipeline
 from flowkit.plugins import PluginError, PluginManager
 from flowkit.privileges import PrivilegeError
@@ -186,37 +186,21 @@ def run_agent(pipeline: Pipeline) -> int:
     """Start the agent, wait until it is asked to stop (or stops itself), shut it down."""
     config = pipeline.config
     configure_logging(config.log_level)
-    log = logging.getLogger("flowkit.cli")
     for level, message in pipeline.load_messages:  # plugin loading, now that logs show
         logging.getLogger("flowkit.plugins").log(level, "%s", message)
     agent = flowkit.Agent(pipeline)
-    server: Any = None
-    if config.metrics_enable:
-        from flowkit.metrics import MetricsServer
-
-        where = f"{config.metrics_server_address or '*'}:{config.metrics_server_port}"
-        try:
-            server = MetricsServer(agent.metrics, config.metrics_server_address,
-                                   config.metrics_server_port, health=agent.health)
-        except OSError as exc:
-            reason = exc.strerror or _one_line(exc)
-            return _fail(f"invalid settings METRICS_SERVER_ADDRESS/METRICS_SERVER_PORT: cannot "
-                         f"serve metrics on {where}: {reason}", 2)
-    _install_signal_handlers(agent)
+    # The threads started from here on block SIGTERM/SIGINT, so that the kernel delivers them
+    # to this thread, whose wait below they interrupt: it needs no timeout to see them.
+    stop_signals = {signal.SIGTERM, signal.SIGINT}
+    signal.pthread_sigmask(signal.SIG_BLOCK, stop_signals)
     try:
-        agent.start()  # unwinds whatever it started before raising
-    except PrivilegeError as exc:
-        return _fail(str(exc), 1)
-    except ComponentStartError as exc:
-        return _fail(str(exc), exc.exit_status)
-    except (ConfigError, PluginError) as exc:
-        return _fail(str(exc), 2)
-    except Exception as exc:
-        log.debug("start failed", exc_info=True)
-        return _fail(f"cannot start: {_one_line(exc)}", 1)
+        status, server = _start_agent(agent, config)
+    finally:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, stop_signals)
+    if status is not None:
+        return status
     try:
-        while not agent.stop_requested.wait(0.5):
-            pass
+        agent.stop_requested.wait()
     finally:
         # A hard deadline: whatever happens in the orderly stop, the process ends.
         timer = threading.Timer(config.shutdown_timeout + 5.0, lambda: os._exit(1))
@@ -232,6 +216,37 @@ def run_agent(pipeline: Pipeline) -> int:
     if agent.failure:
         return _fail(agent.failure, agent.exit_status)
     return 0
+
+
+def _start_agent(agent: flowkit.Agent, config: AgentConfig) -> tuple[int | None, Any]:
+    """Serve metrics (when enabled), install the signal handlers and start the agent. Returns
+    (an exit status if something could not start, else None; the metrics server or None)."""
+    log = logging.getLogger("flowkit.cli")
+    server: Any = None
+    if config.metrics_enable:
+        from flowkit.metrics import MetricsServer
+
+        where = f"{config.metrics_server_address or '*'}:{config.metrics_server_port}"
+        try:
+            server = MetricsServer(agent.metrics, config.metrics_server_address,
+                                   config.metrics_server_port, health=agent.health)
+        except OSError as exc:
+            reason = exc.strerror or _one_line(exc)
+            return _fail(f"invalid settings METRICS_SERVER_ADDRESS/METRICS_SERVER_PORT: cannot "
+                         f"serve metrics on {where}: {reason}", 2), None
+    _install_signal_handlers(agent)
+    try:
+        agent.start()  # unwinds whatever it started before raising
+    except PrivilegeError as exc:
+        return _fail(str(exc), 1), server
+    except ComponentStartError as exc:
+        return _fail(str(exc), exc.exit_status), server
+    except (ConfigError, PluginError) as exc:
+        return _fail(str(exc), 2), server
+    except Exception as exc:
+        log.debug("start failed", exc_info=True)
+        return _fail(f"cannot start: {_one_line(exc)}", 1), server
+    return None, server
 
 
 def _one_line(exc: BaseException) -> str:

@@ -234,7 +234,9 @@ class Informer(Protocol):
     """Reports interfaces: first every existing one as ``added``, then changes."""
 
     def events(self, stop: threading.Event) -> Iterator[InterfaceEvent]:
-        """Yield events until ``stop`` is set; must return within about a second of it."""
+        """Yield events until ``stop`` is set; must return within about a second of it, or, for
+        an informer that has a ``wake()`` method (called by the agent right after it sets
+        ``stop``), at once when woken."""
         ...
 
     def close(self) -> None:
@@ -320,6 +322,11 @@ class Accounter(Protocol):
     Semantics (NetObserv's): records are merged by flow key; everything is evicted every
     CACHE_ACTIVE_TIMEOUT (:meth:`evict`), and the cache is evicted early when it holds
     CACHE_MAX_FLOWS flows (:meth:`poll` then returns the batch).
+
+    Optional: an accounter whose ``wakeable`` attribute is true and that has a ``wake()``
+    method (ending the current or next :meth:`poll` at once, from another thread) is polled
+    with a timeout that lasts until the next eviction is due; any other one is polled in slices
+    of at most 0.2 s, so that the agent sees its stop in time.
     """
 
     def poll(self, timeout: float) -> FlowBatch | None:

@@ -122,7 +122,7 @@ class NativeAccounter:
         self._stage: FlowTable | None = None
         self._kernel_maps: KernelMaps | None = None
         self._lock = threading.Lock()
-        self._no_events = threading.Event()  # never set: poll()'s wait without a ring buffer
+        self._woken = threading.Event()  # poll()'s wait without a ring buffer; set by wake()
         self._closed = False
         self.evicted_flows = 0
         """Flows handed out in batches so far."""
@@ -195,18 +195,39 @@ class NativeAccounter:
             records = self._tracer.read_events(timeout)
             return self.add_records(records) if len(records) else None
         if self._reader is None:
-            self._no_events.wait(timeout)
+            self._woken.wait(timeout)
+            self._woken.clear()
+            return None
+        # Wait without the lock (the wait may last until the next eviction), then consume.
+        if timeout > 0 and not self._reader.wait(timeout):
             return None
         with self._lock:
             reader, table = self._reader, self._live_table()
             if reader is None:  # closed meanwhile
                 return None
             output = self._output(self._max_flows * self.RINGBUF_BATCHES_PER_POLL)
-            reader.poll_into(table, self._max_flows, output, timeout)
+            reader.poll_into(table, self._max_flows, output, 0)
             if output.count == 0:
                 output.discard()
                 return None
             return self._finish(output)
+
+    @property
+    def wakeable(self) -> bool:
+        """True when :meth:`wake` ends a :meth:`poll` at once (the kernel is drained directly),
+        so that the caller can wait in one :meth:`poll` until the next eviction is due."""
+        return self._attach_kernel() is not None
+
+    def wake(self) -> None:
+        """End the current :meth:`poll`'s wait (or the next one's) at once; for another thread
+        (the agent, when it stops). Without :attr:`wakeable`, a poll ends at its timeout."""
+        reader = self._reader
+        if reader is not None:
+            try:
+                reader.wake()
+            except ValueError:  # closed meanwhile: no poll to end
+                pass
+        self._woken.set()
 
     def evict(self) -> FlowBatch:
         """Merge everything the tracer aggregated and evict all flows as one batch."""

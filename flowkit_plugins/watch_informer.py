@@ -22,8 +22,10 @@ a deleted namespace alive.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
+import os
 import select
 import socket
 import struct
@@ -62,6 +64,7 @@ _IFINFOMSG = struct.Struct("=BxHiII")
 _IFADDRMSG = struct.Struct("=BBBBI")
 _RTATTR = struct.Struct("=HH")
 _RECV_TIMEOUT = 0.5
+_STOP_CHECK = 10.0  # longest wait for notifications when nothing calls wake() at the stop
 _RCVBUF = 8 << 20
 
 
@@ -144,6 +147,9 @@ class WatchInformer:
         self._own_inode = 0
         self._lock = threading.Lock()
         self._closed = False
+        # Part of every wait for notifications: wake() and close() end the wait at once, so
+        # that it needs no timeout unless namespaces are rescanned.
+        self._wake_fd = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
 
     # -- netlink ------------------------------------------------------------------------------
     @staticmethod
@@ -214,15 +220,20 @@ class WatchInformer:
                 spaces = [ns for ns in (self._home, *self._others.values()) if ns.sock]
             if not spaces:
                 return
+            timeout = (max(0.0, next_scan - time.monotonic()) if self._selector
+                       else _STOP_CHECK)
             try:
-                socks = [ns.sock for ns in spaces if ns.sock is not None]
-                ready, _, _ = select.select(socks, [], [], _RECV_TIMEOUT)
+                fds = [ns.sock.fileno() for ns in spaces if ns.sock is not None]
+                ready, _, _ = select.select([*fds, self._wake_fd], [], [], timeout)
             except (OSError, ValueError):  # a socket was closed by close()
                 if stop.is_set() or self._closed:
                     return
                 raise
+            if self._wake_fd in ready:
+                with contextlib.suppress(BlockingIOError):
+                    os.eventfd_read(self._wake_fd)
             for ns in spaces:
-                if ns.sock in ready:
+                if ns.sock is not None and ns.sock.fileno() in ready:
                     yield from self._receive(ns, stop)
 
     def _receive(self, ns: _Namespace, stop: threading.Event) -> Iterator[InterfaceEvent]:
@@ -352,14 +363,25 @@ class WatchInformer:
         with self._lock:
             return {name: ns.inode for name, ns in self._others.items()}
 
+    def wake(self) -> None:
+        """End the current wait for notifications at once (the agent calls this once it has
+        set the ``stop`` event given to :meth:`events`; without it, :meth:`events` sees the stop
+        within 10 s)."""
+        with contextlib.suppress(OSError):  # closed already: nothing waits
+            os.eventfd_write(self._wake_fd, 1)
+
     def close(self) -> None:
         """Close every netlink socket and namespace fd (an ``events`` loop in progress ends)."""
+        if self._closed:
+            return
         self._closed = True
+        self.wake()
         with self._lock:
             spaces = [self._home, *self._others.values()]
             self._others.clear()
         for ns in spaces:
             ns.close()
+        os.close(self._wake_fd)
 
 
 def _make(context: ComponentContext) -> Any:

@@ -76,6 +76,8 @@ void fk_drainer_get_stats(const struct fk_drainer *d, struct fk_drainer_stats *o
 
 struct fk_ringbuf_reader *fk_ringbuf_reader_new(int ringbuf_fd, int *err);
 void fk_ringbuf_reader_free(struct fk_ringbuf_reader *r);
+int fk_ringbuf_wake(struct fk_ringbuf_reader *r);
+int fk_ringbuf_wait(struct fk_ringbuf_reader *r, int timeout_ms);
 int64_t fk_ringbuf_poll_into_table(struct fk_ringbuf_reader *r, struct fk_table *t,
                                    uint32_t limit, struct fk_flow_out *out, uint64_t capacity,
                                    int64_t boot_offset_ns, uint64_t *out_len, int timeout_ms);

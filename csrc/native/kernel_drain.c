@@ -23,6 +23,8 @@
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
 #include <unistd.h>
 
 #include <bpf/bpf.h>
@@ -54,6 +56,8 @@ struct fk_drainer {
     uint32_t forced_mode;
     struct fk_flow_key *keys;
     unsigned char *values;
+    uint32_t *slots;     /* FK_DRAIN_CACHE: slot numbers for the batch calls */
+    int cache_batch;     /* FK_DRAIN_CACHE: 1 while the kernel takes batch calls on the caches */
     uint64_t token[8];   /* batch cursor (a bucket number for hash maps) */
     struct fk_drainer_stats stats;
 };
@@ -245,7 +249,11 @@ static struct fk_drainer *fk_drainer_create(uint32_t kind, int selector_fd, int 
     d->chunk = chunk;
     d->keys = calloc(chunk, sizeof(struct fk_flow_key));
     d->values = calloc((size_t)chunk * d->ncpus, d->value_size);
-    if (!d->keys || !d->values) {
+    if (kind == FK_DRAIN_CACHE) {
+        d->slots = calloc(chunk, sizeof(uint32_t));
+        d->cache_batch = 1;
+    }
+    if (!d->keys || !d->values || (kind == FK_DRAIN_CACHE && !d->slots)) {
         rc = -ENOMEM;
         goto fail;
     }
@@ -278,6 +286,7 @@ void fk_drainer_free(struct fk_drainer *d)
         return;
     free(d->keys);
     free(d->values);
+    free(d->slots);
     free(d);
 }
 
@@ -449,9 +458,30 @@ static int64_t fk_drain_iterate(struct fk_drainer *d, int fd, struct fk_table *t
     }
 }
 
-/* A flow cache (per-CPU array of struct fk_flow_event): every CPU's occupied slots are merged,
- * then zeroed. Returns the number of flows (slot and CPU pairs) read. */
-static int64_t fk_drain_cache(struct fk_drainer *d, int fd, struct fk_table *t)
+/* Merge the occupied CPU values of one cache slot (its values at `values`); returns the flows
+ * merged (0: the slot was empty on every CPU) or -errno. */
+static int64_t fk_merge_cache_slot(struct fk_drainer *d, const unsigned char *values,
+                                   struct fk_table *t)
+{
+    int64_t merged = 0;
+    for (uint32_t cpu = 0; cpu < d->ncpus; cpu++) {
+        struct fk_flow_event ev;
+        memcpy(&ev, values + (size_t)cpu * d->value_size, sizeof(ev));
+        if (ev.value.packets == 0)
+            continue;
+        d->stats.keys++;
+        ev.value.pad2 = 0; /* the slot's jiffy, see the eBPF program's flow cache */
+        int rc = fk_table_merge(t, &ev.key, &ev.value);
+        if (rc < 0)
+            return rc;
+        merged++;
+    }
+    return merged;
+}
+
+/* The slot-by-slot cache drain: one lookup per slot, one update per occupied slot. For kernels
+ * without batch operations on arrays. */
+static int64_t fk_drain_cache_slots(struct fk_drainer *d, int fd, struct fk_table *t)
 {
     int64_t total = 0;
     size_t size = (size_t)d->ncpus * d->value_size;
@@ -459,26 +489,71 @@ static int64_t fk_drain_cache(struct fk_drainer *d, int fd, struct fk_table *t)
         d->stats.syscalls++;
         if (bpf_map_lookup_elem(fd, &slot, d->values))
             return -errno;
-        int dirty = 0;
-        for (uint32_t cpu = 0; cpu < d->ncpus; cpu++) {
-            struct fk_flow_event ev;
-            memcpy(&ev, d->values + (size_t)cpu * d->value_size, sizeof(ev));
-            if (ev.value.packets == 0)
-                continue;
-            dirty = 1;
-            d->stats.keys++;
-            ev.value.pad2 = 0; /* the slot's jiffy, see the eBPF program's flow cache */
-            int rc = fk_table_merge(t, &ev.key, &ev.value);
-            if (rc < 0)
-                return rc;
-            total++;
-        }
-        if (!dirty)
+        int64_t merged = fk_merge_cache_slot(d, d->values, t);
+        if (merged < 0)
+            return merged;
+        if (merged == 0)
             continue;
+        total += merged;
         memset(d->values, 0, size);
         d->stats.syscalls++;
         if (bpf_map_update_elem(fd, &slot, d->values, BPF_ANY))
             return -errno;
+    }
+    return total;
+}
+
+/* A flow cache (per-CPU array of struct fk_flow_event): every CPU's occupied slots are merged,
+ * then zeroed. Two syscalls whatever the number of slots: one batch lookup of every slot, one
+ * batch update zeroing the occupied ones (none when all are empty). Returns the number of flows
+ * (slot and CPU pairs) read. */
+static int64_t fk_drain_cache(struct fk_drainer *d, int fd, struct fk_table *t)
+{
+    if (!d->cache_batch || d->forced_mode == FK_DRAIN_ITERATE)
+        return fk_drain_cache_slots(d, fd, t);
+    LIBBPF_OPTS(bpf_map_batch_opts, opts);
+    uint32_t next = 0, count = d->chunk;
+    d->stats.syscalls++;
+    int rc = bpf_map_lookup_batch(fd, NULL, &next, d->slots, d->values, &count, &opts);
+    int err = rc ? errno : 0;
+    if (err && err != ENOENT) {
+        if (count == 0 && fk_can_fall_back(err)) {
+            d->cache_batch = 0;
+            d->stats.fallbacks++;
+            return fk_drain_cache_slots(d, fd, t);
+        }
+        return -err;
+    }
+    if (count != d->chunk)
+        return -EIO; /* an array always has every slot: a short read would skip some */
+    size_t stride = (size_t)d->ncpus * d->value_size;
+    int64_t total = 0;
+    uint32_t dirty = 0;
+    for (uint32_t i = 0; i < count; i++) {
+        int64_t merged = fk_merge_cache_slot(d, d->values + i * stride, t);
+        if (merged < 0)
+            return merged;
+        if (merged)
+            d->slots[dirty++] = d->slots[i];
+        total += merged;
+    }
+    if (dirty == 0)
+        return total;
+    memset(d->values, 0, dirty * stride);
+    uint32_t written = dirty;
+    d->stats.syscalls++;
+    if (bpf_map_update_batch(fd, d->slots, d->values, &written, &opts)) {
+        err = errno;
+        if (written != 0 || !fk_can_fall_back(err))
+            return -err;
+        /* Lookups in batches but not updates: zero the occupied slots one by one. */
+        for (uint32_t i = 0; i < dirty; i++) {
+            d->stats.syscalls++;
+            if (bpf_map_update_elem(fd, &d->slots[i], d->values, BPF_ANY))
+                return -errno;
+        }
+    } else if (written != dirty) {
+        return -EIO;
     }
     return total;
 }
@@ -549,6 +624,8 @@ int64_t fk_drainer_drain(struct fk_drainer *d, struct fk_table *t)
 
 struct fk_ringbuf_reader {
     struct ring_buffer *rb;
+    int wake_fd; /* eventfd: fk_ringbuf_wake ends a wait early */
+    int epoll_fd; /* waits for the ring buffer or wake_fd */
     /* Destination of the current call: a table (evicting into `flows` whenever it holds `limit`
      * flows) or a plain record array. */
     struct fk_table *table;
@@ -609,6 +686,8 @@ struct fk_ringbuf_reader *fk_ringbuf_reader_new(int ringbuf_fd, int *err)
         *err = -ENOMEM;
         return NULL;
     }
+    r->wake_fd = -1;
+    r->epoll_fd = -1;
     errno = 0;
     r->rb = ring_buffer__new(ringbuf_fd, fk_on_sample, r, NULL);
     if (!r->rb) {
@@ -616,8 +695,26 @@ struct fk_ringbuf_reader *fk_ringbuf_reader_new(int ringbuf_fd, int *err)
         free(r);
         return NULL;
     }
+    /* A wait covers the ring buffer's own epoll set (readable when a record is there) and an
+     * eventfd, so that another thread can end it at once (fk_ringbuf_wake) instead of the
+     * waiting thread waking up regularly to look for a reason to stop. */
+    r->wake_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+    r->epoll_fd = epoll_create1(EPOLL_CLOEXEC);
+    if (r->wake_fd < 0 || r->epoll_fd < 0)
+        goto fail;
+    struct epoll_event ev = {.events = EPOLLIN};
+    ev.data.u32 = 0;
+    if (epoll_ctl(r->epoll_fd, EPOLL_CTL_ADD, ring_buffer__epoll_fd(r->rb), &ev))
+        goto fail;
+    ev.data.u32 = 1;
+    if (epoll_ctl(r->epoll_fd, EPOLL_CTL_ADD, r->wake_fd, &ev))
+        goto fail;
     *err = 0;
     return r;
+fail:
+    *err = errno ? -errno : -EINVAL;
+    fk_ringbuf_reader_free(r);
+    return NULL;
 }
 
 void fk_ringbuf_reader_free(struct fk_ringbuf_reader *r)
@@ -625,7 +722,20 @@ void fk_ringbuf_reader_free(struct fk_ringbuf_reader *r)
     if (!r)
         return;
     ring_buffer__free(r->rb);
+    if (r->wake_fd >= 0)
+        close(r->wake_fd);
+    if (r->epoll_fd >= 0)
+        close(r->epoll_fd);
     free(r);
+}
+
+/* End the current or next wait of `r` (from any thread). */
+int fk_ringbuf_wake(struct fk_ringbuf_reader *r)
+{
+    uint64_t one = 1;
+    if (write(r->wake_fd, &one, sizeof(one)) != sizeof(one) && errno != EAGAIN)
+        return -errno;
+    return 0;
 }
 
 void fk_ringbuf_get_stats(const struct fk_ringbuf_reader *r, struct fk_ringbuf_stats *out)
@@ -633,17 +743,41 @@ void fk_ringbuf_get_stats(const struct fk_ringbuf_reader *r, struct fk_ringbuf_s
     *out = r->stats;
 }
 
-/* One poll (timeout_ms > 0 waits; otherwise only consumes what is there). -EINTR counts as zero
- * events. */
+/* Wait up to timeout_ms until a record is there or fk_ringbuf_wake is called (a wake is used
+ * up by the wait it ends, or by the next one). Returns 1 when a record may be there, 0 when
+ * woken, timed out or interrupted, -errno on failure. */
+int fk_ringbuf_wait(struct fk_ringbuf_reader *r, int timeout_ms)
+{
+    struct epoll_event events[2];
+    int n = epoll_wait(r->epoll_fd, events, 2, timeout_ms);
+    if (n < 0)
+        return errno == EINTR ? 0 : -errno;
+    int ready = 0;
+    for (int i = 0; i < n; i++) {
+        if (events[i].data.u32 == 1) {
+            uint64_t count;
+            if (read(r->wake_fd, &count, sizeof(count)) < 0 && errno != EAGAIN)
+                return -errno;
+        } else {
+            ready = 1;
+        }
+    }
+    return ready;
+}
+
+/* One poll: timeout_ms > 0 first waits (fk_ringbuf_wait), then consumes what is there.
+ * -EINTR counts as zero events. */
 static int fk_ringbuf_run(struct fk_ringbuf_reader *r, int timeout_ms)
 {
     int rc;
     r->stats.polls++;
     r->error = 0;
-    if (timeout_ms > 0)
-        rc = ring_buffer__poll(r->rb, timeout_ms);
-    else
-        rc = ring_buffer__consume(r->rb);
+    if (timeout_ms > 0) {
+        rc = fk_ringbuf_wait(r, timeout_ms);
+        if (rc < 0)
+            return rc;
+    }
+    rc = ring_buffer__consume(r->rb);
     if (r->error)
         return r->error;
     if (rc == -EINTR || rc == FK_STOP_POLL)

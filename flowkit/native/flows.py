@@ -286,6 +286,18 @@ class RingbufReader:
             "ring_buffer__poll",
         )
 
+    def wait(self, timeout_ms: int) -> bool:
+        """Wait up to ``timeout_ms`` until an event is there (True) or :meth:`wake` is called,
+        without consuming anything (False when woken or timed out)."""
+        return bool(check(lib.fk_ringbuf_wait(self._owned.pointer, timeout_ms),
+                          "fk_ringbuf_wait"))
+
+    def wake(self) -> None:
+        """End the current (or the next) wait of :meth:`poll_into_table` or
+        :meth:`read_records` at once; callable from any thread while the reader is open."""
+        if not self._owned.closed:
+            check(lib.fk_ringbuf_wake(self._owned.pointer), "fk_ringbuf_wake")
+
     def records(self) -> int:
         """Events consumed so far."""
         raw = cast("struct_fk_ringbuf_stats", ffi.new("struct fk_ringbuf_stats *"))

@@ -106,6 +106,27 @@ def test_packets_held_in_the_cache_are_drained_exactly(cached: Any) -> None:
     assert program.drain()[0] == Counter()
 
 
+
+@pytest.mark.parametrize("mode", ["auto", "iterate"])
+def test_a_cache_drain_is_exact_in_batches_and_slot_by_slot(cached: Any, mode: str) -> None:
+    """The caches are read with one batch lookup and the occupied slots zeroed with one batch
+    update (three syscalls with the flip, whatever the number of slots); ``iterate`` reads
+    them slot by slot, as on kernels without batch operations on arrays."""
+    program = cached()
+    program.drainer.set_mode(mode)
+    cache = program.drainer._cache_drainer
+    assert cache is not None
+    for port in range(4100, 4110):
+        program.run(port, 10 + port - 4100)
+    before = cache.stats().syscalls
+    assert program.drain()[0] == Counter({port: 10 + port - 4100 for port in range(4100, 4110)})
+    syscalls = cache.stats().syscalls - before
+    assert program.drain()[0] == Counter()  # the occupied slots were zeroed
+    if mode == "auto":
+        assert syscalls == 4  # selector read, flip, batch lookup, batch update
+    else:
+        assert syscalls > SLOTS
+
 def test_times_of_cached_packets_follow_the_monotonic_clock(cached: Any) -> None:
     program = cached()
     before = time.monotonic_ns()

@@ -345,6 +345,39 @@ def test_ring_buffer_read_times_out_empty(load_program: Any) -> None:
         reader.close()
 
 
+
+def test_a_wake_ends_a_long_wait_of_the_accounter_at_once(load_program: Any) -> None:
+    """The agent polls a wakeable accounter until the next eviction (here 60 s away) and wakes
+    it when stopping: the poll returns without the full wait, and a wake that comes before the
+    poll ends that poll instead of being lost."""
+    program = load_program(max_entries=16)
+    accounter = NativeAccounter(KernelTracer(program.maps), max_flows=100)
+    try:
+        assert accounter.wakeable
+        results: list[Any] = []
+        poller = threading.Thread(target=lambda: results.append(accounter.poll(60.0)))
+        poller.start()
+        accounter.wake()
+        poller.join(20)
+        assert not poller.is_alive()
+        assert results == [None]
+        accounter.wake()  # before the poll: used up by it
+        assert accounter.poll(60.0) is None
+    finally:
+        accounter.close()
+
+
+def test_a_long_wait_returns_when_the_ring_buffer_has_records(load_program: Any) -> None:
+    program = load_program(max_entries=1)
+    reader = RingBufferReader(program.maps.ringbuf_fd)
+    try:
+        program.run(6000, 1)
+        program.run(6001, 3)  # map full: three records in the ring buffer
+        assert reader.wait(60.0)
+        assert len(reader.read(0.0)) == 3
+    finally:
+        reader.close()
+
 # -- maps made by hand: per-CPU merging, chunking, validation ------------------------------------
 
 @pytest.fixture
