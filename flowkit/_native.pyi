@@ -201,11 +201,6 @@ class struct_fk_ringbuf_stats(Protocol):
     malformed: int
     polls: int
 
-class struct_fk_column(Protocol):
-    offset: int
-    width: int
-    dst: CData
-
 class struct_fk_field(Protocol):
     offset: int
     width: int
@@ -213,6 +208,18 @@ class struct_fk_field(Protocol):
 class struct_fk_interface_map(Protocol):
     keys: CData
     values: CData
+    count: int
+
+class struct_fk_arrow_child(Protocol):
+    kind: int
+    column: int
+    offset: int
+    width: int
+    dictionary: int
+
+class struct_fk_arrow_strings(Protocol):
+    offsets: CData
+    data: CData
     count: int
 
 class struct_fk_ipfix_params(Protocol):
@@ -231,6 +238,12 @@ class _Lib:
     FKT_TCX_INGRESS: int
     FKT_TC_EGRESS: int
     FKT_TC_INGRESS: int
+    FK_ARROW_AGENT: int
+    FK_ARROW_COLUMN: int
+    FK_ARROW_GATED: int
+    FK_ARROW_INTERFACE: int
+    FK_ARROW_LIST: int
+    FK_ARROW_NAMES: int
     FK_DRAIN_AUTO: int
     FK_DRAIN_ITERATE: int
     FK_DRAIN_LOOKUP_AND_DELETE_BATCH: int
@@ -376,6 +389,10 @@ class _Lib:
     @staticmethod
     def bpf_raw_tracepoint_open(name: CData | bytes, prog_fd: int, /) -> int: ...
     @staticmethod
+    def fk_arrow_pool_stats(free_bytes: CData, blocks_in_use: CData, /) -> None: ...
+    @staticmethod
+    def fk_arrow_release(array: CData, /) -> None: ...
+    @staticmethod
     def fk_cache_drainer_new(
         selector_fd: int,
         map0_fd: int,
@@ -480,27 +497,21 @@ class _Lib:
     @staticmethod
     def fk_extra_merge(into: CData, from_: CData, /) -> None: ...
     @staticmethod
-    def fk_flow_column_layout(out: CData, max: int, /) -> int: ...
-    @staticmethod
-    def fk_flow_columns(
+    def fk_flow_arrow(
         rows: CData,
         nrows: int,
-        dst: CData,
+        plan: CData,
+        nchildren: int,
         interfaces: CData,
-        if_out: CData,
+        dictionaries: CData,
+        ndictionaries: int,
+        err: CData,
         /,
-    ) -> int: ...
+    ) -> CData: ...
+    @staticmethod
+    def fk_flow_column_layout(out: CData, max: int, /) -> int: ...
     @staticmethod
     def fk_format_ip16(ip: CData | bytes, out: CData, /) -> int: ...
-    @staticmethod
-    def fk_gather_columns(
-        rows: CData | bytes,
-        nrows: int,
-        stride: int,
-        cols: CData,
-        ncols: int,
-        /,
-    ) -> None: ...
     @staticmethod
     def fk_ipfix_bound(names: CData, p: CData, n: int, /) -> int: ...
     @staticmethod

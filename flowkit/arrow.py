@@ -20,27 +20,29 @@ type, and a few columns are derived (see ``docs/python.md`` for the table):
 
 A FlowBatch is an array of C structs (one row of 224 bytes per flow, the layout the kernel and
 the accounter write), while Arrow keeps each column contiguous and has no strided arrays: no
-column can point into the rows, so the fields are copied. The fields every flow carries (101
-bytes a flow) are copied in one C pass over the rows with compile-time offsets
-(``fk_flow_columns``), which also computes the ``interface`` indices; it runs at the speed of
-reading the rows from memory. The optional-feature fields are copied only when a flow of the
-batch carries such data (otherwise they share one zero buffer), the DEDUPER lists only when a
-flow has entries (otherwise empty lists over a shared zero offsets buffer). The name columns
-reuse the copied buffers (``direction_name``, ``proto_name``) or shared buffers (``agent_ip``).
+column can point into the rows, so the fields are copied. One C call (``fk_flow_arrow``,
+``csrc/native/arrow.c``) builds the whole record batch as an Arrow C data interface array and
+pyarrow imports it as it is (``RecordBatch._import_from_c`` with the cached schema): no Arrow
+array is assembled in Python. The fields every flow carries (101 bytes a flow) are copied in
+one vectorised pass over the rows (``fk_flow_columns``), which also computes the
+``interface`` indices; a batch of 32,768 flows or more is split between two threads, as the
+pass runs at the speed one core reads memory. The optional-feature fields are copied only when
+a flow of the batch carries such data (otherwise they share read-only zero pages), the DEDUPER
+lists only when a flow has entries (otherwise empty lists). The name columns reuse the copied
+buffers (``direction_name``, ``proto_name``) or zero pages (``agent_ip``). The memory comes
+from a pool and returns to it when Arrow releases the record batch.
 """
 
 from __future__ import annotations
 
 import functools
-import threading
-import weakref
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from flowkit.model import FLOW_DTYPE, MAX_DUPS, FlowBatch
+from flowkit.model import FLOW_DTYPE, FlowBatch
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -183,105 +185,55 @@ def _gate_of(name: str) -> str | None:
 
 # -- conversion ---------------------------------------------------------------------------------
 
-@dataclass(frozen=True)
-class _Plan:
-    """What :func:`to_arrow` does for each column, worked out once per process."""
-
-    columns: tuple[_Column, ...]
-    types: tuple[Any, ...]  # Arrow type of each column
-    core: tuple[int, ...]  # columns copied by fk_flow_columns (all flows carry them)
-    features: tuple[int, ...]  # columns with data only when ``features`` says so
-    lists: tuple[int, ...]  # DEDUPER lists (``dup_count`` entries of each flow)
-    names: tuple[str, ...]  # schema order: column names, derived columns included
+# Dictionaries of the record batch, by number (struct fk_arrow_child.dictionary).
+_IF_DICT, _DIRECTION_DICT, _PROTO_DICT, _AGENT_DICT = range(4)
 
 
 @functools.cache
-def _plan() -> _Plan:
-    from flowkit.native.encode import flow_column_layout
+def _exporter() -> Any:
+    """The native exporter of :func:`flow_schema`'s columns, worked out once per process."""
+    from flowkit.native import encode as native
 
-    pa = require_pyarrow()
     columns = _columns()
-    types = tuple(_arrow_type(pa, column) for column in columns)
-    core = tuple(i for i, c in enumerate(columns) if _gate_of(c.name) is None)
-    layout = [(columns[i].offset, columns[i].width) for i in core]
-    if layout != flow_column_layout():  # pragma: no cover - a unit test keeps them equal
+    core = [c for c in columns if _gate_of(c.name) is None]
+    if [(c.offset, c.width) for c in core] != native.flow_column_layout():
+        # pragma: no cover - test_native_column_list_matches_the_record keeps them equal
         raise RuntimeError("csrc/include/40-columns.h FK_FLOW_COLUMN_LIST does not match "
                            "FLOW_DTYPE: rebuild the extension (make native) or update the list")
-    features = tuple(i for i, c in enumerate(columns) if _gate_of(c.name) == "features")
-    lists = tuple(i for i, c in enumerate(columns) if c.kind == "list")
-    return _Plan(columns, types, core, features, lists, tuple(flow_schema().names))
+    by_name = {c.name: c for c in columns}
+    children = []
+    for name in flow_schema().names:
+        column = by_name.get(name)
+        if name == "interface":
+            children.append(native.ArrowChild(native.ARROW_INTERFACE, dictionary=_IF_DICT))
+        elif name in ("direction_name", "proto_name"):
+            source = by_name[name.removesuffix("_name")]
+            children.append(native.ArrowChild(
+                native.ARROW_NAMES, column=core.index(source),
+                dictionary=_DIRECTION_DICT if name == "direction_name" else _PROTO_DICT))
+        elif name == "agent_ip":
+            children.append(native.ArrowChild(native.ARROW_AGENT, dictionary=_AGENT_DICT))
+        elif column is None:  # pragma: no cover - flow_schema() has no other derived column
+            raise RuntimeError(f"no native export for the column {name}")
+        elif column.kind == "list":
+            children.append(native.ArrowChild(native.ARROW_LIST, offset=column.offset,
+                                              width=column.numpy.itemsize))
+        elif _gate_of(name) == "features":
+            children.append(native.ArrowChild(native.ARROW_GATED, offset=column.offset,
+                                              width=column.width))
+        else:
+            children.append(native.ArrowChild(native.ARROW_COLUMN, column=core.index(column)))
+    protos = [PROTOCOL_NAMES.get(i, str(i)) if i else "" for i in range(256)]
+    return native.ArrowExporter(children, [None, list(DIRECTION_NAMES), protos, None])
 
 
-def _aligned(nbytes: int) -> int:
-    return -(-nbytes // _ALIGN) * _ALIGN
-
-
-class _Lease:
-    """The owner Arrow keeps alive while it uses a recycled buffer (see :class:`_Recycler`)."""
-
-    __slots__ = ("__weakref__",)
-
-
-class _Recycler:
-    """Output memory of :func:`to_arrow`, reused once Arrow no longer references it.
-
-    Memory fresh from the allocator costs a page fault per 4 KiB on its first write, which is
-    more than the copy into it; allocators return freed blocks of this size to the system
-    within milliseconds, so every batch would pay that again. A block handed out is wrapped in
-    a ``pyarrow.foreign_buffer`` whose owner (a :class:`_Lease`) lives as long as any Arrow
-    array over it, in this process or exported through the C data interface; when the owner
-    goes, the block comes back here. At most ``keep`` blocks totalling ``max_bytes`` are kept.
-    """
-
-    def __init__(self, keep: int = 4, max_bytes: int = 256 << 20) -> None:
-        self._keep = keep
-        self._max_bytes = max_bytes
-        self._free: list[np.ndarray[Any, Any]] = []
-        self._lock = threading.Lock()
-
-    def buffer(self, pa: Any, nbytes: int) -> Any:
-        """A writable Arrow buffer of ``nbytes`` (contents undefined)."""
-        block = None
-        with self._lock:
-            fits = [i for i, b in enumerate(self._free)
-                    if nbytes <= b.nbytes <= 2 * nbytes + (1 << 20)]
-            if fits:
-                block = self._free.pop(min(fits, key=lambda i: self._free[i].nbytes))
-        if block is None:
-            block = np.empty(nbytes, dtype=np.uint8)
-        lease = _Lease()
-        weakref.finalize(lease, self._give_back, block)
-        return pa.foreign_buffer(block.ctypes.data, nbytes, base=lease)
-
-    def _give_back(self, block: np.ndarray[Any, Any]) -> None:
-        with self._lock:
-            self._free.append(block)
-            self._free.sort(key=lambda b: -b.nbytes)
-            while len(self._free) > self._keep or \
-                    sum(b.nbytes for b in self._free) > self._max_bytes:
-                self._free.pop(0)  # the largest
-
-
-_recycler = _Recycler()
-_zeros: Any = None
-
-
-def _zero_buffer(pa: Any, nbytes: int) -> Any:
-    """A read-only zero-filled Arrow buffer of at least ``nbytes``, shared by every batch."""
-    global _zeros
-    if _zeros is None or _zeros.size < nbytes:
-        _zeros = pa.py_buffer(np.zeros(max(nbytes, 1 << 16), np.uint8))
-    return _zeros.slice(0, nbytes)
-
-
-def _interface_map(names: Mapping[int, str]) -> tuple[Any, np.ndarray[Any, Any],
+def _interface_map(names: Mapping[int, str]) -> tuple[list[str], np.ndarray[Any, Any],
                                                    np.ndarray[Any, Any]]:
-    """The ``interface`` dictionary and the sorted keys and indices ``fk_flow_columns`` uses.
+    """The ``interface`` dictionary and the sorted keys and indices the native pass uses.
 
     Keys are :func:`flowkit.model.interface_key` values (``netns << 32 | if_index``), the keys
     of ``batch.interfaces``; unknown interfaces get index 0 (``""``).
     """
-    pa = require_pyarrow()
     known = sorted((key, name) for key, name in names.items() if name)
     # Dictionary values are unique (pandas categories must be): "" first, then each name once.
     unique = {"": 0}
@@ -289,19 +241,7 @@ def _interface_map(names: Mapping[int, str]) -> tuple[Any, np.ndarray[Any, Any],
         unique.setdefault(name, len(unique))
     keys = np.array([key for key, _ in known], dtype=np.uint64)
     values = np.array([unique[name] for _, name in known], dtype=np.int32)
-    return pa.array(list(unique), pa.string()), keys, values
-
-
-def _list_column(pa: Any, array: np.ndarray[Any, Any], column: _Column, list_type: Any,
-                 counts: np.ndarray[Any, Any] | None, offsets: Any) -> Any:
-    """A DEDUPER list column: the first ``dup_count`` entries of each flow."""
-    n = len(array)
-    if counts is None:  # no flow has entries: empty lists, no values
-        values = pa.array([], list_type.value_type)
-    else:
-        used = np.arange(MAX_DUPS)[None, :] < counts[:, None]
-        values = pa.array(array[column.field][used], list_type.value_type)
-    return pa.ListArray.from_buffers(list_type, n, [None, offsets], children=[values])
+    return list(unique), keys, values
 
 
 def to_arrow(batch: FlowBatch) -> pa.RecordBatch:
@@ -310,71 +250,15 @@ def to_arrow(batch: FlowBatch) -> pa.RecordBatch:
     The record batch owns its memory: it stays valid after the FlowBatch is released.
     """
     pa = require_pyarrow("FlowBatch.to_arrow()")
-    from flowkit.native.encode import flow_columns, gather_columns
-
-    plan = _plan()
+    exporter = _exporter()
     array = batch.array
     if not array.flags.c_contiguous:
         array = np.ascontiguousarray(array)
-    n = len(array)
-    columns, types = plan.columns, plan.types
     dictionary, keys, values = _interface_map(batch.interfaces)
-    # One block (recycled: no page faults) for the core columns and the interface indices,
-    # each starting on a 64-byte boundary.
-    starts = {}
-    total = 0
-    for i in plan.core:
-        starts[i] = total
-        total += _aligned(columns[i].width * n)
-    buffer = _recycler.buffer(pa, max(total + _aligned(4 * n), _ALIGN))
-    base = buffer.address
-    gates = 0
-    if n:
-        gates = flow_columns(array, [base + starts[i] for i in plan.core], keys, values,
-                             base + total)
-    data: dict[int, Any] = {i: buffer.slice(starts[i], columns[i].width * n) for i in plan.core}
-    if gates & 0xFF:  # a flow carries optional-feature data: copy those columns too
-        feature_starts = {}
-        feature_total = 0
-        for i in plan.features:
-            feature_starts[i] = feature_total
-            feature_total += _aligned(columns[i].width * n)
-        extra = _recycler.buffer(pa, feature_total)
-        gather_columns(array, extra.address, [(columns[i].offset, columns[i].width,
-                                               feature_starts[i]) for i in plan.features])
-        data.update({i: extra.slice(feature_starts[i], columns[i].width * n)
-                     for i in plan.features})
-    else:  # all zero: one shared zero buffer, nothing copied
-        data.update({i: _zero_buffer(pa, columns[i].width * n) for i in plan.features})
-    if gates & 0x100:
-        counts = np.minimum(array["dup_count"], MAX_DUPS)
-        offsets_np = np.zeros(n + 1, dtype=np.int32)
-        np.cumsum(counts, out=offsets_np[1:])
-        offsets = pa.py_buffer(offsets_np)
-    else:
-        counts, offsets = None, _zero_buffer(pa, 4 * (n + 1))
-    by_name: dict[str, Any] = {}
-    for i, column in enumerate(columns):
-        if column.kind == "list":
-            by_name[column.name] = _list_column(pa, array, column, types[i], counts, offsets)
-            continue
-        by_name[column.name] = pa.Array.from_buffers(types[i], n, [None, data[i]])
-    interface_indices = pa.Array.from_buffers(pa.int32(), n,
-                                              [None, buffer.slice(total, 4 * n)])
-    by_name["interface"] = pa.DictionaryArray.from_arrays(interface_indices, dictionary,
-                                                          safe=False)
-    for name in ("direction", "proto"):
-        index_type, names = _dictionaries()[f"{name}_name"]
-        indices = pa.Array.from_buffers(index_type, n, [None, by_name[name].buffers()[1]])
-        by_name[f"{name}_name"] = pa.DictionaryArray.from_arrays(indices, names, safe=False)
-    if batch.agent_ip:
-        by_name["agent_ip"] = pa.DictionaryArray.from_arrays(
-            pa.Array.from_buffers(pa.int8(), n, [None, _zero_buffer(pa, n)]),
-            pa.array([batch.agent_ip], pa.string()), safe=False)
-    else:
-        by_name["agent_ip"] = pa.nulls(n, pa.dictionary(pa.int8(), pa.string()))
-    return pa.RecordBatch.from_arrays([by_name[name] for name in plan.names],
-                                      schema=flow_schema())
+    agent = [batch.agent_ip] if batch.agent_ip else []
+    address = exporter.export(array, keys, values, {_IF_DICT: dictionary, _AGENT_DICT: agent})
+    # pyarrow takes the array over (and releases it, even when the import fails).
+    return pa.RecordBatch._import_from_c(address, flow_schema())
 
 
 def column_bytes_copied(n_flows: int, features: bool = True, dup_entries: int = 0) -> int:

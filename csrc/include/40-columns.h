@@ -5,11 +5,17 @@
  * copied out of the records:
  *
  * - fk_flow_columns copies the columns every flow carries (FK_FLOW_COLUMN_LIST below) in one
- *   pass over the rows, with the field offsets and widths known at compile time, and computes
- *   the `interface` dictionary indices in the same pass. The batch is read from memory once:
- *   the pass runs at the speed of reading the rows.
- * - fk_gather_columns copies any list of (offset, width) fields; flowkit.arrow uses it for the
- *   optional-feature columns, only when a flow of the batch carries such data. */
+ *   pass over the rows, 16 rows at a time with 16-byte vector stores on x86-64 (the small key
+ *   and counter fields through 8 x 8 word transposes; any other machine copies a field at a
+ *   time), and computes the `interface` dictionary indices in the same pass. It does a
+ *   quarter of the instructions of a field-at-a-time copy, so it runs at the speed of reading
+ *   the rows from memory.
+ * - fk_gather_columns copies any list of (offset, width) fields: the optional-feature columns,
+ *   only when a flow of the batch carries such data.
+ * - fk_flow_arrow builds the whole record batch of flowkit.arrow.flow_schema() as one Arrow C
+ *   data interface array (a struct array, one child per column) in one call: the columns above,
+ *   the DEDUPER lists, the dictionary columns and their dictionaries, in memory recycled
+ *   through a pool once Arrow releases it. pyarrow imports it without copying. */
 #ifndef FLOWKIT_COLUMNS_H
 #define FLOWKIT_COLUMNS_H
 
@@ -61,5 +67,73 @@ struct fk_interface_map {
  * `features`, plus 0x100 when a row has dup_count != 0: which optional columns hold data. */
 uint32_t fk_flow_columns(const struct fk_flow_out *rows, uint64_t nrows, uint8_t *const *dst,
                          const struct fk_interface_map *interfaces, int32_t *if_out);
+
+/* The Arrow C data interface (https://arrow.apache.org/docs/format/CDataInterface.html). */
+#ifndef ARROW_C_DATA_INTERFACE
+#define ARROW_C_DATA_INTERFACE
+struct ArrowArray {
+    int64_t length;
+    int64_t null_count;
+    int64_t offset;
+    int64_t n_buffers;
+    int64_t n_children;
+    const void **buffers;
+    struct ArrowArray **children;
+    struct ArrowArray *dictionary;
+    void (*release)(struct ArrowArray *);
+    void *private_data;
+};
+#endif
+
+/* What each child (column) of the fk_flow_arrow record batch holds, in schema order:
+ * FK_ARROW_COLUMN   column `column` of FK_FLOW_COLUMN_LIST;
+ * FK_ARROW_GATED    the field at `offset`, `width` bytes, which holds data only in flows with a
+ *                   `features` bit (a shared zero buffer when no flow has one);
+ * FK_ARROW_LIST     a DEDUPER list: the first dup_count (at most FK_MAX_DUPS) items of `width`
+ *                   bytes of the array at `offset`;
+ * FK_ARROW_INTERFACE int32 interface indices (the fk_interface_map), dictionary `dictionary`;
+ * FK_ARROW_NAMES    indices: the buffer of column `column`, dictionary `dictionary`;
+ * FK_ARROW_AGENT    int8 indices, all 0, dictionary `dictionary`; every value null when that
+ *                   dictionary is empty. */
+#define FK_ARROW_COLUMN 1
+#define FK_ARROW_GATED 2
+#define FK_ARROW_LIST 3
+#define FK_ARROW_INTERFACE 4
+#define FK_ARROW_NAMES 5
+#define FK_ARROW_AGENT 6
+
+struct fk_arrow_child {
+    uint32_t kind;
+    uint32_t column;
+    uint32_t offset;
+    uint32_t width;
+    uint32_t dictionary;
+};
+
+/* A string dictionary: `count` strings, string i is data[offsets[i] .. offsets[i + 1]). */
+struct fk_arrow_strings {
+    const int32_t *offsets;
+    const uint8_t *data;
+    uint32_t count;
+};
+
+/* The record batch of rows[0..nrows) as a struct ArrowArray with one child per plan entry
+ * (dictionaries and plan are copied: the caller may free them on return). The caller owns
+ * the result: import it (pyarrow.RecordBatch._import_from_c) or call its release callback.
+ * Its memory comes from a pool and goes back there on release, so the next batch writes to
+ * pages already mapped. NULL with *err set (ENOMEM, EINVAL) on failure. */
+struct ArrowArray *fk_flow_arrow(const struct fk_flow_out *rows, uint64_t nrows,
+                                 const struct fk_arrow_child *plan, uint32_t nchildren,
+                                 const struct fk_interface_map *interfaces,
+                                 const struct fk_arrow_strings *dictionaries,
+                                 uint32_t ndictionaries, int *err);
+
+/* Release a record batch of fk_flow_arrow that was not handed to a consumer (no-op once
+ * released or moved). */
+void fk_arrow_release(struct ArrowArray *array);
+
+/* Memory the pool holds for reuse (blocks not in use by any record batch), and how many
+ * blocks are in use. */
+void fk_arrow_pool_stats(uint64_t *free_bytes, uint64_t *blocks_in_use);
 
 #endif

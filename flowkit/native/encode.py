@@ -7,6 +7,8 @@ encoders write into buffers sized by their ``*_bound`` functions and return ``by
 from __future__ import annotations
 
 import functools
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
@@ -15,6 +17,7 @@ import numpy.typing as npt
 from flowkit.native._lib import (
     NULL,
     CData,
+    NativeError,
     OwnedPointer,
     array_pointer,
     check,
@@ -27,21 +30,30 @@ from flowkit.native._lib import (
 
 if TYPE_CHECKING:
     from flowkit._native import (
-        struct_fk_column,
+        struct_fk_arrow_child,
+        struct_fk_arrow_strings,
         struct_fk_field,
         struct_fk_interface_map,
         struct_fk_ipfix_params,
     )
 
 __all__ = [
+    "ARROW_AGENT",
+    "ARROW_COLUMN",
+    "ARROW_GATED",
+    "ARROW_INTERFACE",
+    "ARROW_LIST",
+    "ARROW_NAMES",
     "NAMES_DROP_REASON",
     "NAMES_TCP_STATE",
+    "ArrowChild",
+    "ArrowExporter",
     "Encoder",
     "IpfixNames",
     "IpfixParams",
+    "arrow_pool_stats",
+    "arrow_release",
     "flow_column_layout",
-    "flow_columns",
-    "gather_columns",
     "ipfix_template_message",
 ]
 
@@ -239,30 +251,6 @@ def ipfix_template_message(params: IpfixParams) -> bytes:
     return copy_out(out, used)
 
 
-def gather_columns(
-    rows: npt.NDArray[Any], destination: int, columns: list[tuple[int, int, int]]
-) -> None:
-    """Transpose ``rows`` into columns: for ``(offset, width, start)``, the ``width`` bytes at
-    ``offset`` of each row go back to back from address ``destination + start``.
-
-    ``destination`` is the address of a writable buffer (e.g. a ``pyarrow.Buffer``) large
-    enough for every column; ``rows`` must be C-contiguous.
-    """
-    if not len(rows) or not columns:
-        return
-    if not rows.flags.c_contiguous:
-        raise ValueError("gather_columns needs C-contiguous rows")
-    base = ffi.cast("uint8_t *", destination)
-    specs = ffi.new("struct fk_column[]", len(columns))
-    for i, (offset, width, start) in enumerate(columns):
-        spec = cast("struct_fk_column", specs[i])
-        spec.offset = offset
-        spec.width = width
-        spec.dst = base + start
-    lib.fk_gather_columns(ffi.cast("uint8_t *", rows.ctypes.data), len(rows), rows.itemsize,
-                          specs, len(columns))
-
-
 def flow_column_layout() -> list[tuple[int, int]]:
     """``(offset, width)`` in ``struct fk_flow_out`` of each column :func:`flow_columns`
     copies, in its order (``FK_FLOW_COLUMN_LIST`` of csrc/include/40-columns.h)."""
@@ -277,36 +265,117 @@ def _flow_column_layout() -> tuple[tuple[int, int], ...]:
     return tuple((int(out[i].offset), int(out[i].width)) for i in range(count))
 
 
-def flow_columns(
-    rows: FlowRows,
-    destinations: list[int],
-    if_keys: U64Array,
-    if_values: npt.NDArray[np.int32],
-    if_destination: int,
-) -> int:
-    """Copy the :func:`flow_column_layout` columns of ``rows`` in one pass: column ``c`` goes
-    back to back from address ``destinations[c]``; each row's ``interface`` dictionary index
-    (``if_values[j]`` where ``if_keys[j]`` is its ``netns << 32 | if_index``, ``if_keys``
-    sorted; 0 when not listed) goes to the int32 at ``if_destination + 4 * i``.
+ARROW_COLUMN: int = lib.FK_ARROW_COLUMN
+"""Kind of :class:`ArrowChild`: a column of :func:`flow_column_layout` (``column``)."""
+ARROW_GATED: int = lib.FK_ARROW_GATED
+"""Kind of :class:`ArrowChild`: an optional-feature field (``offset``, ``width``)."""
+ARROW_LIST: int = lib.FK_ARROW_LIST
+"""Kind of :class:`ArrowChild`: a DEDUPER list (items of ``width`` bytes at ``offset``)."""
+ARROW_INTERFACE: int = lib.FK_ARROW_INTERFACE
+"""Kind of :class:`ArrowChild`: interface indices over dictionary ``dictionary``."""
+ARROW_NAMES: int = lib.FK_ARROW_NAMES
+"""Kind of :class:`ArrowChild`: column ``column`` as indices into dictionary ``dictionary``."""
+ARROW_AGENT: int = lib.FK_ARROW_AGENT
+"""Kind of :class:`ArrowChild`: all-zero indices into dictionary ``dictionary`` (one value),
+all null when that dictionary is empty."""
 
-    The destinations are addresses of writable buffers (e.g. a ``pyarrow.Buffer``) large
-    enough for ``len(rows)`` values. Returns the OR of the rows' ``features``, plus 0x100 when
-    a row has DEDUPER entries (``dup_count`` != 0).
+
+@dataclass(frozen=True)
+class ArrowChild:
+    """One column of the record batch :class:`ArrowExporter` builds (``struct fk_arrow_child``)."""
+
+    kind: int
+    column: int = 0
+    offset: int = 0
+    width: int = 0
+    dictionary: int = 0
+
+
+class _Strings:
+    """``struct fk_arrow_strings`` over UTF-8 strings, with the memory it points to."""
+
+    __slots__ = ("_data", "_offsets", "pointer")
+
+    def __init__(self, strings: Sequence[str]) -> None:
+        encoded = [text.encode() for text in strings]
+        offsets = np.zeros(len(encoded) + 1, dtype=np.int32)
+        np.cumsum([len(e) for e in encoded], out=offsets[1:])
+        self._offsets = offsets
+        self._data = b"".join(encoded) or b"\0"
+        pointer = ffi.new("struct fk_arrow_strings *")
+        struct = cast("struct_fk_arrow_strings", pointer)
+        struct.offsets = array_pointer("int32_t[]", offsets)
+        struct.data = array_pointer("uint8_t[]", self._data)
+        struct.count = len(encoded)
+        self.pointer: CData = pointer
+
+
+class ArrowExporter:
+    """Record batches of fixed columns (``children``) built in C (``fk_flow_arrow``) as Arrow C
+    data interface arrays, in recycled memory.
+
+    ``dictionaries[k]`` is dictionary ``k`` of the children, or ``None`` when it changes with
+    every batch (then :meth:`export` gives it).
     """
-    if not len(rows):
-        return 0
-    if not rows.flags.c_contiguous:
-        raise ValueError("flow_columns needs C-contiguous rows")
-    if len(destinations) != len(_flow_column_layout()):
-        raise ValueError("flow_columns needs one destination per column of flow_column_layout")
-    if len(if_keys) != len(if_values):
-        raise ValueError("flow_columns needs one interface index per key")
-    keys = np.ascontiguousarray(if_keys, dtype=np.uint64)
-    values = np.ascontiguousarray(if_values, dtype=np.int32)
-    interfaces = cast("struct_fk_interface_map", ffi.new("struct fk_interface_map *"))
-    interfaces.keys = array_pointer("uint64_t[]", keys) if len(keys) else NULL
-    interfaces.values = array_pointer("int32_t[]", values) if len(values) else NULL
-    interfaces.count = len(keys)
-    dst = ffi.new("uint8_t *[]", [ffi.cast("uint8_t *", a) for a in destinations])
-    return lib.fk_flow_columns(_flows(rows), len(rows), dst, cast("CData", interfaces),
-                               ffi.cast("int32_t *", if_destination))
+
+    __slots__ = ("_children", "_constant", "_count", "_plan")
+
+    def __init__(self, children: Sequence[ArrowChild],
+                 dictionaries: Sequence[Sequence[str] | None]) -> None:
+        plan = ffi.new("struct fk_arrow_child[]", max(len(children), 1))
+        for i, child in enumerate(children):
+            entry = cast("struct_fk_arrow_child", plan[i])
+            entry.kind, entry.column, entry.offset = child.kind, child.column, child.offset
+            entry.width, entry.dictionary = child.width, child.dictionary
+        self._plan = plan
+        self._children = len(children)
+        self._count = len(dictionaries)
+        self._constant = {k: _Strings(d) for k, d in enumerate(dictionaries) if d is not None}
+
+    def export(self, rows: FlowRows, if_keys: U64Array, if_values: npt.NDArray[np.int32],
+               dictionaries: Mapping[int, Sequence[str]]) -> int:
+        """The address of a ``struct ArrowArray`` holding ``rows`` (a struct array with one
+        child per column), owned by the caller: import it (``pyarrow.RecordBatch.
+        _import_from_c``) or pass it to :func:`arrow_release`.
+
+        ``if_keys`` (sorted) and ``if_values``: the interface dictionary index of each
+        interface key (``netns << 32 | if_index``); other interfaces get index 0.
+        ``dictionaries``: the dictionaries given as ``None`` to the constructor.
+        """
+        if not rows.flags.c_contiguous:
+            raise ValueError("ArrowExporter.export needs C-contiguous rows")
+        if len(if_keys) != len(if_values):
+            raise ValueError("ArrowExporter.export needs one interface index per key")
+        keys = np.ascontiguousarray(if_keys, dtype=np.uint64)
+        values = np.ascontiguousarray(if_values, dtype=np.int32)
+        interfaces = cast("struct_fk_interface_map", ffi.new("struct fk_interface_map *"))
+        interfaces.keys = array_pointer("uint64_t[]", keys) if len(keys) else NULL
+        interfaces.values = array_pointer("int32_t[]", values) if len(values) else NULL
+        interfaces.count = len(keys)
+        given = {k: _Strings(d) for k, d in dictionaries.items()}
+        table = ffi.new("struct fk_arrow_strings[]", max(self._count, 1))
+        for k in range(self._count):
+            strings = self._constant.get(k) or given.get(k)
+            if strings is None:
+                raise ValueError(f"ArrowExporter.export: dictionary {k} is missing")
+            table[k] = strings.pointer[0]
+        err = ffi.new("int *")
+        array = lib.fk_flow_arrow(_flows(rows), len(rows), self._plan, self._children,
+                                  cast("CData", interfaces), table, self._count, err)
+        if array == NULL:
+            raise NativeError("fk_flow_arrow", err[0])
+        return int(ffi.cast("uintptr_t", array))
+
+
+def arrow_release(address: int) -> None:
+    """Release a record batch of :meth:`ArrowExporter.export` that no consumer imported."""
+    lib.fk_arrow_release(ffi.cast("struct ArrowArray *", address))
+
+
+def arrow_pool_stats() -> tuple[int, int]:
+    """``(free_bytes, blocks_in_use)`` of the pool behind :meth:`ArrowExporter.export`:
+    memory kept for the next batches, and blocks still used by record batches."""
+    free_bytes = ffi.new("uint64_t *")
+    in_use = ffi.new("uint64_t *")
+    lib.fk_arrow_pool_stats(free_bytes, in_use)
+    return int(free_bytes[0]), int(in_use[0])

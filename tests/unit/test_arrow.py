@@ -284,3 +284,76 @@ def test_output_memory_is_reused_only_after_arrow_let_go_of_it() -> None:
     for _ in range(3):  # now the blocks come back instead of fresh memory
         addresses.add(second.to_arrow().column("bytes").buffers()[1].address)
     assert len(addresses) == 1
+
+
+def _expected_column(array: np.ndarray, name: str) -> list[object]:  # type: ignore[type-arg]
+    """What column ``name`` must hold, computed from the records with numpy alone."""
+    from flowkit.arrow import _columns
+
+    column = {c.name: c for c in _columns()}[name]
+    values = array["key"][column.field] if column.field in array["key"].dtype.names \
+        else array[column.field]
+    if column.kind == "binary":
+        return [bytes(v) for v in values.reshape(len(array), -1)]
+    if column.kind == "list":
+        counts = np.minimum(array["dup_count"], 6)
+        return [v[:c].tolist() for v, c in zip(values, counts, strict=True)]
+    return values.tolist()  # type: ignore[no-any-return]
+
+
+@pytest.mark.parametrize("n", [1, 15, 16, 17, 63, 64, 65, 255, 256, 257, 1000, 40_007])
+def test_every_column_equals_the_records_at_any_batch_size(n: int) -> None:
+    """The native pass works on groups of 16 rows, blocks of 256 and, from 32,768 rows, two
+    threads over halves: every size around those boundaries gives exactly the records."""
+    from flowkit.arrow import _columns
+    from flowkit.model import interface_key
+
+    batch = random_batch(n, seed=n)
+    array = batch.array
+    rng = np.random.default_rng(n)
+    array["key"]["netns"] = rng.integers(0, 3, n)
+    array["features"] = 0
+    array["features"][n // 2] = 2  # the optional columns hold data
+    array["dup_count"] = rng.integers(0, 8, n)  # 7 counts as 6
+    names = {interface_key(i, ns): f"if{i}-{ns}" for i in range(1, 5) for ns in (0, 2)}
+    names[interface_key(3, 0)] = "eth0"
+    names[interface_key(4, 2)] = "eth0"  # two keys, one name
+    table = FlowBatch(array, names).to_arrow()
+    table.validate(full=True)
+    for column in _columns():
+        got = table.column(column.name)
+        if column.kind == "timestamp":
+            got = got.cast(pa.int64())
+        assert got.to_pylist() == _expected_column(array, column.name), column.name
+    expected_names = [names.get(interface_key(int(i), int(ns)), "")
+                      for i, ns in zip(array["key"]["if_index"], array["key"]["netns"],
+                                       strict=True)]
+    assert table.column("interface").to_pylist() == expected_names
+    from flowkit.arrow import PROTOCOL_NAMES
+    assert table.column("proto_name").to_pylist() == [
+        PROTOCOL_NAMES.get(int(p), str(int(p))) if p else "" for p in array["key"]["proto"]]
+    assert table.column("direction_name").to_pylist() == [
+        ("ingress", "egress")[d] for d in array["key"]["direction"]]
+    assert table.column("agent_ip").null_count == n
+
+
+def test_record_batches_held_at_once_keep_their_own_values() -> None:
+    """Output memory is recycled: a record batch still held is never written again."""
+    import gc
+
+    from flowkit.native.encode import arrow_pool_stats
+
+    first, second = random_batch(5000, seed=11), random_batch(5000, seed=12)
+    _, in_use = arrow_pool_stats()
+    a, b = first.to_arrow(), second.to_arrow()
+    for _ in range(5):  # more conversions while both are held
+        first.to_arrow()
+        second.to_arrow()
+    for held, batch in ((a, first), (b, second)):
+        assert held.column("bytes").to_pylist() == batch.array["bytes"].tolist()
+        assert held.column("src_ip").to_pylist() == _expected_column(batch.array, "src_ip")
+        assert held.column("interface").to_pylist() == [f.interface for f in batch]
+    assert arrow_pool_stats()[1] == in_use + 2
+    del a, b, held
+    gc.collect()
+    assert arrow_pool_stats()[1] == in_use
