@@ -1,29 +1,42 @@
-"""Whole host cost per packet: flowkit against pmacctd on the same trafgen traffic over a veth.
+"""Whole host cost per packet: flowkit against pmacctd on the same packets at a fixed rate.
 
-trafgen, pinned to CPU 1, sends 60-byte UDP frames as fast as it can over a veth pair between two
-namespaces. A veth delivers in the sender's context, so CPU 1 also runs the receive path and any
-hook on it: the sender core's CPU time per packet (trafgen's, which includes the softirq work
-done in its context, plus ksoftirqd's on CPU 1) grows by exactly what the observer costs in the
-kernel. CPU time rather than run time / packets, so that other work on the VM does not count.
-The collector runs on CPU 0 and its own CPU time is read from /proc. For each collector:
+One UDP flow of 60-byte frames is sent over a veth pair between two namespaces at a fixed rate
+(``--rate`` packets per second) by ``bench/paced_sender.py``, pinned to CPU 1: an AF_PACKET TX
+ring like trafgen's, so the frames are non-linear (only the Ethernet header in the linear area)
+as trafgen's are. A veth delivers in the sender's context, so CPU 1 also runs the receive path
+and every hook on it. The observer runs on CPU 0:
 
-    host ns/packet = (sender ns/packet with it - sender ns/packet with none) + its CPU ns/packet
-
-Collectors, run in rotating order for ``--rounds`` rounds of ``--seconds`` each (medians are
-reported, so that a burst of other work on the VM does not decide the result):
-
-- ``none``: nothing observes the receiving veth end (the baseline);
-- ``flowkit``: flowkit-agent (TCX, native accounter, stdout to a pipe, CACHE_ACTIVE_TIMEOUT=1s);
-  every round also checks that it counted every packet trafgen sent;
-- ``flowkit:<object>``: the same with EBPF_OBJECT=<object> (to compare datapath versions);
+- ``none``: nothing observes the receiving end (the baseline);
+- ``flowkit``: flowkit-agent (ebpf tracer with TCX, native accounter, stdout to a pipe,
+  CACHE_ACTIVE_TIMEOUT=1s); ``flowkit:<object>`` the same with EBPF_OBJECT=<object>;
 - ``pmacctd``: pmacctd (libpcap on an AF_PACKET socket, print plugin, 1 s refresh).
+
+What is measured is the CPU time of the WHOLE host: the sum over every thread of every process
+on the host, kernel threads included (/proc/*/task/*/schedstat, in ns). On this kernel (no IRQ
+time accounting) interrupt and softirq work is charged to the thread it interrupts, and with
+paravirt steal accounting the time the hypervisor stole is not in it. /proc/stat's per-CPU time
+not idle is reported too but not used: the hypervisor's steal varies by up to 1 us per packet
+between windows and overlaps the guest's idle time, so it can be neither kept nor subtracted.
+The packet rate is the same with and without an observer, so the host's CPU time per packet
+with an observer minus without is what observing costs, wherever it is paid: the hook in the
+sender's softirq, copies into a capture ring, wake-ups, the observer's own threads. A fixed rate
+rather than a saturated sender keeps the comparison fair: a saturated sender makes pmacctd drop
+packets, and an observer that drops looks cheap per packet sent.
+
+Each window: start the observer, start the sender, let it run 1 s, measure ``--seconds``, stop
+the sender, give the observer 2.5 s to export, stop it and compare what it counted with what was
+sent (flowkit: the flows it printed; pmacctd: its print output, and the drops it reports on
+SIGUSR1). Observers run in rotating order for ``--rounds`` rounds; each round's cost of an
+observer is its window minus that round's ``none`` window, and the summary gives the median and
+the range over rounds. The per-part figures: ``own`` is the observer processes' CPU time
+(/proc/<pid>/task/*/schedstat, exact), ``kernel`` the rest of its host cost.
 
 Usage::
 
-    sudo .venv/bin/python bench/bench_host_cost.py --seconds 5 --rounds 5
-    sudo .venv/bin/python bench/bench_host_cost.py --collectors none,flowkit,flowkit:/tmp/old.bpf.o
+    sudo .venv/bin/python bench/bench_host_cost.py --rate 100000 --seconds 15 --rounds 4
 
-Prints one JSON object. Everything it creates (namespaces, veths, processes) is removed on exit.
+Prints the windows as they come (stderr), then one JSON object and a verdict line. Everything
+it creates (namespaces, veths, processes) is removed on exit, also on failure or SIGTERM.
 """
 
 from __future__ import annotations
@@ -41,6 +54,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -48,249 +62,353 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests" / "integration"))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from bench_rate import pmacctd  # noqa: E402
 from measure import (  # noqa: E402
-    alternating_windows,
-    process_cpu_seconds,
-    rotating_rounds,
+    all_threads_cpu_ns,
+    thread_cpu_ns,
+    threads_cpu_delta_ns,
+    write_pmacctd_conf,
 )
-from netns import AgentRun, Pair, flow_totals, sh  # noqa: E402
+from netns import AgentRun, Namespace, Pair, flow_totals  # noqa: E402
 
 SENDER_CPU = "1"
+OBSERVER_CPU = "0"
+SENDER = ROOT / "bench" / "paced_sender.py"
+DST_PORT = 7777
+TICKS = os.sysconf("SC_CLK_TCK")
 
 
-def ksoftirqd(cpu: str) -> list[int]:
-    """Pid of ``ksoftirqd/<cpu>`` (receive work deferred from the sender's context runs there)."""
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                if (entry / "comm").read_text().strip() == f"ksoftirqd/{cpu}":
-                    return [int(entry.name)]
-            except OSError:
-                continue
-    return []
+# -- CPU time of the whole host ---------------------------------------------------------------
 
 
-def trafgen(pair: Pair, seconds: float, cfg: Path) -> tuple[int, float]:
-    """Send for ``seconds``; return (packets sent, CPU seconds of the sender core's work).
+@dataclass
+class HostTimes:
+    """Cumulative /proc/stat times of every CPU (``cpu0``, ``cpu1``, ...), in seconds, read at
+    ``at`` (CLOCK_MONOTONIC): idle (with iowait) and stolen."""
 
-    The sender's CPU time is trafgen's (from wait4: the softirq work a veth does in its context
-    is charged to it, this kernel has no IRQ time accounting) plus ksoftirqd's on that CPU.
-    """
-    left, right = pair.left, pair.right
-    cfg.write_text(
-        f"{{ eth(da={right.mac}, sa={left.mac}), ipv4(saddr={left.ip4}, daddr={right.ip4}), "
-        "udp(sport=40000, dport=7777), fill(0x00, 18) }\n"
-    )
-    cmd = ["timeout", "-s", "INT", str(seconds),
-           *left.ns.cmd("trafgen", "--dev", left.ifname, "--conf", str(cfg), "--cpu",
-                        SENDER_CPU, "-q")]
-    soft = ksoftirqd(SENDER_CPU)
-    soft_before = process_cpu_seconds(soft)
-    with tempfile.TemporaryFile("w+") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
-        _pid, _status, usage = os.wait4(proc.pid, 0)
-        proc.returncode = 0
-        out.seek(0)
-        text = out.read()
-    match = re.search(r"(\d+) packets outgoing", text)
-    if not match:
-        raise RuntimeError(text)
-    sender_cpu = usage.ru_utime + usage.ru_stime + process_cpu_seconds(soft) - soft_before
-    return int(match.group(1)), sender_cpu
+    at: float
+    idle: dict[str, float]
+    steal: dict[str, float]
+
+
+def host_times() -> HostTimes:
+    """Read /proc/stat. Busy time is derived from the idle column, not from the busy ones: on
+    a NO_HZ kernel the idle time is measured (then rounded to 10 ms), while user, system, irq
+    and softirq are sampled by the tick."""
+    idle: dict[str, float] = {}
+    steal: dict[str, float] = {}
+    text = Path("/proc/stat").read_text()
+    at = time.monotonic()
+    for line in text.splitlines():
+        name, *fields = line.split()
+        if not re.fullmatch(r"cpu\d+", name):
+            continue
+        # user nice system idle iowait irq softirq steal guest guest_nice
+        values = [int(v) / TICKS for v in fields[:8]]
+        idle[name] = values[3] + values[4]
+        steal[name] = values[7]
+    return HostTimes(at, idle, steal)
+
+
+def busy_seconds(before: HostTimes, after: HostTimes) -> dict[str, float]:
+    """Seconds each CPU was not idle between two readings (stolen time included: the
+    hypervisor's steal also overlaps the guest's idle time, so it cannot be subtracted)."""
+    wall = after.at - before.at
+    return {cpu: wall - (after.idle[cpu] - before.idle[cpu]) for cpu in after.idle}
+
+
+# -- the traffic --------------------------------------------------------------------------------
+
+
+def tx_packets(pair: Pair) -> int:
+    return int(pair.left.ns.link_stats(pair.left.ifname)["tx"]["packets"])
+
+
+class Sender:
+    """The paced sender (bench/paced_sender.py) on CPU 1 in the left namespace."""
+
+    def __init__(self, pair: Pair, rate: float) -> None:
+        left, right = pair.left, pair.right
+        cmd = ["taskset", "-c", SENDER_CPU, *left.ns.cmd(
+            sys.executable, str(SENDER), "--dev", left.ifname, "--rate", str(rate),
+            "--dst-mac", right.mac, "--src-mac", left.mac, "--src-ip", left.ip4,
+            "--dst-ip", right.ip4, "--dport", str(DST_PORT))]
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
+        self.result: dict[str, int] = {}
+
+    def stop(self) -> dict[str, int]:
+        """Stop it (SIGINT); returns what it reports: frames ``sent``, ticks ``behind``."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+        try:
+            out, _ = self.proc.communicate(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            out, _ = self.proc.communicate(timeout=10)
+        if self.proc.returncode != 0 or not out.strip():
+            raise RuntimeError(f"the paced sender failed (exit {self.proc.returncode})")
+        self.result = json.loads(out)
+        return self.result
 
 
 @contextmanager
-def collector(kind: str, pair: Pair, workdir: Path) -> Iterator[tuple[list[int], Any]]:
-    """Start the collector on the receiving end; yield (its pids, its AgentRun or None)."""
+def sending(pair: Pair, rate: float) -> Iterator[Sender]:
+    """A running :class:`Sender`, stopped on exit."""
+    snd = Sender(pair, rate)
+    try:
+        yield snd
+    finally:
+        if snd.proc.returncode is None:
+            with contextlib.suppress(RuntimeError):
+                snd.stop()
+
+
+# -- the observers ------------------------------------------------------------------------------
+
+
+def pmacct_pids(ns: Namespace) -> list[int]:
+    """pmacctd's processes (the core and its plugin) inside ``ns``."""
+    out = []
+    for pid in ns.run("ip", "netns", "pids", ns.name, check=False).stdout.split():
+        try:
+            if "pmacctd" in Path(f"/proc/{pid}/cmdline").read_text():
+                out.append(int(pid))
+        except OSError:
+            continue
+    return out
+
+
+class Observer:
+    """One observer on the receiving end: its processes, and what it counted once stopped."""
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+        self.pids: list[int] = []
+        self.counted: int | None = None
+        self.detail: dict[str, Any] = {}
+
+
+@contextmanager
+def observe(kind: str, pair: Pair, workdir: Path) -> Iterator[Observer]:
+    """Start the observer (ready to count when yielded); stop it on exit and fill ``counted``."""
+    observer = Observer(kind)
     right = pair.right
     if kind == "none":
-        yield [], None
+        yield observer
         return
     if kind.startswith("flowkit"):
         env = {"INTERFACES": right.ifname, "TC_ATTACH_MODE": "tcx"}
         if ":" in kind:
             env["EBPF_OBJECT"] = kind.split(":", 1)[1]
-        with AgentRun(right.ns, env, taskset="0") as agent:
+        with AgentRun(right.ns, env, taskset=OBSERVER_CPU) as agent:
             agent.wait_traced(right.ifname)
-            yield [agent.proc.pid], agent
+            observer.pids = [agent.proc.pid]
+            yield observer
+            agent.stop()
+            observer.counted, _ = flow_totals(agent.flows, DstPort=DST_PORT, FlowDirection=0)
         return
     if kind == "pmacctd":
-        with pmacctd(right, workdir) as pids:
-            yield pids, None
-        return
-    raise SystemExit(f"unknown collector {kind!r}")
-
-
-def one_run(kind: str, seconds: float, workdir: Path) -> dict[str, Any]:
-    with Pair.create("fkBh") as pair, collector(kind, pair, workdir) as (pids, agent):
-        cpu_before = process_cpu_seconds(pids)
-        start = time.monotonic()
-        sent, sender_cpu = trafgen(pair, seconds, workdir / "rate.cfg")
-        elapsed = time.monotonic() - start
-        time.sleep(1.5)  # the collector's last period
-        cpu = process_cpu_seconds(pids) - cpu_before
-        out: dict[str, Any] = {
-            "sent": sent,
-            "sender_ns_per_packet": sender_cpu * 1e9 / sent,
-            "sender_wall_ns_per_packet": seconds * 1e9 / sent,
-            "collector_cpu_ns_per_packet": cpu * 1e9 / sent,
-            "wall_s": round(elapsed, 2),
-        }
-        if agent is not None:
-            agent.stop()
-            counted, _ = flow_totals(agent.flows, DstPort=7777, FlowDirection=0)
-            out["counted"] = counted
-    return out
-
-
-# -- alternating windows: the kernel cost, robust to other work on the VM ----------------------
-
-
-class Hook:
-    """Something that observes the receiving veth end and can be switched on and off quickly."""
-
-    def __init__(self, kind: str, pair: Pair, workdir: Path) -> None:
-        self.kind, self.pair, self.workdir = kind, pair, workdir
-        self._on = False
-        self._stack = contextlib.ExitStack()
-        if kind.startswith("flowkit"):
-            from flowkit.ebpf import CollectionSpec
-            from flowkit.ebpf.attach import Attacher
-            from flowkit.netns import NetnsHandle
-
-            path = kind.split(":", 1)[1] if ":" in kind else str(
-                ROOT / "flowkit" / "bpf" / "flowkit.bpf.o")
-            spec = CollectionSpec.from_file(path)
-            if "flow_cache" in spec.variables:
-                spec.variables["flow_cache"].set(1)  # as flowkit-agent loads it
-            self._collection = spec.load()
-            programs = self._collection.programs
-            self._attacher = Attacher(programs["flowkit_ingress"].fd,
-                                      programs["flowkit_egress"].fd, "tcx")
-            with NetnsHandle.open(pair.right.ns.name) as handle:
-                self._netns_id = handle.id or 0
-            self._ifindex = pair.right.ifindex
-
-    def on(self) -> None:
-        if self.kind.startswith("flowkit"):
-            self._attacher.attach(self._ifindex, self.pair.right.ifname,
-                                  netns=self.pair.right.ns.name, netns_id=self._netns_id)
-        elif self.kind == "pmacctd":
-            self._stack.enter_context(pmacctd(self.pair.right, self.workdir, "pmacctd-alt"))
-        self._on = True
-
-    def off(self) -> None:
-        if self.kind.startswith("flowkit"):
-            self._attacher.detach(self._ifindex, self._netns_id)
-        else:
-            self._stack.close()
-        self._on = False
-
-    def close(self) -> None:
-        if self._on:
-            self.off()
-        if self.kind.startswith("flowkit"):
-            self._attacher.close()
-            self._collection.close()
-
-
-def _sender_state(pair: Pair) -> tuple[float, int]:
-    """(CPU seconds of every process in the sender's namespace + ksoftirqd, packets sent)."""
-    pids = [int(p) for p in sh("ip", "netns", "pids", pair.left.ns.name).stdout.split()]
-    cpu = process_cpu_seconds(pids + ksoftirqd(SENDER_CPU))
-    packets = pair.left.ns.link_stats(pair.left.ifname)["tx"]["packets"]
-    return cpu, packets
-
-
-def alternating(kind: str, windows: int, window_s: float, workdir: Path) -> dict[str, Any]:
-    """Sender-core CPU per packet with the hook on minus with it off, in alternating windows.
-
-    trafgen runs the whole time; each on-window is compared with the mean of the off-windows
-    around it, and the median of those differences is the hook's kernel cost.
-    """
-    with Pair.create("fkBa") as pair:
-        cfg = workdir / "alt.cfg"
-        cfg.write_text(
-            f"{{ eth(da={pair.right.mac}, sa={pair.left.mac}), ipv4(saddr={pair.left.ip4}, "
-            f"daddr={pair.right.ip4}), udp(sport=40000, dport=7777), fill(0x00, 18) }}\n"
-        )
-        hook = Hook(kind, pair, workdir)
-        sender = subprocess.Popen(
-            pair.left.ns.cmd("trafgen", "--dev", pair.left.ifname, "--conf", str(cfg), "--cpu",
-                             SENDER_CPU, "-q"),
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-        try:
-            time.sleep(1.0)
-            result = alternating_windows(lambda state: hook.on() if state else hook.off(),
-                                         lambda: _sender_state(pair), windows, window_s)
-        finally:
-            os.killpg(sender.pid, signal.SIGINT)  # trafgen and its worker
+        output = workdir / "pmacctd.json"
+        output.unlink(missing_ok=True)
+        conf = write_pmacctd_conf(workdir / "pmacctd.conf", right.ifname, output, append=True)
+        log_path = workdir / "pmacctd.log"
+        with log_path.open("w") as log_file:
+            proc = right.ns.popen(["taskset", "-c", OBSERVER_CPU, "pmacctd", "-f", str(conf)],
+                                  stdout=subprocess.DEVNULL, stderr=log_file)
             try:
-                sender.wait(30)
-            except subprocess.TimeoutExpired:
-                os.killpg(sender.pid, signal.SIGKILL)
-                sender.wait(10)
-            hook.close()
-    return {
-        "windows": windows,
-        "window_s": window_s,
-        "sender_ns_per_packet_off": result["off_per_unit"],
-        "kernel_ns_per_packet": result["cost_per_unit"],
-        "kernel_ns_per_packet_each": result["cost_per_unit_each"],
+                time.sleep(2)  # its capture socket is open
+                observer.pids = pmacct_pids(right.ns)
+                yield observer
+                time.sleep(1.5)  # its last refresh
+                observer.detail = pmacctd_drops(observer.pids, log_path)
+            finally:
+                proc.terminate()
+                try:
+                    proc.wait(10)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait(10)
+        observer.counted = pmacctd_packets(output, right.ip4)
+        return
+    raise SystemExit(f"unknown observer {kind!r}")
+
+
+def pmacctd_drops(pids: list[int], log_path: Path) -> dict[str, Any]:
+    """Ask pmacctd's core process (SIGUSR1) for its capture statistics; return what it logs."""
+    before = log_path.read_text(errors="replace")
+    for pid in sorted(pids)[:1]:  # the core starts first
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGUSR1)
+    time.sleep(0.5)
+    text = log_path.read_text(errors="replace")[len(before):]
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    stats: dict[str, Any] = {"log": lines[-3:]}
+    received = re.search(r"received[^0-9]*(\d+)", text, re.IGNORECASE)
+    dropped = re.search(r"dropped[^0-9]*(\d+)", text, re.IGNORECASE)
+    if received:
+        stats["received"] = int(received.group(1))
+    if dropped:
+        stats["dropped"] = int(dropped.group(1))
+    return stats
+
+
+def pmacctd_packets(output: Path, dst_ip: str) -> int:
+    """Packets of the benchmark's flow in pmacctd's print output (one JSON object per line per
+    refresh, appended)."""
+    total = 0
+    if not output.exists():
+        return 0
+    for line in output.read_text(errors="replace").splitlines():
+        with contextlib.suppress(ValueError):
+            record = json.loads(line)
+            if record.get("ip_dst") == dst_ip and int(record.get("port_dst", 0)) == DST_PORT:
+                total += int(record.get("packets", 0))
+    return total
+
+
+# -- one window ---------------------------------------------------------------------------------
+
+
+def window(kind: str, pair: Pair, rate: float, seconds: float, workdir: Path) -> dict[str, Any]:
+    """Start ``kind``, send at ``rate`` for 1 + ``seconds`` s, measure the last ``seconds``."""
+    with observe(kind, pair, workdir) as observer:
+        with sending(pair, rate) as snd:
+            time.sleep(1.0)
+            p0 = tx_packets(pair)
+            own0, snd0 = thread_cpu_ns(observer.pids), thread_cpu_ns([snd.proc.pid])
+            t0, all0 = host_times(), all_threads_cpu_ns()
+            time.sleep(seconds)
+            t1, all1 = host_times(), all_threads_cpu_ns()
+            own1, snd1 = thread_cpu_ns(observer.pids), thread_cpu_ns([snd.proc.pid])
+            p1 = tx_packets(pair)
+            report = snd.stop()
+        time.sleep(1.0)  # the observer's last period
+    elapsed = t1.at - t0.at
+    packets = p1 - p0
+    if packets <= 0:
+        raise RuntimeError("no packet was sent during the window")
+    host = threads_cpu_delta_ns(all0, all1)
+    busy = busy_seconds(t0, t1)
+    steal = sum(t1.steal[c] - t0.steal[c] for c in t1.steal)
+    out: dict[str, Any] = {
+        "packets": packets,
+        "seconds": round(elapsed, 3),
+        "rate_pps": round(packets / elapsed),
+        "host_ns_per_packet": round(host / packets, 1),
+        "observer_ns_per_packet": round((own1 - own0) / packets, 1),
+        "sender_process_ns_per_packet": round((snd1 - snd0) / packets, 1),
+        "not_idle_ns_per_packet": {c: round(v * 1e9 / packets, 1) for c, v in busy.items()},
+        "steal_ns_per_packet": round(steal * 1e9 / packets, 1),
+        "sender_ticks_behind": report["behind"],
+        "sent": report["sent"],
     }
-
-
-def _median(runs: list[dict[str, Any]], key: str) -> float:
-    return statistics.median(r[key] for r in runs)
-
-
-def summarise(kernel: dict[str, dict[str, Any]],
-              runs: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for kind, results in runs.items():
-        own = _median(results, "collector_cpu_ns_per_packet")
-        k = kernel[kind]["kernel_ns_per_packet"]
-        entry: dict[str, Any] = {
-            "kernel_ns_per_packet": k,
-            "collector_cpu_ns_per_packet": round(own, 1),
-            "host_ns_per_packet": round(k + own, 1),
-            "sender_ns_per_packet_without_observer": kernel[kind]["sender_ns_per_packet_off"],
-        }
-        if "counted" in results[0]:
-            entry["all_packets_counted"] = all(r["counted"] == r["sent"] for r in results)
-        out[kind] = entry
-    pmacct = out.get("pmacctd", {}).get("host_ns_per_packet")
-    for kind, entry in list(out.items()):
-        if kind.startswith("flowkit") and pmacct and entry["host_ns_per_packet"] > 0:
-            entry["pmacctd_over_this"] = round(pmacct / entry["host_ns_per_packet"], 1)
+    if observer.counted is not None:
+        out["counted"] = observer.counted
+    if observer.detail:
+        out["capture_stats"] = observer.detail
     return out
+
+
+# -- summary ------------------------------------------------------------------------------------
+
+
+def _spread(values: list[float]) -> dict[str, float]:
+    return {"median": round(statistics.median(values), 1), "min": round(min(values), 1),
+            "max": round(max(values), 1)}
+
+
+def summarise(runs: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
+    """Per observer: host cost per packet (its window minus the same round's baseline), own
+    CPU, the rest (kernel), over rounds; and the pmacctd / flowkit ratios per round."""
+    base = runs["none"]
+    out: dict[str, Any] = {"none": {
+        "host_ns_per_packet": _spread([r["host_ns_per_packet"] for r in base]),
+        "rate_pps": _spread([r["rate_pps"] for r in base]),
+    }}
+    costs: dict[str, list[float]] = {}
+    for kind, results in runs.items():
+        if kind == "none":
+            continue
+        pairs = list(zip(results, base, strict=True))
+        host = [r["host_ns_per_packet"] - b["host_ns_per_packet"] for r, b in pairs]
+        own = [r["observer_ns_per_packet"] for r in results]
+        costs[kind] = host
+        entry: dict[str, Any] = {
+            "host_ns_per_packet": _spread(host),
+            "own_ns_per_packet": _spread(own),
+            "kernel_ns_per_packet": _spread([h - o for h, o in zip(host, own, strict=True)]),
+            "sender_process_ns_per_packet": _spread(
+                [r["sender_process_ns_per_packet"] - b["sender_process_ns_per_packet"]
+                 for r, b in pairs]),
+            "rate_pps": _spread([r["rate_pps"] for r in results]),
+            "counted_share": _spread([100.0 * r.get("counted", 0) / r["sent"] for r in results]),
+            "every_packet_counted": all(r.get("counted") == r["sent"] for r in results),
+        }
+        out[kind] = entry
+    pmacct = costs.get("pmacctd")
+    for kind, host in costs.items():
+        if kind.startswith("flowkit") and pmacct:
+            ratios = [p / f for p, f in zip(pmacct, host, strict=True) if f > 0]
+            out[kind]["pmacctd_over_this"] = {
+                "per_round": [round(r, 1) for r in ratios],
+                "of_medians": round(statistics.median(pmacct) / statistics.median(host), 1)
+                if statistics.median(host) > 0 else None,
+                **_spread(ratios),
+            } if ratios else None
+    return out
+
+
+def verdict(summary: dict[str, Any]) -> list[str]:
+    lines = []
+    pm = summary.get("pmacctd")
+    for kind, entry in summary.items():
+        if not kind.startswith("flowkit"):
+            continue
+        host = entry["host_ns_per_packet"]
+        line = (f"{kind}: {host['median']:.0f} ns/packet whole host (rounds {host['min']:.0f} to "
+                f"{host['max']:.0f}; own CPU {entry['own_ns_per_packet']['median']:.1f}), every "
+                f"packet counted: {'yes' if entry['every_packet_counted'] else 'NO'}")
+        if pm:
+            ratio = entry.get("pmacctd_over_this")
+            p = pm["host_ns_per_packet"]
+            line += (f"; pmacctd {p['median']:.0f} ns/packet (rounds {p['min']:.0f} to "
+                     f"{p['max']:.0f}; counted {pm['counted_share']['min']:.2f}-"
+                     f"{pm['counted_share']['max']:.2f} % of the packets sent)")
+            if ratio:
+                line += (f"; pmacctd / flowkit = {ratio['of_medians']}x (per round "
+                         f"{ratio['min']}x to {ratio['max']}x)")
+        lines.append("VERDICT " + line)
+    return lines
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--windows", type=int, default=15,
-                        help="on-windows per observer (as many off-windows around them)")
-    parser.add_argument("--window", type=float, default=1.0, help="seconds per window")
-    parser.add_argument("--seconds", type=float, default=4,
-                        help="length of each run measuring the observer's own CPU")
-    parser.add_argument("--rounds", type=int, default=3, help="such runs per observer")
-    parser.add_argument("--collectors", default="flowkit,pmacctd",
-                        help="comma-separated: flowkit, flowkit:<object>, pmacctd")
+    parser.add_argument("--rate", type=float, default=100_000, help="packets per second")
+    parser.add_argument("--seconds", type=float, default=15, help="measured seconds per window")
+    parser.add_argument("--rounds", type=int, default=4, help="windows per observer")
+    parser.add_argument("--observers", default="flowkit,pmacctd",
+                        help="comma-separated: flowkit, flowkit:<object>, pmacctd ('none', the "
+                        "baseline, is always measured)")
     args = parser.parse_args()
     if os.geteuid() != 0:
-        raise SystemExit("needs root (namespaces, eBPF, trafgen)")
-    os.sched_setaffinity(0, {0})  # keep this process off the sender's CPU
-    kinds = args.collectors.split(",")
-    kernel: dict[str, dict[str, Any]] = {}
-    with tempfile.TemporaryDirectory(prefix="fkbench") as tmp:
-        for kind in kinds:
-            kernel[kind] = alternating(kind, args.windows, args.window, Path(tmp))
-            print(json.dumps({"collector": kind, **kernel[kind]}), file=sys.stderr, flush=True)
-        runs = rotating_rounds(kinds, args.rounds,
-                               lambda kind: one_run(kind, args.seconds, Path(tmp)))
-    print(json.dumps({"kernel": kernel, "runs": runs, "summary": summarise(kernel, runs)},
-                     indent=2))
+        raise SystemExit("needs root (namespaces, eBPF, AF_PACKET)")
+    # SIGTERM unwinds like an exception, so that namespaces and processes are removed.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    os.sched_setaffinity(0, {int(OBSERVER_CPU)})  # keep this process off the sender's CPU
+    kinds = ["none", *[k for k in args.observers.split(",") if k and k != "none"]]
+    runs: dict[str, list[dict[str, Any]]] = {kind: [] for kind in kinds}
+    with tempfile.TemporaryDirectory(prefix="fkbench") as tmp, Pair.create("fkBh") as pair:
+        for round_no in range(args.rounds):
+            order = kinds[round_no % len(kinds):] + kinds[:round_no % len(kinds)]
+            for kind in order:
+                result = window(kind, pair, args.rate, args.seconds, Path(tmp))
+                runs[kind].append(result)
+                print(json.dumps({"round": round_no, "observer": kind, **result}),
+                      file=sys.stderr, flush=True)
+    summary = summarise(runs)
+    print(json.dumps({"rate_pps": args.rate, "seconds": args.seconds, "rounds": args.rounds,
+                      "runs": runs, "summary": summary}, indent=2))
+    for line in verdict(summary):
+        print(line)
 
 
 if __name__ == "__main__":

@@ -1,15 +1,11 @@
 """What every benchmark measures the same way: CPU time, peak RSS, the rate fields, and the
-alternating on/off windows and rotating rounds of the host-cost benchmarks."""
+CPU time of other processes and of their threads (host-side benchmarks)."""
 
 from __future__ import annotations
 
-import json
 import os
 import resource
-import statistics
-import sys
-import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -55,9 +51,46 @@ def process_cpu_seconds(pids: Iterable[int]) -> float:
     return total / TICKS
 
 
-def write_pmacctd_conf(path: Path, ifname: str, output: Path) -> Path:
+def thread_cpu_ns(pids: Iterable[int]) -> int:
+    """CPU time of every thread of other processes so far, in nanoseconds (exact: the first
+    field of /proc/<pid>/task/<tid>/schedstat; gone processes and threads count 0)."""
+    total = 0
+    for pid in pids:
+        try:
+            tasks = list(Path(f"/proc/{pid}/task").iterdir())
+        except OSError:
+            continue
+        for task in tasks:
+            try:
+                total += int((task / "schedstat").read_text().split()[0])
+            except (OSError, IndexError, ValueError):
+                continue
+    return total
+
+
+def all_threads_cpu_ns() -> dict[int, int]:
+    """CPU time so far of every thread on the host (all processes, kernel threads included), in
+    nanoseconds, by thread id. From schedstat: on a kernel with paravirt steal accounting, as
+    here, time the hypervisor stole is not in it."""
+    out: dict[int, int] = {}
+    for task in Path("/proc").glob("[0-9]*/task/[0-9]*"):
+        try:
+            out[int(task.name)] = int((task / "schedstat").read_text().split()[0])
+        except (OSError, IndexError, ValueError):
+            continue
+    return out
+
+
+def threads_cpu_delta_ns(before: dict[int, int], after: dict[int, int]) -> int:
+    """CPU time the threads used between two :func:`all_threads_cpu_ns` readings (a thread
+    that ended in between is left out; one that started counts from zero)."""
+    return sum(ns - before.get(tid, 0) for tid, ns in after.items())
+
+
+def write_pmacctd_conf(path: Path, ifname: str, output: Path, append: bool = False) -> Path:
     """pmacctd's configuration for the benchmarks: libpcap on ``ifname``, print plugin to
-    ``output`` (JSON, refreshed every second), flows keyed by MACs, addresses, ports, protocol."""
+    ``output`` (JSON, refreshed every second; with ``append``, every refresh is appended
+    instead of replacing the file), flows keyed by MACs, addresses, ports, protocol."""
     path.write_text(
         "daemonize: false\n"
         f"pcap_interface: {ifname}\n"
@@ -66,53 +99,6 @@ def write_pmacctd_conf(path: Path, ifname: str, output: Path) -> Path:
         "print_output: json\n"
         f"print_output_file: {output}\n"
         "print_refresh_time: 1\n"
+        + ("print_output_file_append: true\n" if append else "")
     )
     return path
-
-
-def alternating_windows(switch: Callable[[bool], None], sample: Callable[[], tuple[float, int]],
-                        windows: int, window_s: float) -> dict[str, Any]:
-    """The cost per unit of something that can be switched on and off while a load runs.
-
-    ``2 * windows + 1`` windows of ``window_s`` seconds alternate off, on, off, ...; ``sample``
-    returns (a cumulative cost, a cumulative count of units), read at the start and end of each
-    window. Each on-window's cost per unit is compared with the mean of the off-windows on either
-    side, so that a slow drift of the load (other work on the machine) cancels; the median of
-    those differences is the result (``cost_per_unit``, in the unit of ``sample``'s cost times
-    1e9: nanoseconds for CPU seconds).
-    """
-    per_unit: list[tuple[bool, float]] = []
-    for i in range(2 * windows + 1):
-        state = i % 2 == 1
-        switch(state)
-        cost0, units0 = sample()
-        time.sleep(window_s)
-        cost1, units1 = sample()
-        if units1 > units0:
-            per_unit.append((state, (cost1 - cost0) * 1e9 / (units1 - units0)))
-    switch(False)
-    diffs = [value - (per_unit[j - 1][1] + per_unit[j + 1][1]) / 2
-             for j, (state, value) in enumerate(per_unit)
-             if state and 0 < j < len(per_unit) - 1]
-    return {
-        "windows": windows,
-        "window_s": window_s,
-        "off_per_unit": round(statistics.median(v for st, v in per_unit if not st), 1),
-        "cost_per_unit": round(statistics.median(diffs), 1),
-        "cost_per_unit_each": [round(d, 1) for d in diffs],
-    }
-
-
-def rotating_rounds(kinds: Sequence[str], rounds: int,
-                    run: Callable[[str], dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
-    """``rounds`` rounds of ``run(kind)`` for every kind, the kinds in turn within a round (so
-    that a burst of other work on the machine hits them alike); each result is also printed to
-    stderr as it comes."""
-    results: dict[str, list[dict[str, Any]]] = {kind: [] for kind in kinds}
-    for round_no in range(rounds):
-        for kind in kinds:
-            result = run(kind)
-            results[kind].append(result)
-            print(json.dumps({"round": round_no, "collector": kind, **result}), file=sys.stderr,
-                  flush=True)
-    return results
