@@ -41,10 +41,35 @@ static size_t fk_aligned(size_t n)
     return (n + FK_ALIGN - 1) & ~(size_t)(FK_ALIGN - 1);
 }
 
+/* A new block: whole 2 MiB pages, which the kernel may back with transparent huge pages: the
+ * pass writes ~25 columns at once, and with 4 KiB pages every one of them crosses a page, and
+ * misses the TLB, every few hundred rows. */
+#define FK_HUGE (2u << 20)
+static struct fk_block *fk_block_map(size_t size)
+{
+    size = (size + FK_HUGE - 1) & ~(size_t)(FK_HUGE - 1);
+    uint8_t *map = mmap(NULL, size + FK_HUGE, PROT_READ | PROT_WRITE,
+                        MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (map == MAP_FAILED)
+        return NULL;
+    uint8_t *start = (uint8_t *)(((uintptr_t)map + FK_HUGE - 1) & ~(uintptr_t)(FK_HUGE - 1));
+    if (start > map)
+        munmap(map, (size_t)(start - map));
+    if (start + size < map + size + FK_HUGE)
+        munmap(start + size, (size_t)(map + size + FK_HUGE - (start + size)));
+#ifdef MADV_HUGEPAGE
+    madvise(start, size, MADV_HUGEPAGE);
+#endif
+    struct fk_block *block = (struct fk_block *)(void *)start;
+    block->size = size;
+    return block;
+}
+
 /* A free block of at least `size` bytes (and not much more), or a new one. */
 static struct fk_block *fk_pool_get(size_t size)
 {
     struct fk_block **best = NULL;
+    size = (size + FK_HUGE - 1) & ~(size_t)(FK_HUGE - 1);
     pthread_mutex_lock(&fk_pool_lock);
     for (struct fk_block **b = &fk_pool_free; *b != NULL; b = &(*b)->next) {
         if ((*b)->size >= size && (*b)->size <= 2 * size + (1u << 20) &&
@@ -62,11 +87,9 @@ static struct fk_block *fk_pool_get(size_t size)
     pthread_mutex_unlock(&fk_pool_lock);
     if (block != NULL)
         return block;
-    void *memory = NULL;
-    if (posix_memalign(&memory, FK_ALIGN, size) != 0)
+    block = fk_block_map(size);
+    if (block == NULL)
         return NULL;
-    block = memory;
-    block->size = size;
     pthread_mutex_lock(&fk_pool_lock);
     fk_pool_in_use++;
     pthread_mutex_unlock(&fk_pool_lock);
@@ -100,7 +123,7 @@ static void fk_pool_put(struct fk_block *block)
     pthread_mutex_unlock(&fk_pool_lock);
     while (drop != NULL) {
         struct fk_block *next = drop->next;
-        free(drop);
+        munmap(drop, drop->size);
         drop = next;
     }
 }
