@@ -51,8 +51,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests" / "integration"))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from bench_host_cost import Hook  # noqa: E402
 from netns import Pair, sh  # noqa: E402
+
+from flowkit.ebpf import CollectionSpec  # noqa: E402
+from flowkit.ebpf.attach import Attacher  # noqa: E402
+from flowkit.netns import NetnsHandle  # noqa: E402
 
 EMPTY_PROGRAM = """
 #define SEC(n) __attribute__((section(n), used))
@@ -61,6 +64,40 @@ SEC("tc") int flowkit_ingress(struct __sk_buff *skb) { return -1; }
 SEC("tc") int flowkit_egress(struct __sk_buff *skb) { return -1; }
 char LICENSE[] SEC("license") = "GPL";
 """
+
+class Hook:
+    """An object's flowkit_ingress/egress, loaded as flowkit-agent loads them (flow cache on
+    where the object has one), attached with TCX to the receiving end and detached at will."""
+
+    def __init__(self, path: str, pair: Pair) -> None:
+        spec = CollectionSpec.from_file(path)
+        if "flow_cache" in spec.variables:
+            spec.variables["flow_cache"].set(1)
+        self._collection = spec.load()
+        programs = self._collection.programs
+        self._attacher = Attacher(programs["flowkit_ingress"].fd,
+                                  programs["flowkit_egress"].fd, "tcx")
+        with NetnsHandle.open(pair.right.ns.name) as handle:
+            self._netns_id = handle.id or 0
+        self._pair = pair
+        self._ifindex = pair.right.ifindex
+        self._on = False
+
+    def on(self) -> None:
+        self._attacher.attach(self._ifindex, self._pair.right.ifname,
+                              netns=self._pair.right.ns.name, netns_id=self._netns_id)
+        self._on = True
+
+    def off(self) -> None:
+        self._attacher.detach(self._ifindex, self._netns_id)
+        self._on = False
+
+    def close(self) -> None:
+        if self._on:
+            self.off()
+        self._attacher.close()
+        self._collection.close()
+
 
 FREQUENCY = 2000  # perf samples per second: one sample = 500 us of the core
 
@@ -123,8 +160,7 @@ def measure(variants: list[str], seconds: float, rounds: int, workdir: Path) -> 
             cpu = worker_cpu(sender_pids(pair))
             for v in variants:
                 if v != "none":
-                    hooks[v] = Hook("flowkit:" + (str(workdir / "empty.o") if v == "empty"
-                                                  else v), pair, workdir)
+                    hooks[v] = Hook(str(workdir / "empty.o") if v == "empty" else v, pair)
             for r in range(rounds):
                 order = variants[r % len(variants):] + variants[:r % len(variants)]
                 for v in order:
