@@ -57,6 +57,7 @@ struct fk_drainer {
     struct fk_flow_key *keys;
     unsigned char *values;
     uint32_t *slots;     /* FK_DRAIN_CACHE: slot numbers for the batch calls */
+    int unread[2];       /* map i may hold flows no drain has read (until one succeeds) */
     int cache_batch;     /* FK_DRAIN_CACHE: 1 while the kernel takes batch calls on the caches */
     uint64_t token[8];   /* batch cursor (a bucket number for hash maps) */
     struct fk_drainer_stats stats;
@@ -225,6 +226,7 @@ static struct fk_drainer *fk_drainer_create(uint32_t kind, int selector_fd, int 
     d->map_fds[0] = map0_fd;
     d->map_fds[1] = map1_fd;
     d->kind = kind;
+    d->unread[0] = d->unread[1] = 1; /* whatever an earlier user of the maps left */
     d->value_size = (value_size + 7) & ~7u;
     if (fk_is_percpu(types[0])) {
         int possible = libbpf_num_possible_cpus();
@@ -599,6 +601,13 @@ int64_t fk_drainer_drain_map(struct fk_drainer *d, uint32_t index, struct fk_tab
     }
 }
 
+/* Whether a hash map has no entry now (one syscall; any error counts as "maybe not"). */
+static int fk_hash_map_empty(struct fk_drainer *d, int fd)
+{
+    d->stats.syscalls++;
+    return bpf_map_get_next_key(fd, NULL, d->keys) && errno == ENOENT;
+}
+
 int64_t fk_drainer_drain(struct fk_drainer *d, struct fk_table *t)
 {
     uint32_t zero = 0;
@@ -607,6 +616,15 @@ int64_t fk_drainer_drain(struct fk_drainer *d, struct fk_table *t)
     d->stats.syscalls++;
     uint32_t old = current >= 0 ? (uint32_t)current : d->active;
     uint32_t next = old ^ 1;
+    /* Nothing to take: the active flow map is empty and the other one was drained. Flipping
+     * would cost a grace period and a batch walk over every bucket of an empty map; a packet
+     * arriving after this check is in the same place as one arriving after a flip (taken by
+     * the next drain), so skipping changes no flow's period. */
+    if (d->kind != FK_DRAIN_CACHE && current >= 0 && !d->unread[next] &&
+        fk_hash_map_empty(d, d->map_fds[old])) {
+        d->stats.drains++;
+        return 0;
+    }
     uint32_t next_fd = (uint32_t)d->map_fds[next];
     /* Returns once no program can still be writing into the old map (see the file comment). */
     if (bpf_map_update_elem(d->selector_fd, &zero, &next_fd, BPF_ANY))
@@ -614,9 +632,12 @@ int64_t fk_drainer_drain(struct fk_drainer *d, struct fk_table *t)
     d->active = next;
     d->stats.active_map = next;
     d->stats.syscalls++;
+    d->unread[old] = 1;
     int64_t rc = fk_drainer_drain_map(d, old, t);
-    if (rc >= 0)
+    if (rc >= 0) {
+        d->unread[old] = 0;
         d->stats.drains++;
+    }
     return rc;
 }
 
