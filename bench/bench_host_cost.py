@@ -9,6 +9,8 @@ and every hook on it. The observer runs on CPU 0:
 - ``none``: nothing observes the receiving end (the baseline);
 - ``flowkit``: flowkit-agent (ebpf tracer with TCX, native accounter, stdout to a pipe,
   CACHE_ACTIVE_TIMEOUT=1s); ``flowkit:<object>`` the same with EBPF_OBJECT=<object>;
+  ``flowkit@<tree>`` the agent of another source tree (PYTHONPATH=<tree>, its C extension
+  built in place with ``python csrc/build_ffi.py``), to compare versions;
 - ``pmacctd``: pmacctd (libpcap on an AF_PACKET socket, print plugin, 1 s refresh).
 
 What is measured is the CPU time of the WHOLE host: the sum over every thread of every process
@@ -23,9 +25,11 @@ sender's softirq, copies into a capture ring, wake-ups, the observer's own threa
 rather than a saturated sender keeps the comparison fair: a saturated sender makes pmacctd drop
 packets, and an observer that drops looks cheap per packet sent.
 
-Each window: start the observer, start the sender, let it run 1 s, measure ``--seconds``, stop
-the sender, give the observer 2.5 s to export, stop it and compare what it counted with what was
-sent (flowkit: the flows it printed; pmacctd: its print output, and the drops it reports on
+Before the windows, each observer's own CPU time without any traffic is measured for
+``--idle-seconds`` (its fixed cost, in ms per second). Each window: start the observer, start
+the sender, let it run 1 s, measure ``--seconds``, stop the sender, give the observer 1 s
+(pmacctd 2.5 s) to export, stop it and compare what it counted with what was sent (flowkit: the
+flows it printed; pmacctd: its print output, and its capture statistics, asked for with
 SIGUSR1). Observers run in rotating order for ``--rounds`` rounds; each round's cost of an
 observer is its window minus that round's ``none`` window, and the summary gives the median and
 the range over rounds. The per-part figures: ``own`` is the observer processes' CPU time
@@ -33,7 +37,7 @@ the range over rounds. The per-part figures: ``own`` is the observer processes' 
 
 Usage::
 
-    sudo .venv/bin/python bench/bench_host_cost.py --rate 100000 --seconds 15 --rounds 4
+    sudo .venv/bin/python bench/bench_host_cost.py --rate 80000 --seconds 12 --rounds 5
 
 Prints the windows as they come (stderr), then one JSON object and a verdict line. Everything
 it creates (namespaces, veths, processes) is removed on exit, also on failure or SIGTERM.
@@ -197,8 +201,11 @@ def observe(kind: str, pair: Pair, workdir: Path) -> Iterator[Observer]:
         return
     if kind.startswith("flowkit"):
         env = {"INTERFACES": right.ifname, "TC_ATTACH_MODE": "tcx"}
-        if ":" in kind:
-            env["EBPF_OBJECT"] = kind.split(":", 1)[1]
+        name, _, tree = kind.partition("@")
+        if ":" in name:
+            env["EBPF_OBJECT"] = name.split(":", 1)[1]
+        if tree:
+            env["PYTHONPATH"] = tree
         with AgentRun(right.ns, env, taskset=OBSERVER_CPU) as agent:
             agent.wait_traced(right.ifname)
             observer.pids = [agent.proc.pid]
@@ -308,6 +315,18 @@ def window(kind: str, pair: Pair, rate: float, seconds: float, workdir: Path) ->
     return out
 
 
+def idle_cpu(kind: str, pair: Pair, seconds: float, workdir: Path) -> dict[str, Any]:
+    """The observer's own CPU time with no traffic at all (its fixed cost)."""
+    with observe(kind, pair, workdir) as observer:
+        time.sleep(1.0)
+        own0, at0 = thread_cpu_ns(observer.pids), time.monotonic()
+        time.sleep(seconds)
+        own1, at1 = thread_cpu_ns(observer.pids), time.monotonic()
+    ms_per_s = (own1 - own0) / 1e6 / (at1 - at0)
+    return {"seconds": round(at1 - at0, 2), "own_ms_per_s": round(ms_per_s, 3),
+            "own_percent_of_one_cpu": round(ms_per_s / 10, 3)}
+
+
 # -- summary ------------------------------------------------------------------------------------
 
 
@@ -365,8 +384,9 @@ def verdict(summary: dict[str, Any]) -> list[str]:
             continue
         host = entry["host_ns_per_packet"]
         line = (f"{kind}: {host['median']:.0f} ns/packet whole host (rounds {host['min']:.0f} to "
-                f"{host['max']:.0f}; own CPU {entry['own_ns_per_packet']['median']:.1f}), every "
-                f"packet counted: {'yes' if entry['every_packet_counted'] else 'NO'}")
+                f"{host['max']:.0f}; own CPU {entry['own_ns_per_packet']['median']:.1f}"
+                + (f", idle {entry['idle']['own_ms_per_s']:.2f} ms/s" if "idle" in entry else "")
+                + f"), every packet counted: {'yes' if entry['every_packet_counted'] else 'NO'}")
         if pm:
             ratio = entry.get("pmacctd_over_this")
             p = pm["host_ns_per_packet"]
@@ -382,12 +402,15 @@ def verdict(summary: dict[str, Any]) -> list[str]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rate", type=float, default=100_000, help="packets per second")
-    parser.add_argument("--seconds", type=float, default=15, help="measured seconds per window")
-    parser.add_argument("--rounds", type=int, default=4, help="windows per observer")
+    parser.add_argument("--rate", type=float, default=80_000, help="packets per second")
+    parser.add_argument("--seconds", type=float, default=12, help="measured seconds per window")
+    parser.add_argument("--rounds", type=int, default=5, help="windows per observer")
     parser.add_argument("--observers", default="flowkit,pmacctd",
-                        help="comma-separated: flowkit, flowkit:<object>, pmacctd ('none', the "
-                        "baseline, is always measured)")
+                        help="comma-separated: flowkit, flowkit:<object>, flowkit@<tree>, "
+                        "pmacctd ('none', the baseline, is always measured)")
+    parser.add_argument("--idle-seconds", type=float, default=10,
+                        help="also measure each observer's own CPU without traffic for this "
+                        "long (0: not)")
     args = parser.parse_args()
     if os.geteuid() != 0:
         raise SystemExit("needs root (namespaces, eBPF, AF_PACKET)")
@@ -396,7 +419,12 @@ def main() -> None:
     os.sched_setaffinity(0, {int(OBSERVER_CPU)})  # keep this process off the sender's CPU
     kinds = ["none", *[k for k in args.observers.split(",") if k and k != "none"]]
     runs: dict[str, list[dict[str, Any]]] = {kind: [] for kind in kinds}
+    idle: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="fkbench") as tmp, Pair.create("fkBh") as pair:
+        if args.idle_seconds > 0:
+            for kind in kinds[1:]:
+                idle[kind] = idle_cpu(kind, pair, args.idle_seconds, Path(tmp))
+                print(json.dumps({"idle": kind, **idle[kind]}), file=sys.stderr, flush=True)
         for round_no in range(args.rounds):
             order = kinds[round_no % len(kinds):] + kinds[:round_no % len(kinds)]
             for kind in order:
@@ -405,6 +433,8 @@ def main() -> None:
                 print(json.dumps({"round": round_no, "observer": kind, **result}),
                       file=sys.stderr, flush=True)
     summary = summarise(runs)
+    for kind, entry in idle.items():
+        summary[kind]["idle"] = entry
     print(json.dumps({"rate_pps": args.rate, "seconds": args.seconds, "rounds": args.rounds,
                       "runs": runs, "summary": summary}, indent=2))
     for line in verdict(summary):
