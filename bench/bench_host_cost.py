@@ -123,8 +123,14 @@ def busy_seconds(before: HostTimes, after: HostTimes) -> dict[str, float]:
 # -- the traffic --------------------------------------------------------------------------------
 
 
-def tx_packets(pair: Pair) -> int:
-    return int(pair.left.ns.link_stats(pair.left.ifname)["tx"]["packets"])
+def tx_packets(pid: int, ifname: str) -> int:
+    """Packets ``ifname`` sent, read in the network namespace of process ``pid`` (no
+    subprocess, so that reading it costs next to nothing inside a measured window)."""
+    for line in Path(f"/proc/{pid}/net/dev").read_text().splitlines():
+        name, sep, counters = line.partition(":")
+        if sep and name.strip() == ifname:
+            return int(counters.split()[9])
+    raise RuntimeError(f"{ifname} not found in /proc/{pid}/net/dev")
 
 
 class Sender:
@@ -280,13 +286,14 @@ def window(kind: str, pair: Pair, rate: float, seconds: float, workdir: Path) ->
     with observe(kind, pair, workdir) as observer:
         with sending(pair, rate) as snd:
             time.sleep(1.0)
-            p0 = tx_packets(pair)
+            ifname = pair.left.ifname
+            p0 = tx_packets(snd.proc.pid, ifname)
             own0, snd0 = thread_cpu_ns(observer.pids), thread_cpu_ns([snd.proc.pid])
             t0, all0 = host_times(), all_threads_cpu_ns()
             time.sleep(seconds)
             t1, all1 = host_times(), all_threads_cpu_ns()
             own1, snd1 = thread_cpu_ns(observer.pids), thread_cpu_ns([snd.proc.pid])
-            p1 = tx_packets(pair)
+            p1 = tx_packets(snd.proc.pid, ifname)
             report = snd.stop()
         time.sleep(1.0)  # the observer's last period
     elapsed = t1.at - t0.at
@@ -315,6 +322,84 @@ def window(kind: str, pair: Pair, rate: float, seconds: float, workdir: Path) ->
     return out
 
 
+class Hook:
+    """flowkit's eBPF programs, loaded by this process as flowkit-agent loads them, attached
+    to and detached from the receiving veth end (TCX) in a moment."""
+
+    def __init__(self, pair: Pair, obj: str | None) -> None:
+        from flowkit.ebpf import CollectionSpec
+        from flowkit.ebpf.attach import Attacher
+        from flowkit.netns import NetnsHandle
+        from flowkit_plugins.ebpf_tracer import default_object_path
+
+        spec = CollectionSpec.from_file(obj or str(default_object_path()))
+        if "flow_cache" in spec.variables:
+            spec.variables["flow_cache"].set(1)  # as flowkit-agent loads it
+        self.pair = pair
+        self._collection = spec.load()
+        programs = self._collection.programs
+        self._attacher = Attacher(programs["flowkit_ingress"].fd,
+                                  programs["flowkit_egress"].fd, "tcx")
+        with NetnsHandle.open(pair.right.ns.name) as handle:
+            self._netns_id = handle.id or 0
+        self._ifindex = pair.right.ifindex
+        self.attached = False
+
+    def set(self, on: bool) -> None:
+        if on and not self.attached:
+            self._attacher.attach(self._ifindex, self.pair.right.ifname,
+                                  netns=self.pair.right.ns.name, netns_id=self._netns_id)
+        elif not on and self.attached:
+            self._attacher.detach(self._ifindex, self._netns_id)
+        self.attached = on
+
+    def close(self) -> None:
+        try:
+            self.set(False)
+        finally:
+            self._attacher.close()
+            self._collection.close()
+
+
+def alternating(kind: str, pair: Pair, rate: float, windows: int,
+                window_s: float) -> dict[str, Any]:
+    """flowkit's kernel side alone, in short windows: with the sender running, its programs are
+    attached and detached in turn (``2 * windows + 1`` windows, off first); each on-window's
+    host CPU per packet minus the mean of the off-windows around it. Short windows cancel the
+    slow drifts of the VM that long windows cannot."""
+    name, _, tree = kind.partition("@")
+    obj = name.split(":", 1)[1] if ":" in name else None
+    if obj is None and tree:
+        obj = str(Path(tree) / "flowkit" / "bpf" / "flowkit.bpf.o")
+    hook = Hook(pair, obj)
+    per_packet: list[tuple[bool, float]] = []
+    try:
+        with sending(pair, rate) as snd:
+            time.sleep(1.0)
+            for i in range(2 * windows + 1):
+                on = i % 2 == 1
+                hook.set(on)
+                time.sleep(0.05)
+                cpu0, p0 = all_threads_cpu_ns(), tx_packets(snd.proc.pid, pair.left.ifname)
+                time.sleep(window_s)
+                cpu1, p1 = all_threads_cpu_ns(), tx_packets(snd.proc.pid, pair.left.ifname)
+                per_packet.append((on, threads_cpu_delta_ns(cpu0, cpu1) / max(1, p1 - p0)))
+            hook.set(False)
+            behind = snd.stop()["behind"]
+    finally:
+        hook.close()
+    diffs = [value - (per_packet[j - 1][1] + per_packet[j + 1][1]) / 2
+             for j, (on, value) in enumerate(per_packet) if on]
+    quartiles = statistics.quantiles(diffs, n=4)
+    return {
+        "windows": windows, "window_s": window_s, "sender_ticks_behind": behind,
+        "kernel_ns_per_packet": round(statistics.median(diffs), 1),
+        "quartiles": [round(q, 1) for q in quartiles],
+        "off_ns_per_packet": round(statistics.median(v for on, v in per_packet if not on), 1),
+        "each": [round(d, 1) for d in diffs],
+    }
+
+
 def idle_cpu(kind: str, pair: Pair, seconds: float, workdir: Path) -> dict[str, Any]:
     """The observer's own CPU time with no traffic at all (its fixed cost)."""
     with observe(kind, pair, workdir) as observer:
@@ -335,9 +420,11 @@ def _spread(values: list[float]) -> dict[str, float]:
             "max": round(max(values), 1)}
 
 
-def summarise(runs: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
+def summarise(runs: dict[str, list[dict[str, Any]]],
+              toggled: dict[str, Any] | None = None) -> dict[str, Any]:
     """Per observer: host cost per packet (its window minus the same round's baseline), own
-    CPU, the rest (kernel), over rounds; and the pmacctd / flowkit ratios per round."""
+    CPU, the rest (kernel), over rounds; the pmacctd / flowkit ratios per round; and, for
+    flowkit, the kernel side from alternating windows plus its own CPU."""
     base = runs["none"]
     out: dict[str, Any] = {"none": {
         "host_ns_per_packet": _spread([r["host_ns_per_packet"] for r in base]),
@@ -373,6 +460,26 @@ def summarise(runs: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
                 if statistics.median(host) > 0 else None,
                 **_spread(ratios),
             } if ratios else None
+    for kind, alt in (toggled or {}).items():
+        if kind not in out:
+            continue
+        own = out[kind]["own_ns_per_packet"]["median"]
+        host = alt["kernel_ns_per_packet"] + own
+        out[kind]["alternating"] = {
+            "kernel_ns_per_packet": alt["kernel_ns_per_packet"],
+            "kernel_quartiles": alt["quartiles"],
+            "host_ns_per_packet": round(host, 1),
+            "host_quartiles": [round(q + own, 1) for q in alt["quartiles"]],
+        }
+        if pmacct and host > 0:
+            p = statistics.median(pmacct)
+            low, high = alt["quartiles"][0] + own, alt["quartiles"][2] + own
+            out[kind]["alternating"]["pmacctd_over_this"] = {
+                "median": round(p / host, 1),
+                # pmacctd's median over flowkit's upper and lower quartile (None: unbounded)
+                "quartile_range": [round(p / high, 1) if high > 0 else None,
+                                   round(p / low, 1) if low > 0 else None],
+            }
     return out
 
 
@@ -396,6 +503,17 @@ def verdict(summary: dict[str, Any]) -> list[str]:
             if ratio:
                 line += (f"; pmacctd / flowkit = {ratio['of_medians']}x (per round "
                          f"{ratio['min']}x to {ratio['max']}x)")
+        alt = entry.get("alternating")
+        if alt:
+            line += (f". Alternating windows: flowkit {alt['host_ns_per_packet']:.0f} ns/packet "
+                     f"(kernel {alt['kernel_ns_per_packet']:.0f}, quartiles "
+                     f"{alt['kernel_quartiles'][0]:.0f} to {alt['kernel_quartiles'][2]:.0f}, "
+                     f"+ own)")
+            r = alt.get("pmacctd_over_this")
+            if r:
+                lo, hi = r["quartile_range"]
+                line += (f"; pmacctd / flowkit = {r['median']}x (over flowkit's quartiles: "
+                         f"{lo}x to {hi if hi is not None else 'unbounded '}x)")
         lines.append("VERDICT " + line)
     return lines
 
@@ -408,6 +526,11 @@ def main() -> None:
     parser.add_argument("--observers", default="flowkit,pmacctd",
                         help="comma-separated: flowkit, flowkit:<object>, flowkit@<tree>, "
                         "pmacctd ('none', the baseline, is always measured)")
+    parser.add_argument("--toggle-windows", type=int, default=30,
+                        help="flowkit's kernel side is also measured in this many on-windows "
+                        "alternating with off-windows (0: not)")
+    parser.add_argument("--toggle-window", type=float, default=1.0,
+                        help="seconds per alternating window")
     parser.add_argument("--idle-seconds", type=float, default=10,
                         help="also measure each observer's own CPU without traffic for this "
                         "long (0: not)")
@@ -420,11 +543,19 @@ def main() -> None:
     kinds = ["none", *[k for k in args.observers.split(",") if k and k != "none"]]
     runs: dict[str, list[dict[str, Any]]] = {kind: [] for kind in kinds}
     idle: dict[str, Any] = {}
+    toggled: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="fkbench") as tmp, Pair.create("fkBh") as pair:
         if args.idle_seconds > 0:
             for kind in kinds[1:]:
                 idle[kind] = idle_cpu(kind, pair, args.idle_seconds, Path(tmp))
                 print(json.dumps({"idle": kind, **idle[kind]}), file=sys.stderr, flush=True)
+        if args.toggle_windows > 0:
+            for kind in kinds[1:]:
+                if kind.startswith("flowkit"):
+                    toggled[kind] = alternating(kind, pair, args.rate, args.toggle_windows,
+                                                args.toggle_window)
+                    print(json.dumps({"alternating": kind, **toggled[kind]}), file=sys.stderr,
+                          flush=True)
         for round_no in range(args.rounds):
             order = kinds[round_no % len(kinds):] + kinds[:round_no % len(kinds)]
             for kind in order:
@@ -432,7 +563,7 @@ def main() -> None:
                 runs[kind].append(result)
                 print(json.dumps({"round": round_no, "observer": kind, **result}),
                       file=sys.stderr, flush=True)
-    summary = summarise(runs)
+    summary = summarise(runs, toggled)
     for kind, entry in idle.items():
         summary[kind]["idle"] = entry
     print(json.dumps({"rate_pps": args.rate, "seconds": args.seconds, "rounds": args.rounds,
