@@ -18,6 +18,7 @@ BENCHMARKS: list[tuple[str, list[str]]] = [
                 "--packets", "3000000"]),
     ("rate", ["bench_rate.py", "--seconds", "10"]),
     ("host-cost", ["bench_host_cost.py", "--seconds", "5", "--rounds", "5"]),
+    ("copy-path", ["bench_copy_path.py", "--seconds", "3", "--rounds", "5"]),
     ("accounter", ["bench_accounter.py", "--repeat", "5", "--output",
                    str(RESULTS / "accounter.json")]),
     ("encoding", ["bench_encoding.py", "--flows", "100000", "--repeat", "3"]),

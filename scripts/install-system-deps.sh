@@ -9,6 +9,7 @@ PACKAGES=(
   clang llvm bpftool                           # `make bpf`, tests that compile eBPF objects
   iproute2 iputils-ping ethtool libcap2-bin   # namespaces, veths, tc; capsh (privilege tests)
   netsniff-ng pmacct                           # trafgen load and the libpcap peer (benchmarks)
+  linux-perf                                   # bench_copy_path: perf samples of the hook
   nfdump tshark tcpdump                        # IPFIX collectors and capture (ipfix tests)
 )
 
