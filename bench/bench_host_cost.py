@@ -401,9 +401,10 @@ def alternating(kind: str, pair: Pair, rate: float, windows: int,
 
 
 def idle_cpu(kind: str, pair: Pair, seconds: float, workdir: Path) -> dict[str, Any]:
-    """The observer's own CPU time with no traffic at all (its fixed cost)."""
+    """The observer's own CPU time with no traffic at all (its fixed cost), from 5 s after it
+    is ready."""
     with observe(kind, pair, workdir) as observer:
-        time.sleep(1.0)
+        time.sleep(5.0)  # past the start's one-off work (first drains, garbage collection)
         own0, at0 = thread_cpu_ns(observer.pids), time.monotonic()
         time.sleep(seconds)
         own1, at1 = thread_cpu_ns(observer.pids), time.monotonic()
