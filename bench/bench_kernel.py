@@ -242,7 +242,7 @@ def trafgen(pair: Pair, packets: int, cfg: Path, flows: int = 1) -> None:
         f"udp(sport={sport}, dport=7777), fill(0x00, 18) }}\n"
     )
     sh(*left.ns.cmd("trafgen", "--dev", left.ifname, "--conf", str(cfg), "-n", str(packets),
-                    "--cpu", "1", "-q"), timeout=600)
+                    "--cpus", "1", "--qdisc-path"), timeout=600)
 
 
 def live_costs(empty_obj: Path, packets: int, workdir: Path, flows: int = 1) -> dict[str, Any]:

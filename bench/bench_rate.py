@@ -1,7 +1,8 @@
 """Share of packets counted at trafgen's highest rate, and CPU per million packets.
 
-trafgen (CPU 1) sends 60-byte UDP frames for ``--seconds`` over a veth pair between two
-namespaces; the collector under test traces the receiving end from CPU 0:
+trafgen (one worker, which trafgen pins to CPU 0) sends 60-byte UDP frames for ``--seconds``
+over a veth pair between two namespaces; the collector under test traces the receiving end from
+CPU 1:
 
 - ``flowkit``: flowkit-agent (TRACER=ebpf, ACCOUNTER=native, stdout exporter to a pipe,
   CACHE_ACTIVE_TIMEOUT=1s). Reports packets counted / packets sent and its CPU seconds per
@@ -34,6 +35,10 @@ sys.path.insert(0, str(ROOT / "bench"))
 from measure import process_cpu_seconds, write_pmacctd_conf  # noqa: E402
 from netns import AgentRun, Endpoint, Namespace, Pair, flow_totals  # noqa: E402
 
+# trafgen's --cpus 1 starts one worker and pins it to CPU 0 (it has no option to choose the
+# CPU), so the collector runs on the other one.
+COLLECTOR_CPU = "1"
+
 
 def trafgen(pair: Pair, seconds: float, cfg: Path) -> int:
     left, right = pair.left, pair.right
@@ -42,7 +47,7 @@ def trafgen(pair: Pair, seconds: float, cfg: Path) -> int:
         "udp(sport=40000, dport=7777), fill(0x00, 18) }\n"
     )
     cmd = ["timeout", "-s", "INT", str(seconds),
-           *left.ns.cmd("trafgen", "--dev", left.ifname, "--conf", str(cfg), "--cpu", "1", "-q")]
+           *left.ns.cmd("trafgen", "--dev", left.ifname, "--conf", str(cfg), "--cpus", "1", "--qdisc-path")]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 60)
     match = re.search(r"(\d+) packets outgoing", proc.stdout + proc.stderr)
     if not match:
@@ -54,7 +59,7 @@ def flowkit_run(seconds: float, workdir: Path) -> dict[str, Any]:
     with Pair.create("fkBr") as pair:
         right = pair.right
         env = {"INTERFACES": right.ifname, "TC_ATTACH_MODE": "tcx"}
-        with AgentRun(right.ns, env, taskset="0") as agent:
+        with AgentRun(right.ns, env, taskset=COLLECTOR_CPU) as agent:
             agent.wait_traced(right.ifname)
             cpu_before = process_cpu_seconds([agent.proc.pid])
             sent = trafgen(pair, seconds, workdir / "rate.cfg")
@@ -85,10 +90,10 @@ def pmacct_pids(ns: Namespace) -> list[int]:
 
 @contextlib.contextmanager
 def pmacctd(end: Endpoint, workdir: Path, name: str = "pmacctd") -> Iterator[list[int]]:
-    """pmacctd (CPU 0) capturing on the endpoint's interface, its capture socket open; yields
+    """pmacctd (on COLLECTOR_CPU) capturing on the endpoint's interface, its capture socket open; yields
     its pids; stopped on exit."""
     conf = write_pmacctd_conf(workdir / f"{name}.conf", end.ifname, workdir / f"{name}.json")
-    proc = end.ns.popen(["taskset", "-c", "0", "pmacctd", "-f", str(conf)],
+    proc = end.ns.popen(["taskset", "-c", COLLECTOR_CPU, "pmacctd", "-f", str(conf)],
                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         time.sleep(2)  # pcap socket open

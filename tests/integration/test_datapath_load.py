@@ -32,8 +32,8 @@ def trafgen_config(path: Path, left: Endpoint, right: Endpoint, dport: int,
 
 
 def run_trafgen(left: Endpoint, config: Path, *, seconds: float = 0, count: int = 0) -> int:
-    """Send with trafgen on CPU 1; return the number of packets it reports sent."""
-    args = ["trafgen", "--dev", left.ifname, "--conf", str(config), "--cpu", "1", "-q"]
+    """Send with one trafgen worker (trafgen pins it to CPU 0); return the packets it sent."""
+    args = ["trafgen", "--dev", left.ifname, "--conf", str(config), "--cpus", "1", "--qdisc-path"]
     if count:
         args += ["-n", str(count)]
     cmd = left.ns.cmd(*args)
