@@ -47,7 +47,8 @@ def trafgen(pair: Pair, seconds: float, cfg: Path) -> int:
         "udp(sport=40000, dport=7777), fill(0x00, 18) }\n"
     )
     cmd = ["timeout", "-s", "INT", str(seconds),
-           *left.ns.cmd("trafgen", "--dev", left.ifname, "--conf", str(cfg), "--cpus", "1", "--qdisc-path")]
+           *left.ns.cmd("trafgen", "--dev", left.ifname, "--conf", str(cfg), "--cpus", "1",
+                        "--qdisc-path")]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 60)
     match = re.search(r"(\d+) packets outgoing", proc.stdout + proc.stderr)
     if not match:
@@ -90,8 +91,8 @@ def pmacct_pids(ns: Namespace) -> list[int]:
 
 @contextlib.contextmanager
 def pmacctd(end: Endpoint, workdir: Path, name: str = "pmacctd") -> Iterator[list[int]]:
-    """pmacctd (on COLLECTOR_CPU) capturing on the endpoint's interface, its capture socket open; yields
-    its pids; stopped on exit."""
+    """pmacctd (on COLLECTOR_CPU) capturing on the endpoint's interface, its capture socket
+    open; yields its pids; stopped on exit."""
     conf = write_pmacctd_conf(workdir / f"{name}.conf", end.ifname, workdir / f"{name}.json")
     proc = end.ns.popen(["taskset", "-c", COLLECTOR_CPU, "pmacctd", "-f", str(conf)],
                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
