@@ -51,11 +51,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests" / "integration"))
 sys.path.insert(0, str(ROOT / "bench"))
 
+from measure import TcxHook  # noqa: E402
 from netns import Pair, sh  # noqa: E402
-
-from flowkit.ebpf import CollectionSpec  # noqa: E402
-from flowkit.ebpf.attach import Attacher  # noqa: E402
-from flowkit.netns import NetnsHandle  # noqa: E402
 
 EMPTY_PROGRAM = """
 #define SEC(n) __attribute__((section(n), used))
@@ -64,40 +61,6 @@ SEC("tc") int flowkit_ingress(struct __sk_buff *skb) { return -1; }
 SEC("tc") int flowkit_egress(struct __sk_buff *skb) { return -1; }
 char LICENSE[] SEC("license") = "GPL";
 """
-
-class Hook:
-    """An object's flowkit_ingress/egress, loaded as flowkit-agent loads them (flow cache on
-    where the object has one), attached with TCX to the receiving end and detached at will."""
-
-    def __init__(self, path: str, pair: Pair) -> None:
-        spec = CollectionSpec.from_file(path)
-        if "flow_cache" in spec.variables:
-            spec.variables["flow_cache"].set(1)
-        self._collection = spec.load()
-        programs = self._collection.programs
-        self._attacher = Attacher(programs["flowkit_ingress"].fd,
-                                  programs["flowkit_egress"].fd, "tcx")
-        with NetnsHandle.open(pair.right.ns.name) as handle:
-            self._netns_id = handle.id or 0
-        self._pair = pair
-        self._ifindex = pair.right.ifindex
-        self._on = False
-
-    def on(self) -> None:
-        self._attacher.attach(self._ifindex, self._pair.right.ifname,
-                              netns=self._pair.right.ns.name, netns_id=self._netns_id)
-        self._on = True
-
-    def off(self) -> None:
-        self._attacher.detach(self._ifindex, self._netns_id)
-        self._on = False
-
-    def close(self) -> None:
-        if self._on:
-            self.off()
-        self._attacher.close()
-        self._collection.close()
-
 
 FREQUENCY = 2000  # perf samples per second: one sample = 500 us of the core
 
@@ -150,7 +113,7 @@ def measure(variants: list[str], seconds: float, rounds: int, workdir: Path) -> 
         cfg.write_text(
             f"{{ eth(da={pair.right.mac}, sa={pair.left.mac}), ipv4(saddr={pair.left.ip4}, "
             f"daddr={pair.right.ip4}), udp(sport=40000, dport=7777), fill(0x00, 18) }}\n")
-        hooks: dict[str, Hook] = {}
+        hooks: dict[str, TcxHook] = {}
         sender = subprocess.Popen(
             pair.left.ns.cmd("trafgen", "--dev", pair.left.ifname, "--conf", str(cfg),
                              "--cpus", "1", "--qdisc-path"),
@@ -160,12 +123,12 @@ def measure(variants: list[str], seconds: float, rounds: int, workdir: Path) -> 
             cpu = worker_cpu(sender_pids(pair))
             for v in variants:
                 if v != "none":
-                    hooks[v] = Hook(str(workdir / "empty.o") if v == "empty" else v, pair)
+                    hooks[v] = TcxHook(pair, str(workdir / "empty.o") if v == "empty" else v)
             for r in range(rounds):
                 order = variants[r % len(variants):] + variants[:r % len(variants)]
                 for v in order:
                     if v != "none":
-                        hooks[v].on()
+                        hooks[v].set(True)
                     time.sleep(0.3)
                     data = workdir / "perf.data"
                     before = pair.left.ns.link_stats(pair.left.ifname)["tx"]["packets"]
@@ -175,7 +138,7 @@ def measure(variants: list[str], seconds: float, rounds: int, workdir: Path) -> 
                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
                     packets = pair.left.ns.link_stats(pair.left.ifname)["tx"]["packets"] - before
                     if v != "none":
-                        hooks[v].off()
+                        hooks[v].set(False)
                     total, counts = samples(data)
                     ns = 1e9 / FREQUENCY / packets
                     row = {"sender": total * ns, "packets": packets}

@@ -67,12 +67,14 @@ sys.path.insert(0, str(ROOT / "tests" / "integration"))
 sys.path.insert(0, str(ROOT / "bench"))
 
 from measure import (  # noqa: E402
+    TcxHook,
     all_threads_cpu_ns,
+    pmacct_pids,
     thread_cpu_ns,
     threads_cpu_delta_ns,
     write_pmacctd_conf,
 )
-from netns import AgentRun, Namespace, Pair, flow_totals  # noqa: E402
+from netns import AgentRun, Pair, flow_totals  # noqa: E402
 
 SENDER_CPU = "1"
 OBSERVER_CPU = "0"
@@ -173,18 +175,6 @@ def sending(pair: Pair, rate: float) -> Iterator[Sender]:
 
 
 # -- the observers ------------------------------------------------------------------------------
-
-
-def pmacct_pids(ns: Namespace) -> list[int]:
-    """pmacctd's processes (the core and its plugin) inside ``ns``."""
-    out = []
-    for pid in ns.run("ip", "netns", "pids", ns.name, check=False).stdout.split():
-        try:
-            if "pmacctd" in Path(f"/proc/{pid}/cmdline").read_text():
-                out.append(int(pid))
-        except OSError:
-            continue
-    return out
 
 
 class Observer:
@@ -322,45 +312,6 @@ def window(kind: str, pair: Pair, rate: float, seconds: float, workdir: Path) ->
     return out
 
 
-class Hook:
-    """flowkit's eBPF programs, loaded by this process as flowkit-agent loads them, attached
-    to and detached from the receiving veth end (TCX) in a moment."""
-
-    def __init__(self, pair: Pair, obj: str | None) -> None:
-        from flowkit.ebpf import CollectionSpec
-        from flowkit.ebpf.attach import Attacher
-        from flowkit.netns import NetnsHandle
-        from flowkit_plugins.ebpf_tracer import default_object_path
-
-        spec = CollectionSpec.from_file(obj or str(default_object_path()))
-        if "flow_cache" in spec.variables:
-            spec.variables["flow_cache"].set(1)  # as flowkit-agent loads it
-        self.pair = pair
-        self._collection = spec.load()
-        programs = self._collection.programs
-        self._attacher = Attacher(programs["flowkit_ingress"].fd,
-                                  programs["flowkit_egress"].fd, "tcx")
-        with NetnsHandle.open(pair.right.ns.name) as handle:
-            self._netns_id = handle.id or 0
-        self._ifindex = pair.right.ifindex
-        self.attached = False
-
-    def set(self, on: bool) -> None:
-        if on and not self.attached:
-            self._attacher.attach(self._ifindex, self.pair.right.ifname,
-                                  netns=self.pair.right.ns.name, netns_id=self._netns_id)
-        elif not on and self.attached:
-            self._attacher.detach(self._ifindex, self._netns_id)
-        self.attached = on
-
-    def close(self) -> None:
-        try:
-            self.set(False)
-        finally:
-            self._attacher.close()
-            self._collection.close()
-
-
 def alternating(kind: str, pair: Pair, rate: float, windows: int,
                 window_s: float) -> dict[str, Any]:
     """flowkit's kernel side alone, in short windows: with the sender running, its programs are
@@ -371,7 +322,7 @@ def alternating(kind: str, pair: Pair, rate: float, windows: int,
     obj = name.split(":", 1)[1] if ":" in name else None
     if obj is None and tree:
         obj = str(Path(tree) / "flowkit" / "bpf" / "flowkit.bpf.o")
-    hook = Hook(pair, obj)
+    hook = TcxHook(pair, obj)
     per_packet: list[tuple[bool, float]] = []
     try:
         with sending(pair, rate) as snd:

@@ -32,8 +32,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests" / "integration"))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from measure import process_cpu_seconds, write_pmacctd_conf  # noqa: E402
-from netns import AgentRun, Endpoint, Namespace, Pair, flow_totals  # noqa: E402
+from measure import pmacct_pids, process_cpu_seconds, write_pmacctd_conf  # noqa: E402
+from netns import AgentRun, Endpoint, Pair, flow_totals  # noqa: E402
 
 # trafgen's --cpus 1 starts one worker and pins it to CPU 0 (it has no option to choose the
 # CPU), so the collector runs on the other one.
@@ -76,17 +76,6 @@ def flowkit_run(seconds: float, workdir: Path) -> dict[str, Any]:
         "cpu_seconds": round(cpu, 2),
         "cpu_seconds_per_million_packets": round(cpu / sent * 1e6, 3),
     }
-
-
-def pmacct_pids(ns: Namespace) -> list[int]:
-    out = []
-    for pid in ns.run("ip", "netns", "pids", ns.name, check=False).stdout.split():
-        try:
-            if "pmacctd" in Path(f"/proc/{pid}/cmdline").read_text():
-                out.append(int(pid))
-        except OSError:
-            continue
-    return out
 
 
 @contextlib.contextmanager

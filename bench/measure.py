@@ -7,7 +7,10 @@ import os
 import resource
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from netns import Namespace, Pair
 
 
 def cpu_seconds() -> float:
@@ -102,3 +105,57 @@ def write_pmacctd_conf(path: Path, ifname: str, output: Path, append: bool = Fal
         + ("print_output_file_append: true\n" if append else "")
     )
     return path
+
+
+def pmacct_pids(ns: Namespace) -> list[int]:
+    """pmacctd's processes (the core and its plugin) inside ``ns``."""
+    out = []
+    for pid in ns.run("ip", "netns", "pids", ns.name, check=False).stdout.split():
+        try:
+            if "pmacctd" in Path(f"/proc/{pid}/cmdline").read_text():
+                out.append(int(pid))
+        except OSError:
+            continue
+    return out
+
+
+class TcxHook:
+    """An object's flowkit_ingress/egress, loaded as flowkit-agent loads them (flow cache on
+    where the object has one), attached with TCX to the receiving veth end and detached at will
+    (``set``); ``path`` None is the object flowkit-agent loads."""
+
+    def __init__(self, pair: Pair, path: str | None = None) -> None:
+        from flowkit.ebpf import CollectionSpec
+        from flowkit.ebpf.attach import Attacher
+        from flowkit.netns import NetnsHandle
+        from flowkit_plugins.ebpf_tracer import default_object_path
+
+        spec = CollectionSpec.from_file(path or str(default_object_path()))
+        if "flow_cache" in spec.variables:
+            spec.variables["flow_cache"].set(1)
+        self.pair = pair
+        self._collection = spec.load()
+        programs = self._collection.programs
+        self._attacher = Attacher(programs["flowkit_ingress"].fd,
+                                  programs["flowkit_egress"].fd, "tcx")
+        with NetnsHandle.open(pair.right.ns.name) as handle:
+            self._netns_id = handle.id or 0
+        self._ifindex = pair.right.ifindex
+        self.attached = False
+
+    def set(self, on: bool) -> None:
+        """Attach (True) or detach (False); nothing when already so."""
+        if on and not self.attached:
+            self._attacher.attach(self._ifindex, self.pair.right.ifname,
+                                  netns=self.pair.right.ns.name, netns_id=self._netns_id)
+        elif not on and self.attached:
+            self._attacher.detach(self._ifindex, self._netns_id)
+        self.attached = on
+
+    def close(self) -> None:
+        """Detach if attached, then release the programs and maps."""
+        try:
+            self.set(False)
+        finally:
+            self._attacher.close()
+            self._collection.close()
